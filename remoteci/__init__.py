@@ -1,0 +1,1 @@
+"""Remote CI: a small self-hosted job server for public CI pipelines."""

@@ -1,0 +1,185 @@
+"""Settings from the environment (and flags of the same names), validated once at start."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable and the fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    tokens: tuple[str, ...]
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 5000
+    workspace_dir: Path = Path("/var/ci-workspace")
+    data_dir: Path = Path("/var/lib/remote-ci")
+    work_dir: Path = Path("/tmp/remote-ci")
+    concurrency: int = 2
+    job_timeout: int = 3600
+    kill_grace: int = 60
+    cancel_grace: int = 10
+    drain_timeout: int = 300
+    shell: str = "/bin/bash"
+    retention_days: int = 7
+    max_upload_mb: int = 500
+    max_extract_mb: int = 5000
+    max_archive_members: int = 200_000
+    max_log_mb: int = 2048
+    max_queue: int = 10_000
+    max_followers: int = 8
+    http_threads: int = 16
+    git_allow_file: bool = False
+    git_timeout: int = 600
+    node_name: str = field(default_factory=socket.gethostname)
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.data_dir / "redis"
+
+    @property
+    def retention_seconds(self) -> int:
+        return self.retention_days * 86400
+
+    def soft_limit(self, timeout: int) -> float:
+        """Seconds after start when the job gets SIGTERM.
+
+        The grace is capped at half the job's own timeout, so a short per-job timeout still
+        gets a soft stop instead of being SIGKILLed (or TERMed) at once.
+        """
+        return timeout - min(self.kill_grace, timeout / 2)
+
+
+def _int(name: str, raw: str, low: int, high: int) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range; use {low}..{high}")
+    return value
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean; use 1 or 0")
+
+
+def _path(name: str, raw: str) -> Path:
+    if not raw.strip():
+        raise ConfigError(f"{name} is empty; give a directory path")
+    return Path(raw).expanduser().absolute()
+
+
+def _tokens(raw: str | None) -> tuple[str, ...]:
+    tokens = tuple(t.strip() for t in (raw or "").split(",") if t.strip())
+    if not tokens:
+        raise ConfigError(
+            "REMOTE_CI_TOKEN is not set; set it to a long random secret "
+            "(e.g. `export REMOTE_CI_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')`)"
+        )
+    for token in tokens:
+        if len(token) < 8:
+            raise ConfigError("REMOTE_CI_TOKEN: every token must be at least 8 characters long")
+        if any(ch.isspace() or not ch.isprintable() for ch in token):
+            raise ConfigError("REMOTE_CI_TOKEN: tokens may not contain spaces or control characters")
+    return tokens
+
+
+def _redis_url(raw: str | None) -> str | None:
+    if raw is None or not raw.strip():
+        return None
+    url = raw.strip()
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            f"REMOTE_CI_REDIS_URL={url!r} must start with redis://, rediss:// or unix://"
+        )
+    return url
+
+
+def _shell(raw: str | None) -> str:
+    shell = (raw or "/bin/bash").strip()
+    if os.path.isabs(shell) and os.access(shell, os.X_OK):
+        return shell
+    return "/bin/sh"
+
+
+# variable -> (Settings field, lowest, highest)
+_INT_SETTINGS: dict[str, tuple[str, int, int]] = {
+    "REMOTE_CI_PORT": ("port", 0, 65535),
+    "REMOTE_CI_CONCURRENCY": ("concurrency", 1, 256),
+    "REMOTE_CI_JOB_TIMEOUT": ("job_timeout", 1, 7 * 86400),
+    "REMOTE_CI_KILL_GRACE": ("kill_grace", 0, 3600),
+    "REMOTE_CI_CANCEL_GRACE": ("cancel_grace", 0, 3600),
+    "REMOTE_CI_DRAIN_TIMEOUT": ("drain_timeout", 0, 7 * 86400),
+    "REMOTE_CI_RETENTION_DAYS": ("retention_days", 1, 3650),
+    "REMOTE_CI_MAX_UPLOAD_MB": ("max_upload_mb", 1, 1_000_000),
+    "REMOTE_CI_MAX_EXTRACT_MB": ("max_extract_mb", 1, 10_000_000),
+    "REMOTE_CI_MAX_ARCHIVE_MEMBERS": ("max_archive_members", 1, 100_000_000),
+    "REMOTE_CI_MAX_LOG_MB": ("max_log_mb", 1, 10_000_000),
+    "REMOTE_CI_MAX_QUEUE": ("max_queue", 1, 10_000_000),
+    "REMOTE_CI_MAX_FOLLOWERS": ("max_followers", 1, 1000),
+    "REMOTE_CI_HTTP_THREADS": ("http_threads", 2, 1000),
+    "REMOTE_CI_GIT_TIMEOUT": ("git_timeout", 1, 86400),
+}
+_PATH_SETTINGS = {
+    "REMOTE_CI_WORKSPACE_DIR": "workspace_dir",
+    "REMOTE_CI_DATA_DIR": "data_dir",
+    "REMOTE_CI_WORK_DIR": "work_dir",
+}
+
+
+def load_settings(env: Mapping[str, str], *, require_token: bool = True) -> Settings:
+    """Build Settings from an environment mapping; raise ConfigError naming the bad variable."""
+    values: dict[str, object] = {}
+    values["tokens"] = _tokens(env.get("REMOTE_CI_TOKEN")) if require_token else ()
+    values["redis_url"] = _redis_url(env.get("REMOTE_CI_REDIS_URL"))
+    host = env.get("REMOTE_CI_HOST", "").strip()
+    if host:
+        values["host"] = host
+    for name, (attr, low, high) in _INT_SETTINGS.items():
+        raw = env.get(name)
+        if raw is not None and raw.strip():
+            values[attr] = _int(name, raw, low, high)
+    for name, attr in _PATH_SETTINGS.items():
+        raw = env.get(name)
+        if raw is not None:
+            values[attr] = _path(name, raw)
+    values["shell"] = _shell(env.get("REMOTE_CI_SHELL"))
+    values["git_allow_file"] = _bool("REMOTE_CI_GIT_ALLOW_FILE", env.get("REMOTE_CI_GIT_ALLOW_FILE", ""))
+    node = env.get("REMOTE_CI_NODE_NAME", "").strip()
+    if node:
+        values["node_name"] = node
+    settings = Settings(**values)  # type: ignore[arg-type]
+    _check_consistency(settings)
+    return settings
+
+
+def _check_consistency(settings: Settings) -> None:
+    if settings.max_followers >= settings.http_threads:
+        raise ConfigError(
+            "REMOTE_CI_MAX_FOLLOWERS must be below REMOTE_CI_HTTP_THREADS, "
+            "or log followers could take every API thread"
+        )
+    if ":" in settings.node_name or not settings.node_name:
+        raise ConfigError("REMOTE_CI_NODE_NAME may not be empty or contain ':'")
+
