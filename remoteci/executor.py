@@ -1,0 +1,337 @@
+"""One executor process: take a job, prepare its code, run it, stop its whole tree, record the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import select
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from remoteci import events, jobs, proctree
+from remoteci.config import Settings
+from remoteci.errors import SourceError
+from remoteci.queue import JobStore
+from remoteci.sources import discard_source, prepare_source
+
+COMPONENT = "executor"
+TAKE_TIMEOUT = 1.0  # seconds a blocking pop waits, so a stop request is seen within a second
+CANCEL_POLL = 0.25  # seconds between checks for a cancel request while a job runs
+HEARTBEAT_EVERY = 5.0
+LEFTOVER_GRACE = 2.0  # seconds leftovers of a finished job get between SIGTERM and SIGKILL
+DRAIN_KILL_GRACE = 5.0
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    exit_code: int | None = None
+    error: str | None = None
+    duration: float | None = None
+
+
+def job_environment(job_id: str, requested: dict[str, str]) -> dict[str, str]:
+    """Built, not inherited: the server's own variables (the token above all) never reach a job."""
+    env = {
+        "PATH": os.environ.get("PATH") or DEFAULT_PATH,
+        "HOME": os.environ.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir,
+        "LANG": os.environ.get("LANG") or "C.UTF-8",
+        "CI": "true",
+    }
+    env.update(requested)
+    env["REMOTE_CI_JOB_ID"] = job_id
+    return env
+
+
+class Executor:
+    """Runs jobs one at a time until told to stop; owns every process its jobs start."""
+
+    def __init__(self, settings: Settings, store: JobStore, executor_id: str):
+        self.settings = settings
+        self.store = store
+        self.id = executor_id
+        self.stopping = False
+        self.drain_deadline = float("inf")
+        self.current_job: str | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        proctree.become_subreaper()
+        self._install_signals()
+        self._register()
+        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        events.info(COMPONENT, f"executor {self.id} started")
+        while not self.stopping:
+            try:
+                payload = self.store.take(self.id, TAKE_TIMEOUT)
+            except redis.RedisError as exc:
+                self._redis_trouble(exc)
+                continue
+            if payload is not None:
+                self._handle(payload)
+        try:
+            self.store.unregister_executor(self.id)
+        except redis.RedisError:
+            pass  # the heartbeat expires by itself
+        events.info(COMPONENT, f"executor {self.id} stopped")
+
+    def _install_signals(self) -> None:
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the select below
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def _on_stop(self, *_: Any) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.drain_deadline = time.monotonic() + self.settings.drain_timeout
+
+    def _register(self) -> None:
+        delay = 0.5
+        while not self.stopping:
+            try:
+                self.store.register_executor(self.id, self._info())
+                return
+            except redis.RedisError as exc:
+                events.warning(COMPONENT, f"cannot register with redis ({exc}); retrying")
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _info(self) -> dict[str, Any]:
+        return {"id": self.id, "host": self.settings.node_name, "pid": os.getpid(),
+                "job": self.current_job}
+
+    def _heartbeat_loop(self) -> None:
+        # A thread, so a long copy or extraction never looks like a dead executor.
+        healthy = True
+        while True:
+            time.sleep(HEARTBEAT_EVERY)
+            try:
+                self.store.heartbeat(self.id, self._info())
+                if not healthy:
+                    events.info(COMPONENT, "redis is reachable again")
+                healthy = True
+            except redis.RedisError as exc:
+                if healthy:
+                    events.error(COMPONENT, f"heartbeat failed, redis unreachable: {exc}")
+                healthy = False
+
+    def _redis_trouble(self, exc: Exception) -> None:
+        events.warning(COMPONENT, f"redis unreachable ({exc}); retrying in 1 s")
+        self._sleep(1.0)
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep that a signal (stop, child exit) cuts short."""
+        select.select([self._wake_r], [], [], seconds)
+        self._drain_wakeups()
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # --- one job ---------------------------------------------------------------------------
+
+    def _handle(self, payload_json: str) -> None:
+        payload = json.loads(payload_json)
+        job_id = payload["id"]
+        if not self._call_redis(lambda: self.store.claim(self.id, job_id, payload_json,
+                                                         jobs.iso_now())):
+            discard_source(payload)
+            events.info(COMPONENT, f"job {job_id} was cancelled before it started; skipped")
+            return
+        self.current_job = job_id
+        events.info(COMPONENT, f"job {job_id} started mode={payload['mode']}")
+        fields: dict[str, str] = {}
+        try:
+            outcome = self._run(payload, fields)
+        finally:
+            self.current_job = None
+        fields.update({"finished_at": jobs.iso_now()})
+        if outcome.exit_code is not None:
+            fields["exit_code"] = str(outcome.exit_code)
+        if outcome.duration is not None:
+            fields["duration"] = f"{outcome.duration:.3f}"
+        if outcome.error:
+            fields["error"] = outcome.error
+        recorded = self._call_redis(lambda: self.store.finish(self.id, job_id, payload_json,
+                                                              outcome.status, fields))
+        duration = f"{outcome.duration:.3f}s" if outcome.duration is not None else "-"
+        events.info(COMPONENT, f"job {job_id} finished status={outcome.status} "
+                               f"exit_code={outcome.exit_code} duration={duration}"
+                               + ("" if recorded else " (record was already final)"))
+
+    def _call_redis(self, action: Any) -> Any:
+        """Retry a status write through a Redis outage: it is delayed, never dropped."""
+        delay = 0.2
+        while True:
+            try:
+                return action()
+            except redis.RedisError as exc:
+                events.warning(COMPONENT, f"redis write failed ({exc}); retrying in {delay:.1f} s")
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _run(self, payload: dict[str, Any], fields: dict[str, str]) -> Outcome:
+        job_id = payload["id"]
+        scratch = self.settings.work_dir / job_id
+        shutil.rmtree(scratch, ignore_errors=True)  # a leftover of a crash, never a live job
+        scratch.mkdir(mode=0o700, parents=True)
+        log_path = self.settings.logs_dir / f"{job_id}.log"
+        log_fd = os.open(log_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        try:
+            try:
+                extra = prepare_source(payload, scratch, self.settings, log_fd)
+            except SourceError as exc:
+                _log_line(log_fd, f"error: {exc}")
+                return Outcome(jobs.ERROR, error=str(exc))
+            if extra:
+                fields.update(extra)
+                self._call_redis(lambda: self.store.set_fields(job_id, extra))
+            outcome = self._execute(payload, scratch, log_fd)
+            _log_line(log_fd, _summary(outcome))
+            return outcome
+        finally:
+            os.close(log_fd)
+            discard_source(payload)
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _execute(self, payload: dict[str, Any], scratch: Path, log_fd: int) -> Outcome:
+        job_id = payload["id"]
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [self.settings.shell, "-c", payload["script"]],
+            cwd=scratch, env=job_environment(job_id, payload.get("env") or {}),
+            stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True,
+        )
+        watch = JobWatch(self, payload, proc.pid, log_fd, started)
+        wait_status, reason = watch.wait()
+        proc.returncode = proctree.exit_code(wait_status)  # reaped by us, not by Popen
+        duration = time.monotonic() - started
+        self._stop_leftovers(proc.pid)
+        code = proc.returncode
+        if reason == "timeout":
+            soft = self.settings.soft_limit(payload["timeout"])
+            return Outcome(jobs.TIMEOUT, code, f"time limit reached: SIGTERM at {soft:g} s, "
+                           f"SIGKILL at {payload['timeout']} s", duration)
+        if reason == "cancel":
+            return Outcome(jobs.CANCELLED, code, "cancelled through the API", duration)
+        if reason == "drain":
+            return Outcome(jobs.ERROR, code, "server shutting down: killed after "
+                           f"REMOTE_CI_DRAIN_TIMEOUT={self.settings.drain_timeout}s", duration)
+        if reason == "log":
+            return Outcome(jobs.FAILED, code, "killed: its log grew beyond "
+                           f"REMOTE_CI_MAX_LOG_MB={self.settings.max_log_mb}", duration)
+        return Outcome(jobs.SUCCESS if code == 0 else jobs.FAILED, code, None, duration)
+
+    def kill_tree(self, pgid: int, sig: int) -> None:
+        proctree.signal_group(pgid, sig)
+        proctree.signal_all(proctree.descendants(os.getpid()), sig)
+
+    def _stop_leftovers(self, pgid: int) -> None:
+        """Whatever the job left running (background jobs, daemons) is stopped with it."""
+        _, left = proctree.reap_children()
+        if not left:
+            return  # no child at all means no descendant at all: we are their subreaper
+        self.kill_tree(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + LEFTOVER_GRACE
+        while left and time.monotonic() < deadline:
+            self._sleep(0.05)
+            _, left = proctree.reap_children()
+        while left:
+            self.kill_tree(pgid, signal.SIGKILL)
+            self._sleep(0.05)
+            _, left = proctree.reap_children()
+
+
+class JobWatch:
+    """Waits for a job's shell while enforcing its limits, a cancel request and a drain."""
+
+    def __init__(self, executor: Executor, payload: dict[str, Any], pid: int, log_fd: int,
+                 started: float):
+        self.ex = executor
+        self.job_id = payload["id"]
+        self.pid = pid
+        self.log_fd = log_fd
+        settings = executor.settings
+        self.soft_at = started + settings.soft_limit(payload["timeout"])
+        self.hard_at = started + payload["timeout"]
+        self.max_log = settings.max_log_mb * 1024 * 1024
+        self.reason: str | None = None
+        self.kill_at = float("inf")
+        self.next_poll = started + CANCEL_POLL
+
+    def wait(self) -> tuple[int, str | None]:
+        """Return the shell's wait status and why we stopped it (None: it ended by itself)."""
+        while True:
+            reaped, _ = proctree.reap_children()
+            if self.pid in reaped:
+                return reaped[self.pid], self.reason
+            now = time.monotonic()
+            if self.reason is None:
+                self._check_limits(now)
+            if now >= self.kill_at:
+                self.ex.kill_tree(self.pid, signal.SIGKILL)
+                self.kill_at = now + 1.0  # again, for anything forked meanwhile
+            next_event = min(self.soft_at, self.kill_at, self.next_poll, self.ex.drain_deadline)
+            self.ex._sleep(max(0.0, min(next_event - now, CANCEL_POLL)))
+
+    def _check_limits(self, now: float) -> None:
+        if now >= self.soft_at:
+            self._stop("timeout", self.hard_at)
+        elif now >= self.ex.drain_deadline:
+            self._stop("drain", now + DRAIN_KILL_GRACE)
+        elif now >= self.next_poll:
+            self.next_poll = now + CANCEL_POLL
+            if os.fstat(self.log_fd).st_size > self.max_log:
+                self._stop("log", now)
+            elif self._cancel_requested():
+                self._stop("cancel", now + self.ex.settings.cancel_grace)
+
+    def _cancel_requested(self) -> bool:
+        try:
+            return self.ex.store.cancel_requested(self.job_id)
+        except redis.RedisError:
+            return False  # an outage must not kill the job; the next poll asks again
+
+    def _stop(self, reason: str, kill_at: float) -> None:
+        self.reason = reason
+        self.kill_at = kill_at
+        self.ex.kill_tree(self.pid, signal.SIGTERM)
+
+
+def _log_line(log_fd: int, text: str) -> None:
+    """Append a server line to the job log, on a line of its own."""
+    size = os.fstat(log_fd).st_size
+    starts_line = size == 0 or os.pread(log_fd, 1, size - 1) == b"\n"
+    os.write(log_fd, (b"" if starts_line else b"\n") + f"[remote-ci] {text}\n".encode())
+
+
+def _summary(outcome: Outcome) -> str:
+    took = f" after {outcome.duration:.2f} s" if outcome.duration is not None else ""
+    if outcome.status == jobs.SUCCESS:
+        return f"success{took}"
+    detail = f"; {outcome.error}" if outcome.error else ""
+    return f"{outcome.status}: exit code {outcome.exit_code}{took}{detail}"
+
+
+def executor_main(settings: Settings, store: JobStore, slot: int) -> None:
+    executor_id = f"{settings.node_name}:{os.getpid()}"
+    del slot
+    Executor(settings, store, executor_id).run_forever()

@@ -1,0 +1,415 @@
+"""The WSGI app, no framework: routes, auth, JSON in and out, and errors a CI user can act on."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import re
+import threading
+import traceback
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import redis
+
+from remoteci import events, jobs, logs, pages, submissions
+from remoteci.config import Settings
+from remoteci.errors import ApiError
+from remoteci.queue import JobStore, QueueFull
+from remoteci.workspaces import resolve_workspace
+
+MAX_JSON_BODY = 1024 * 1024
+LIST_LIMIT_MAX = 500
+CLIENT_SCRIPT = Path(__file__).resolve().parent.parent / "ci" / "remote-ci.sh"
+COMPONENT = "api"
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+Headers = list[tuple[str, str]]
+
+_REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
+            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+            413: "Content Too Large", 500: "Internal Server Error",
+            503: "Service Unavailable"}
+
+
+@dataclass
+class Request:
+    environ: dict[str, Any]
+    method: str
+    path: str
+    params: dict[str, str]  # from the path pattern
+
+    def query(self, name: str) -> str | None:
+        values = parse_qs(self.environ.get("QUERY_STRING", ""), keep_blank_values=True).get(name)
+        return values[-1] if values else None
+
+    def header(self, name: str) -> str:
+        return str(self.environ.get("HTTP_" + name.upper().replace("-", "_"), ""))
+
+    def body(self, limit: int) -> bytes:
+        length = self.content_length()
+        if length > limit:
+            raise ApiError(413, f"the request body is larger than {limit // 1024} KB")
+        return bytes(self.environ["wsgi.input"].read(length)) if length else b""
+
+    def content_length(self) -> int:
+        try:
+            return max(0, int(self.environ.get("CONTENT_LENGTH") or 0))
+        except ValueError:
+            raise ApiError(400, "Content-Length is not a number") from None
+
+
+@dataclass
+class Response:
+    status: int
+    headers: Headers
+    body: Iterable[bytes]
+
+
+def json_response(status: int, obj: Any, headers: Headers | None = None) -> Response:
+    data = json.dumps(obj, separators=(",", ":")).encode()
+    return Response(status, [("Content-Type", "application/json"),
+                             ("Content-Length", str(len(data))), *(headers or [])], [data])
+
+
+def error_response(status: int, message: str, headers: Headers | None = None) -> Response:
+    return json_response(status, {"error": message}, headers)
+
+
+Handler = Callable[[Request], Response]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    pattern: re.Pattern[str]
+    handler: Handler
+    auth: str  # "none", "api" (Bearer) or "page" (Bearer or Basic)
+
+
+class App:
+    """The whole HTTP side; one instance per process, shared by waitress' threads."""
+
+    def __init__(self, settings: Settings, store: JobStore):
+        self.settings = settings
+        self.store = store
+        self.stopping = threading.Event()
+        self._tokens = [t.encode() for t in settings.tokens]
+        self._followers = threading.BoundedSemaphore(settings.max_followers)
+        self.routes = [
+            Route("GET", _p(r"/api/health"), self.health, "none"),
+            Route("GET", _p(r"/ci/remote-ci\.sh"), self.client_script, "none"),
+            Route("POST", _p(r"/api/jobs/rsync"), self.submit_rsync, "api"),
+            Route("POST", _p(r"/api/jobs/upload"), self.submit_upload, "api"),
+            Route("POST", _p(r"/api/jobs/git"), self.submit_git, "api"),
+            Route("GET", _p(r"/api/jobs"), self.list_jobs, "api"),
+            Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)"), self.get_job, "api"),
+            Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)/logs"), self.get_logs, "api"),
+            Route("POST", _p(r"/api/jobs/(?P<id>[^/]+)/cancel"), self.cancel_job, "api"),
+            Route("GET", _p(r"/api/stats"), self.stats, "api"),
+            Route("GET", _p(r"/metrics"), self.metrics, "page"),
+            Route("GET", _p(r"/"), self.index_page, "page"),
+            Route("GET", _p(r"/jobs/(?P<id>[^/]+)"), self.job_page, "page"),
+        ]
+
+    # --- WSGI ------------------------------------------------------------------------------
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            response = self._dispatch(environ)
+        except ApiError as exc:
+            response = error_response(exc.status, exc.message, exc.headers)
+        except redis.RedisError as exc:
+            events.error(COMPONENT, f"redis unreachable: {exc}")
+            response = error_response(503, "the job store (Redis) is unreachable; "
+                                           "retry in a few seconds", [("Retry-After", "5")])
+        except Exception:
+            events.error(COMPONENT, "internal error: " + traceback.format_exc().replace("\n", " | "))
+            response = error_response(500, "internal server error; the operator's log has details")
+        start_response(f"{response.status} {_REASONS.get(response.status, 'Status')}",
+                       response.headers)
+        return response.body
+
+    def _dispatch(self, environ: dict[str, Any]) -> Response:
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "/") or "/"
+        allowed: list[str] = []
+        for route in self.routes:
+            match = route.pattern.fullmatch(path)
+            if match is None:
+                continue
+            if route.method != method and not (method == "HEAD" and route.method == "GET"):
+                allowed.append(route.method)
+                continue
+            self._authenticate(environ, route.auth)
+            params = match.groupdict()
+            if "id" in params and not jobs.is_valid_job_id(params["id"]):
+                raise ApiError(404, f"no job with id {params['id'][:80]!r}")
+            return route.handler(Request(environ, method, path, params))
+        if allowed:
+            raise ApiError(405, f"{method} is not allowed on {path}; use {', '.join(allowed)}",
+                           [("Allow", ", ".join(allowed))])
+        raise ApiError(404, f"no such route: {method} {path[:200]}")
+
+    def _authenticate(self, environ: dict[str, Any], kind: str) -> None:
+        if kind == "none":
+            return
+        header = str(environ.get("HTTP_AUTHORIZATION", ""))
+        scheme, _, credential = header.partition(" ")
+        presented: bytes | None = None
+        if scheme.lower() == "bearer":
+            presented = credential.strip().encode()
+        elif scheme.lower() == "basic" and kind == "page":
+            try:
+                decoded = base64.b64decode(credential.strip(), validate=True)
+                presented = decoded.partition(b":")[2]
+            except (binascii.Error, ValueError):
+                presented = None
+        if presented is not None and self._token_ok(presented):
+            return
+        challenge = 'Basic realm="Remote CI"' if kind == "page" else 'Bearer realm="Remote CI"'
+        reason = "missing" if not header else "wrong"
+        raise ApiError(401, f"{reason} API token; send 'Authorization: Bearer <token>'",
+                       [("WWW-Authenticate", challenge)])
+
+    def _token_ok(self, presented: bytes) -> bool:
+        # Compare against every token, always: the time taken says nothing about which matched.
+        ok = False
+        for token in self._tokens:
+            ok |= hmac.compare_digest(presented, token)
+        return ok
+
+    # --- submitting ------------------------------------------------------------------------
+
+    def submit_rsync(self, request: Request) -> Response:
+        data = submissions.parse_json_body(request.body(MAX_JSON_BODY))
+        submissions.check_known_fields(data, "rsync")
+        common = submissions.parse_common(data, self.settings.job_timeout)
+        workspace = submissions.required_string(
+            data, "workspace", "a directory under the workspace root, e.g. \"project-a\"")
+        path = resolve_workspace(self.settings.workspace_dir, workspace)
+        return self._accept("rsync", common, workspace, {"path": str(path)})
+
+    def submit_git(self, request: Request) -> Response:
+        from remoteci.gitsource import validate_git_ref, validate_git_url
+
+        data = submissions.parse_json_body(request.body(MAX_JSON_BODY))
+        submissions.check_known_fields(data, "git")
+        common = submissions.parse_common(data, self.settings.job_timeout)
+        repo = submissions.required_string(data, "repo", "a clone URL such as "
+                                           "\"https://host/org/repo.git\"")
+        repo = validate_git_url(repo, allow_file=self.settings.git_allow_file)
+        ref = data.get("ref")
+        if ref is not None and not isinstance(ref, str):
+            raise ApiError(400, "field 'ref' must be a string: a branch, tag or commit sha")
+        ref = validate_git_ref(ref)
+        extra_record = {"ref": ref} if ref else {}
+        return self._accept("git", common, repo, {"repo": repo, "ref": ref}, extra_record)
+
+    def submit_upload(self, request: Request) -> Response:
+        from remoteci.uploads import receive_upload
+
+        fields, archive = receive_upload(request.environ, self.settings.uploads_dir,
+                                         self.settings.max_upload_mb * 1024 * 1024)
+        try:
+            fields = {k: v for k, v in fields.items() if k != "code"}
+            submissions.check_known_fields(fields, "upload")
+            common = submissions.parse_common(fields, self.settings.job_timeout)
+            return self._accept("upload", common, "upload", {"path": str(archive)})
+        except BaseException:
+            archive.unlink(missing_ok=True)
+            raise
+
+    def _accept(self, mode: str, common: submissions.Common, source: str,
+                payload_extra: dict[str, Any], record_extra: dict[str, str] | None = None,
+                ) -> Response:
+        job_id = jobs.new_job_id()
+        record = {
+            "id": job_id, "mode": mode, "status": jobs.QUEUED, "script": common.script,
+            "source": source, "timeout": str(common.timeout), "created_at": jobs.iso_now(),
+            **({"name": common.name} if common.name else {}), **(record_extra or {}),
+        }
+        payload = {"id": job_id, "mode": mode, "script": common.script,
+                   "timeout": common.timeout, "env": common.env, **payload_extra}
+        try:
+            position = self.store.enqueue(record, payload, self.settings.max_queue)
+        except QueueFull:
+            raise ApiError(503, f"the queue is full ({self.settings.max_queue} jobs waiting); "
+                                "retry later", [("Retry-After", "30")]) from None
+        events.info(COMPONENT, f"job {job_id} accepted mode={mode} position={position}")
+        obj = jobs.job_object(record, position)
+        return json_response(202, obj, [("Location", f"/api/jobs/{job_id}")])
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def get_job(self, request: Request) -> Response:
+        return json_response(200, self._job(request.params["id"]))
+
+    def _job(self, job_id: str) -> dict[str, Any]:
+        job = self.store.get(job_id)
+        if job is None:
+            raise ApiError(404, f"no job with id {job_id!r} (unknown, or older than "
+                                f"{self.settings.retention_days} days)")
+        return job
+
+    def list_jobs(self, request: Request) -> Response:
+        status = request.query("status") or None
+        mode = request.query("mode") or None
+        if status is not None and status not in jobs.STATUSES:
+            raise ApiError(400, f"status {status!r} is not one of: {', '.join(jobs.STATUSES)}")
+        if mode is not None and mode not in jobs.MODES:
+            raise ApiError(400, f"mode {mode!r} is not one of: {', '.join(jobs.MODES)}")
+        limit = _int_query(request, "limit", 50, 1, LIST_LIMIT_MAX)
+        return json_response(200, {"jobs": self.store.list_jobs(status, mode, limit)})
+
+    def get_logs(self, request: Request) -> Response:
+        job_id = request.params["id"]
+        status = self.store.status(job_id)
+        if status is None:
+            self._job(job_id)  # raises the 404
+        offset = _int_query(request, "offset", 0, 0, 2**62)
+        path = self.settings.logs_dir / f"{job_id}.log"
+        headers: Headers = [("Content-Type", "text/plain; charset=utf-8"),
+                            ("X-Job-Status", str(status)), ("Cache-Control", "no-store")]
+        if request.query("follow") in ("1", "true", "yes"):
+            return self._follow(job_id, path, offset, headers)
+        end = max(offset, logs.log_size(path))
+        headers += [("X-Log-Offset", str(end)), ("Content-Length", str(end - offset))]
+        return Response(200, headers, logs.read_range(path, offset, end))
+
+    def _follow(self, job_id: str, path: Path, offset: int, headers: Headers) -> Response:
+        if not self._followers.acquire(blocking=False):
+            raise ApiError(503, f"too many log followers (REMOTE_CI_MAX_FOLLOWERS="
+                                f"{self.settings.max_followers}); poll with ?offset= instead",
+                           [("Retry-After", "5")])
+
+        def is_final() -> bool:
+            try:
+                return self.store.status(job_id) not in (jobs.QUEUED, jobs.RUNNING)
+            except redis.RedisError:
+                return False  # keep following; the outage shows in /api/health
+
+        # In a stream, X-Log-Offset is where it starts: add the bytes received to resume.
+        stream = logs.follow(path, offset, is_final, self.stopping)
+        return Response(200, [*headers, ("X-Log-Offset", str(offset))],
+                        _ReleasingStream(stream, self._followers.release))
+
+    def stats(self, request: Request) -> Response:
+        s = self.store.stats()
+        return json_response(200, {"running": s.running, "queued": s.queued,
+                                   "workers": s.workers, "finished": s.finished,
+                                   "concurrency_per_host": self.settings.concurrency})
+
+    def health(self, request: Request) -> Response:
+        try:
+            self.store.ping()
+        except redis.RedisError as exc:
+            return json_response(503, {"status": "error", "redis": "unreachable",
+                                       "error": f"redis unreachable: {exc}"})
+        return json_response(200, {"status": "ok", "redis": "ok"})
+
+    def client_script(self, request: Request) -> Response:
+        if not CLIENT_SCRIPT.is_file():
+            raise ApiError(404, "the bash client is not installed on this server")
+        data = CLIENT_SCRIPT.read_bytes()
+        return Response(200, [("Content-Type", "text/x-shellscript; charset=utf-8"),
+                              ("Content-Length", str(len(data)))], [data])
+
+    # --- acting ----------------------------------------------------------------------------
+
+    def cancel_job(self, request: Request) -> Response:
+        job_id = request.params["id"]
+        outcome = self.store.cancel(job_id, jobs.iso_now())
+        if outcome == "missing":
+            self._job(job_id)  # raises the 404
+        if outcome not in ("dequeued", jobs.RUNNING):
+            raise ApiError(409, f"job {job_id} already ended with status {outcome!r}; "
+                                "only queued or running jobs can be cancelled")
+        events.info(COMPONENT, f"job {job_id} cancel requested (was {outcome})")
+        return json_response(202, self._job(job_id))
+
+    # --- operators -------------------------------------------------------------------------
+
+    def metrics(self, request: Request) -> Response:
+        s = self.store.stats()
+        lines = [
+            "# HELP remoteci_jobs_queued Jobs waiting in the queue.",
+            "# TYPE remoteci_jobs_queued gauge", f"remoteci_jobs_queued {s.queued}",
+            "# HELP remoteci_jobs_running Jobs running on any host.",
+            "# TYPE remoteci_jobs_running gauge", f"remoteci_jobs_running {s.running}",
+            "# HELP remoteci_executors Live executors on every host.",
+            "# TYPE remoteci_executors gauge", f"remoteci_executors {s.workers}",
+            "# HELP remoteci_jobs_finished_total Jobs that ended, by status.",
+            "# TYPE remoteci_jobs_finished_total counter",
+            *(f'remoteci_jobs_finished_total{{status="{k}"}} {v}' for k, v in s.finished.items()),
+        ]
+        data = ("\n".join(lines) + "\n").encode()
+        return Response(200, [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+                              ("Content-Length", str(len(data)))], [data])
+
+    def index_page(self, request: Request) -> Response:
+        html = pages.index_page(self.store.stats(), self.store.live_executors(),
+                                self.store.list_jobs(None, None, 50))
+        return _html(html)
+
+    def job_page(self, request: Request) -> Response:
+        job = self._job(request.params["id"])
+        path = self.settings.logs_dir / f"{job['id']}.log"
+        size = logs.log_size(path)
+        start = max(0, size - pages.LOG_TAIL_BYTES)
+        tail = b"".join(logs.read_range(path, start, size))
+        return _html(pages.job_page(job, tail, truncated=start > 0))
+
+
+def _p(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def _int_query(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"query parameter {name!r} must be a whole number, "
+                            f"{low}..{high}") from None
+    if not low <= value <= high:
+        raise ApiError(400, f"query parameter {name!r} must be in {low}..{high}")
+    return value
+
+
+def _html(text: str) -> Response:
+    data = text.encode()
+    return Response(200, [("Content-Type", "text/html; charset=utf-8"),
+                          ("Content-Length", str(len(data))),
+                          ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),
+                          ("X-Content-Type-Options", "nosniff")], [data])
+
+
+class _ReleasingStream:
+    """A streamed body that gives its follower slot back when the server closes it.
+
+    WSGI servers call close() whatever happened, even when the client left before the first
+    chunk, when a generator's own `finally` would never run.
+    """
+
+    def __init__(self, gen: Generator[bytes, None, None], release: Callable[[], None]):
+        self._gen = gen
+        self._release: Callable[[], None] | None = release
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._gen
+
+    def close(self) -> None:
+        try:
+            self._gen.close()
+        finally:
+            if self._release is not None:
+                self._release()
+                self._release = None

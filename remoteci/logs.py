@@ -1,0 +1,55 @@
+"""Serving job logs from plain files: offsets, snapshots and live follow, with flat memory."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+
+CHUNK = 1024 * 1024
+FOLLOW_POLL = 0.1  # seconds between looks at a growing log
+FOLLOW_MAX_SECONDS = 1800  # a follower reconnects with ?offset= after this; no stream is endless
+
+
+def log_size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def read_range(path: Path, start: int, end: int) -> Iterator[bytes]:
+    """Bytes [start, end) of a file in large reads; `end` is a snapshot, the file may grow."""
+    if end <= start:
+        return
+    with open(path, "rb", buffering=0) as f:
+        position = start
+        while position < end:
+            chunk = os.pread(f.fileno(), min(CHUNK, end - position), position)
+            if not chunk:
+                return  # truncated under us (retention sweep); end the body early
+            position += len(chunk)
+            yield chunk
+
+
+def follow(path: Path, start: int, is_final: Callable[[], bool],
+           stop: threading.Event) -> Generator[bytes, None, None]:
+    """Yield the log from `start` as it grows, until the job is final and every byte is out."""
+    position = start
+    deadline = time.monotonic() + FOLLOW_MAX_SECONDS
+    while not stop.is_set() and time.monotonic() < deadline:
+        size = log_size(path)
+        if size > position:
+            for chunk in read_range(path, position, size):
+                position += len(chunk)
+                yield chunk
+            continue
+        # Ask for the status only when the file is quiet: a final job writes nothing more.
+        if is_final():
+            size = log_size(path)
+            if size > position:
+                yield from read_range(path, position, size)
+            return
+        stop.wait(FOLLOW_POLL)

@@ -1,0 +1,371 @@
+"""The Redis schema: enqueue, reliable pop, status transitions, listing, stats, heartbeats.
+
+Keys (all under `rci:`):
+  queue                 list of job payload JSON; LPUSH to enqueue, BLMOVE from the right to take
+  inflight:<executor>   list; a taken job stays here until its final status is written
+  job:<id>              hash, the job record; TTL = retention, renewed on every transition
+  seq                   counter giving every accepted job its place in FIFO order
+  index:all|status:<s>|mode:<m>
+                        sorted sets of job ids scored by seq: listings and queue positions
+  executors             set of executor ids that registered
+  executor:<id>         heartbeat string (JSON) with a short TTL; gone means the executor is dead
+  counters              hash of jobs finished per status since the data was created
+
+Every status change is one Lua script, so it is one atomic transaction, and conditional:
+a job is claimed only while `queued`, finished only while `running`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from remoteci import jobs
+
+P = "rci:"
+QUEUE = P + "queue"
+SEQ = P + "seq"
+INDEX_ALL = P + "index:all"
+EXECUTORS = P + "executors"
+COUNTERS = P + "counters"
+HEARTBEAT_TTL = 15
+
+
+def job_key(job_id: str) -> str:
+    return f"{P}job:{job_id}"
+
+
+def inflight_key(executor_id: str) -> str:
+    return f"{P}inflight:{executor_id}"
+
+
+def heartbeat_key(executor_id: str) -> str:
+    return f"{P}executor:{executor_id}"
+
+
+def status_index(status: str) -> str:
+    return f"{P}index:status:{status}"
+
+
+def mode_index(mode: str) -> str:
+    return f"{P}index:mode:{mode}"
+
+
+class QueueFull(Exception):
+    """The queue holds REMOTE_CI_MAX_QUEUE jobs already."""
+
+
+# KEYS: job, queue, seq, index:all, index:status:queued, index:mode:<m>
+# ARGV: id, payload, ttl, max_queue, then field/value pairs of the record
+_ENQUEUE = """
+if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[4]) then return -1 end
+local seq = redis.call('INCR', KEYS[3])
+redis.call('HSET', KEYS[1], 'seq', seq, 'payload', ARGV[2], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[4], seq, ARGV[1])
+redis.call('ZADD', KEYS[5], seq, ARGV[1])
+redis.call('ZADD', KEYS[6], seq, ARGV[1])
+redis.call('LPUSH', KEYS[2], ARGV[2])
+return redis.call('ZCARD', KEYS[5])
+"""
+
+# KEYS: job, inflight, index:status:queued, index:status:running
+# ARGV: id, payload, started_at, worker, ttl
+_CLAIM = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'queued' then
+  redis.call('LREM', KEYS[2], 1, ARGV[2])
+  return status or 'missing'
+end
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[3], 'worker', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+local seq = redis.call('HGET', KEYS[1], 'seq')
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[4], seq, ARGV[1])
+return 'running'
+"""
+
+# KEYS: job, inflight, index:status:<from>, index:status:<to>, counters
+# ARGV: id, payload, from_status, to_status, ttl, then field/value pairs
+# Ends a job that is in <from>; anything else only drops the payload from the in-flight list.
+_TRANSITION = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if KEYS[2] ~= '' then redis.call('LREM', KEYS[2], 1, ARGV[2]) end
+if status ~= ARGV[3] then return status or 'missing' end
+redis.call('HSET', KEYS[1], 'status', ARGV[4], unpack(ARGV, 6))
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+local seq = redis.call('HGET', KEYS[1], 'seq')
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[4], seq, ARGV[1])
+redis.call('HINCRBY', KEYS[5], ARGV[4], 1)
+return 'ok'
+"""
+
+# KEYS: job, queue, index:status:queued, index:status:cancelled, counters
+# ARGV: id, finished_at, ttl
+_CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'missing' end
+if status == 'queued' then
+  redis.call('LREM', KEYS[2], 1, redis.call('HGET', KEYS[1], 'payload'))
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2],
+             'error', 'cancelled before it started')
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  local seq = redis.call('HGET', KEYS[1], 'seq')
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('ZADD', KEYS[4], seq, ARGV[1])
+  redis.call('HINCRBY', KEYS[5], 'cancelled', 1)
+  return 'dequeued'
+end
+if status == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel_requested', '1')
+  return 'running'
+end
+return status
+"""
+
+# KEYS: inflight, queue, job
+# ARGV: payload
+# A taken job whose executor died before claiming it goes back to the head of the queue.
+_REQUEUE_UNCLAIMED = """
+local status = redis.call('HGET', KEYS[3], 'status')
+redis.call('LREM', KEYS[1], 1, ARGV[1])
+if status == 'queued' then redis.call('RPUSH', KEYS[2], ARGV[1]) end
+return status or 'missing'
+"""
+
+
+@dataclass(frozen=True)
+class Stats:
+    queued: int
+    running: int
+    workers: int
+    finished: dict[str, int]
+
+
+class JobStore:
+    """All Redis access of the server goes through here; one method per transition."""
+
+    def __init__(self, client: redis.Redis, retention_seconds: int):
+        self.r = client
+        self.ttl = retention_seconds
+        self._enqueue = client.register_script(_ENQUEUE)
+        self._claim = client.register_script(_CLAIM)
+        self._transition = client.register_script(_TRANSITION)
+        self._cancel = client.register_script(_CANCEL)
+        self._requeue = client.register_script(_REQUEUE_UNCLAIMED)
+
+    # --- accepting -------------------------------------------------------------------------
+
+    def enqueue(self, record: Mapping[str, str], payload: Mapping[str, Any], max_queue: int) -> int:
+        """Store the record and push the payload in one step; return the queue position."""
+        job_id = record["id"]
+        payload_json = json.dumps(payload, separators=(",", ":"), sort_keys=True)
+        fields = [item for pair in record.items() for item in pair]
+        keys = [job_key(job_id), QUEUE, SEQ, INDEX_ALL, status_index(jobs.QUEUED),
+                mode_index(record["mode"])]
+        position = int(self._enqueue(keys=keys, args=[job_id, payload_json, self.ttl, max_queue,
+                                                      *fields]))
+        if position < 0:
+            raise QueueFull()
+        return position
+
+    # --- executing -------------------------------------------------------------------------
+
+    def take(self, executor_id: str, timeout: float) -> str | None:
+        """Block up to `timeout` for the oldest job; it moves to our in-flight list, never lost."""
+        raw = self.r.blmove(QUEUE, inflight_key(executor_id), timeout, "RIGHT", "LEFT")  # type: ignore[arg-type]
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    def claim(self, executor_id: str, job_id: str, payload: str, started_at: str) -> bool:
+        """Mark a taken job running; False when it was cancelled (or expired) meanwhile."""
+        keys = [job_key(job_id), inflight_key(executor_id), status_index(jobs.QUEUED),
+                status_index(jobs.RUNNING)]
+        result = self._claim(keys=keys, args=[job_id, payload, started_at, executor_id, self.ttl])
+        return _text(result) == jobs.RUNNING
+
+    def set_fields(self, job_id: str, fields: Mapping[str, str]) -> None:
+        self.r.hset(job_key(job_id), mapping=dict(fields))  # type: ignore[arg-type]
+
+    def finish(self, executor_id: str, job_id: str, payload: str, status: str,
+               fields: Mapping[str, str]) -> bool:
+        """Record a running job's final status and drop it from the in-flight list, atomically."""
+        return self._finish_from(jobs.RUNNING, inflight_key(executor_id), job_id, payload,
+                                 status, fields)
+
+    def _finish_from(self, from_status: str, inflight: str, job_id: str, payload: str,
+                     status: str, fields: Mapping[str, str]) -> bool:
+        flat = [item for pair in fields.items() for item in pair]
+        keys = [job_key(job_id), inflight, status_index(from_status), status_index(status),
+                COUNTERS]
+        result = self._transition(keys=keys, args=[job_id, payload, from_status, status,
+                                                   self.ttl, *flat])
+        return _text(result) == "ok"
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.r.hget(job_key(job_id), "cancel_requested") is not None
+
+    # --- cancelling ------------------------------------------------------------------------
+
+    def cancel(self, job_id: str, finished_at: str) -> str:
+        """Cancel: 'dequeued' (it was queued), 'running' (its executor stops it), 'missing', or
+        the final status it already had."""
+        keys = [job_key(job_id), QUEUE, status_index(jobs.QUEUED), status_index(jobs.CANCELLED),
+                COUNTERS]
+        return _text(self._cancel(keys=keys, args=[job_id, finished_at, self.ttl]))
+
+    # --- executors -------------------------------------------------------------------------
+
+    def register_executor(self, executor_id: str, info: Mapping[str, Any]) -> None:
+        """Heartbeat first, then membership: a member without a heartbeat is always dead."""
+        self.heartbeat(executor_id, info)
+        self.r.sadd(EXECUTORS, executor_id)
+
+    def heartbeat(self, executor_id: str, info: Mapping[str, Any]) -> None:
+        self.r.set(heartbeat_key(executor_id), json.dumps(dict(info)), ex=HEARTBEAT_TTL)
+
+    def live_executors(self) -> list[dict[str, Any]]:
+        members = sorted(_text(m) for m in self.r.smembers(EXECUTORS))
+        if not members:
+            return []
+        beats = self.r.mget([heartbeat_key(m) for m in members])
+        return [json.loads(b) for b in beats if b is not None]
+
+    def dead_executors(self) -> list[str]:
+        members = sorted(_text(m) for m in self.r.smembers(EXECUTORS))
+        if not members:
+            return []
+        beats = self.r.mget([heartbeat_key(m) for m in members])
+        return [m for m, b in zip(members, beats, strict=True) if b is None]
+
+    def inflight(self, executor_id: str) -> list[str]:
+        return [_text(p) for p in self.r.lrange(inflight_key(executor_id), 0, -1)]
+
+    def reap_executor(self, executor_id: str, reason: str, finished_at: str) -> list[str]:
+        """End the in-flight jobs of a dead executor as `error`; return the ids that ended."""
+        ended = []
+        key = inflight_key(executor_id)
+        for payload in self.inflight(executor_id):
+            job_id = json.loads(payload)["id"]
+            status = _text(self._requeue(keys=[key, QUEUE, job_key(job_id)], args=[payload]))
+            if status == jobs.QUEUED:
+                continue  # never started: it went back to the head of the queue
+            # _requeue already dropped it from in-flight; an empty key skips the second LREM.
+            if self._finish_from(jobs.RUNNING, "", job_id, payload, jobs.ERROR,
+                                 {"error": reason, "finished_at": finished_at}):
+                ended.append(job_id)
+        self.r.delete(heartbeat_key(executor_id))
+        self.r.srem(EXECUTORS, executor_id)
+        return ended
+
+    def unregister_executor(self, executor_id: str) -> None:
+        self.r.delete(heartbeat_key(executor_id))
+        self.r.srem(EXECUTORS, executor_id)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        """The job object with its queue position, or None when unknown or expired."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(job_key(job_id))
+        pipe.zrank(status_index(jobs.QUEUED), job_id)
+        record, rank = pipe.execute()
+        if not record:
+            return None
+        return jobs.job_object(_decode(record), None if rank is None else rank + 1)
+
+    def status(self, job_id: str) -> str | None:
+        raw = self.r.hget(job_key(job_id), "status")
+        return None if raw is None else _text(raw)
+
+    def list_jobs(self, status: str | None, mode: str | None, limit: int) -> list[dict[str, Any]]:
+        """Newest first; filters use the narrowest index and check the other on the record."""
+        index = status_index(status) if status else mode_index(mode) if mode else INDEX_ALL
+        found: list[dict[str, Any]] = []
+        start, page = 0, max(limit, 50)
+        scanned_limit = 20 * page  # bound the scan when the second filter matches rarely
+        while len(found) < limit and start < scanned_limit:
+            ids = [_text(i) for i in self.r.zrevrange(index, start, start + page - 1)]
+            if not ids:
+                break
+            start += page
+            pipe = self.r.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hgetall(job_key(job_id))
+            records = pipe.execute()
+            queued_ranks = self._queued_ranks(ids, records)
+            for job_id, raw in zip(ids, records, strict=True):
+                if not raw:
+                    continue  # expired; housekeeping prunes the index
+                record = _decode(raw)
+                if (status and record.get("status") != status) or (
+                        mode and record.get("mode") != mode):
+                    continue
+                found.append(jobs.job_object(record, queued_ranks.get(job_id)))
+                if len(found) == limit:
+                    break
+        return found
+
+    def _queued_ranks(self, ids: list[str], records: list[Any]) -> dict[str, int]:
+        queued = [i for i, rec in zip(ids, records, strict=True)
+                  if rec and rec.get(b"status") == jobs.QUEUED.encode()]
+        if not queued:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in queued:
+            pipe.zrank(status_index(jobs.QUEUED), job_id)
+        return {j: r + 1 for j, r in zip(queued, pipe.execute(), strict=True) if r is not None}
+
+    def stats(self) -> Stats:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zcard(status_index(jobs.QUEUED))
+        pipe.zcard(status_index(jobs.RUNNING))
+        pipe.hgetall(COUNTERS)
+        queued, running, counters = pipe.execute()
+        finished = {s: int(counters.get(s.encode(), 0)) for s in jobs.FINAL_STATUSES}
+        return Stats(queued=queued, running=running, workers=len(self.live_executors()),
+                     finished=finished)
+
+    def prune_indexes(self, batch: int = 500) -> int:
+        """Drop ids of expired records from the listing indexes; return how many went."""
+        removed = 0
+        indexes = [INDEX_ALL] + [status_index(s) for s in jobs.STATUSES] + [
+            mode_index(m) for m in jobs.MODES]
+        cursor = 0
+        while True:
+            ids = [_text(i) for i in self.r.zrange(INDEX_ALL, cursor, cursor + batch - 1)]
+            if not ids:
+                return removed
+            pipe = self.r.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.exists(job_key(job_id))
+            gone = [i for i, alive in zip(ids, pipe.execute(), strict=True) if not alive]
+            if gone:
+                pipe = self.r.pipeline(transaction=True)
+                for index in indexes:
+                    pipe.zrem(index, *gone)
+                pipe.execute()
+                removed += len(gone)
+            cursor += batch - len(gone)
+
+    def ping(self) -> None:
+        self.r.ping()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decode(record: Mapping[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in record.items()}
+
+
+def connect(url: str) -> redis.Redis:
+    """A client with bounded waits: a dead Redis is an error in seconds, not a hang."""
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=3, socket_timeout=10, health_check_interval=30,
+    )

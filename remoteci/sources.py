@@ -1,0 +1,46 @@
+"""Put a job's code into its scratch dir: a workspace copy, an extracted upload or a git clone."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from remoteci.config import Settings
+from remoteci.errors import SourceError
+from remoteci.workspaces import copy_workspace, recheck_workspace
+
+
+def prepare_source(payload: dict[str, Any], scratch: Path, settings: Settings,
+                   log_fd: int) -> dict[str, str]:
+    """Fill `scratch` with the job's code; return fields to record on the job (e.g. `commit`)."""
+    mode = payload["mode"]
+    if mode == "rsync":
+        workspace = recheck_workspace(settings.workspace_dir, Path(payload["path"]))
+        copy_workspace(workspace, scratch, timeout=payload["timeout"])
+        return {}
+    if mode == "upload":
+        from remoteci.archives import extract_archive
+
+        extract_archive(Path(payload["path"]), scratch,
+                        max_bytes=settings.max_extract_mb * 1024 * 1024,
+                        max_members=settings.max_archive_members)
+        return {}
+    if mode == "git":
+        from remoteci.gitsource import clone_git
+
+        commit = clone_git(payload["repo"], payload.get("ref"), scratch,
+                           timeout=min(settings.git_timeout, payload["timeout"]),
+                           allow_file=settings.git_allow_file, log_fd=log_fd)
+        os.write(log_fd, f"[remote-ci] commit {commit}\n".encode())
+        return {"commit": commit}
+    raise SourceError(f"unknown mode {mode!r}")
+
+
+def discard_source(payload: dict[str, Any]) -> None:
+    """An upload's archive is deleted when its job ends, whatever the outcome."""
+    if payload["mode"] == "upload":
+        try:
+            os.unlink(payload["path"])
+        except FileNotFoundError:
+            pass

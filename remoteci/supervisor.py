@@ -1,0 +1,210 @@
+"""The supervisor: forks and watches executors, ends jobs of dead ones, sweeps old files, drains."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from remoteci import events, jobs, proctree
+from remoteci.config import Settings
+from remoteci.executor import DRAIN_KILL_GRACE, executor_main
+from remoteci.queue import JobStore
+
+COMPONENT = "supervisor"
+LOST_SCAN_EVERY = 10.0  # seconds between looks for executors whose heartbeat expired (any host)
+SWEEP_EVERY = 600.0
+RESTART_BACKOFF_MAX = 30.0
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, make_store: Callable[[], JobStore]):
+        self.settings = settings
+        self.make_store = make_store
+        self.store = make_store()
+        self.executors: dict[int, int] = {}  # pid -> slot
+        self.failures: dict[int, int] = {}  # slot -> quick deaths in a row
+        self.stopping = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def run(self) -> int:
+        proctree.become_subreaper()  # orphans of a dead executor come to us, so we can stop them
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        for directory in (self.settings.logs_dir, self.settings.work_dir,
+                          self.settings.uploads_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        events.info(COMPONENT, f"starting {self.settings.concurrency} executors on "
+                               f"{self.settings.node_name}")
+        self._reap_lost_executors()
+        self._sweep()
+        for slot in range(self.settings.concurrency):
+            self._spawn(slot)
+        next_scan = time.monotonic() + LOST_SCAN_EVERY
+        next_sweep = time.monotonic() + SWEEP_EVERY
+        while not self.stopping:
+            self._wait(1.0)
+            self._reap_children()
+            now = time.monotonic()
+            if now >= next_scan:
+                next_scan = now + LOST_SCAN_EVERY
+                self._reap_lost_executors()
+            if now >= next_sweep:
+                next_sweep = now + SWEEP_EVERY
+                self._sweep()
+        return self._drain()
+
+    def _on_stop(self, *_: Any) -> None:
+        self.stopping = True
+
+    def _on_hup(self, *_: Any) -> None:
+        events.info(COMPONENT, "SIGHUP: nothing to reload (settings are read once at start; "
+                               "restart the service to change them)")
+
+    def _wait(self, seconds: float) -> None:
+        select.select([self._wake_r], [], [], seconds)
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # --- executors -------------------------------------------------------------------------
+
+    def _spawn(self, slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                signal.set_wakeup_fd(-1)
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                proctree.die_with_parent(signal.SIGTERM)
+                executor_main(self.settings, self.make_store(), slot)
+            except BaseException as exc:
+                events.error("executor", f"crashed: {exc!r}")
+                code = 1
+            finally:
+                os._exit(code)
+        self.executors[pid] = slot
+
+    def _reap_children(self) -> None:
+        reaped, _ = proctree.reap_children()
+        for pid, status in reaped.items():
+            slot = self.executors.pop(pid, None)
+            if slot is None:
+                continue  # an orphan of a job, re-parented to us and now gone
+            executor_id = f"{self.settings.node_name}:{pid}"
+            code = proctree.exit_code(status)
+            if self.stopping:
+                continue
+            events.error(COMPONENT, f"executor {executor_id} died (exit code {code}); "
+                                    "restarting it")
+            self._stop_orphans()
+            self._end_lost_jobs(executor_id, f"executor lost: it died with exit code {code}")
+            self.failures[slot] = self.failures.get(slot, 0) + 1
+            delay = min(RESTART_BACKOFF_MAX, 0.5 * 2 ** (self.failures[slot] - 1))
+            if self.failures[slot] > 1:
+                self._wait(delay)  # an executor that dies at once must not spin
+            self._spawn(slot)
+
+    def _stop_orphans(self) -> None:
+        """Processes of a dead executor's job were re-parented to us: kill every one of them."""
+        executor_trees: set[int] = set(self.executors)
+        for pid in self.executors:
+            executor_trees.update(proctree.descendants(pid))
+        orphans = [p for p in proctree.descendants(os.getpid()) if p not in executor_trees]
+        proctree.signal_all(orphans, signal.SIGKILL)
+
+    def _end_lost_jobs(self, executor_id: str, reason: str) -> None:
+        try:
+            ended = self.store.reap_executor(executor_id, reason, jobs.iso_now())
+        except redis.RedisError as exc:
+            events.error(COMPONENT, f"cannot record lost jobs of {executor_id} ({exc}); "
+                                    "the next scan retries")
+            return
+        for job_id in ended:
+            events.warning(COMPONENT, f"job {job_id} ended error: {reason}")
+
+    def _reap_lost_executors(self) -> None:
+        """Executors on any host whose heartbeat expired: their in-flight jobs end `error`."""
+        try:
+            dead = self.store.dead_executors()
+        except redis.RedisError as exc:
+            events.warning(COMPONENT, f"redis unreachable ({exc})")
+            return
+        for executor_id in dead:
+            self._end_lost_jobs(executor_id, "executor lost: its heartbeat stopped "
+                                             "(host or process died)")
+
+    # --- housekeeping ----------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """Delete logs, scratch dirs and uploads older than the retention; prune indexes."""
+        cutoff = time.time() - self.settings.retention_seconds
+        removed = sum(_remove_older(d, cutoff) for d in (
+            self.settings.logs_dir, self.settings.uploads_dir, self.settings.work_dir))
+        try:
+            pruned = self.store.prune_indexes()
+        except redis.RedisError as exc:
+            events.warning(COMPONENT, f"index pruning skipped, redis unreachable ({exc})")
+            pruned = 0
+        if removed or pruned:
+            events.info(COMPONENT, f"housekeeping removed {removed} old files, "
+                                   f"{pruned} expired index entries")
+
+    # --- shutdown --------------------------------------------------------------------------
+
+    def _drain(self) -> int:
+        events.info(COMPONENT, f"stopping: running jobs may finish for up to "
+                               f"{self.settings.drain_timeout} s")
+        proctree.signal_all(self.executors, signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.drain_timeout + DRAIN_KILL_GRACE + 10
+        while self.executors and time.monotonic() < deadline:
+            self._wait(0.5)
+            reaped, _ = proctree.reap_children()
+            for pid in reaped:
+                self.executors.pop(pid, None)
+        if self.executors:
+            events.error(COMPONENT, "executors did not stop in time; killing them")
+            proctree.signal_all(self.executors, signal.SIGKILL)
+        proctree.signal_all(proctree.descendants(os.getpid()), signal.SIGKILL)
+        while proctree.reap_children()[1]:
+            self._wait(0.05)
+        events.info(COMPONENT, "stopped")
+        return 0
+
+
+def _remove_older(directory: Path, cutoff: float) -> int:
+    import shutil
+
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+            removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
+
+
+def supervisor_main(settings: Settings, make_store: Callable[[], JobStore]) -> int:
+    return Supervisor(settings, make_store).run()
