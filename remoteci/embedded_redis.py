@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 import redis
 
-from remoteci import events
+from remoteci import events, proctree
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 20.0
 SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes including the terminating NUL
+
+
+def _die_with_parent() -> None:
+    proctree.die_with_parent(signal.SIGTERM)
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -45,9 +50,13 @@ class EmbeddedRedis:
         self.proc = subprocess.Popen(
             [binary, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "600",
              "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", "everysec",
-             "--save", "", "--daemonize", "no", "--logfile", str(self.directory / "redis.log")],
+             "--save", "", "--daemonize", "no", "--logfile", str(self.directory / "redis.log"),
+             "--pidfile", str(self.directory / "redis.pid")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C on the terminal reaches us; we stop redis last
+            # If we are killed outright, redis still gets SIGTERM (and writes its AOF): a second
+            # server must never find an old redis still holding the same files.
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + START_TIMEOUT
         client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=2)

@@ -69,6 +69,7 @@ class Response:
     status: int
     headers: Headers
     body: Iterable[bytes]
+    streamed: bool = False  # headers go out at once, before the first (maybe late) chunk
 
 
 def json_response(status: int, obj: Any, headers: Headers | None = None) -> Response:
@@ -131,8 +132,10 @@ class App:
         except Exception:
             events.error(COMPONENT, "internal error: " + traceback.format_exc().replace("\n", " | "))
             response = error_response(500, "internal server error; the operator's log has details")
-        start_response(f"{response.status} {_REASONS.get(response.status, 'Status')}",
-                       response.headers)
+        write = start_response(f"{response.status} {_REASONS.get(response.status, 'Status')}",
+                               response.headers)
+        if response.streamed:
+            write(b"")  # waitress sends headers on the first non-empty chunk unless told now
         return response.body
 
     def _dispatch(self, environ: dict[str, Any]) -> Response:
@@ -277,12 +280,13 @@ class App:
         headers: Headers = [("Content-Type", "text/plain; charset=utf-8"),
                             ("X-Job-Status", str(status)), ("Cache-Control", "no-store")]
         if request.query("follow") in ("1", "true", "yes"):
-            return self._follow(job_id, path, offset, headers)
+            return self._follow(request.environ, job_id, path, offset, headers)
         end = max(offset, logs.log_size(path))
         headers += [("X-Log-Offset", str(end)), ("Content-Length", str(end - offset))]
         return Response(200, headers, logs.read_range(path, offset, end))
 
-    def _follow(self, job_id: str, path: Path, offset: int, headers: Headers) -> Response:
+    def _follow(self, environ: dict[str, Any], job_id: str, path: Path, offset: int,
+                headers: Headers) -> Response:
         if not self._followers.acquire(blocking=False):
             raise ApiError(503, f"too many log followers (REMOTE_CI_MAX_FOLLOWERS="
                                 f"{self.settings.max_followers}); poll with ?offset= instead",
@@ -295,9 +299,11 @@ class App:
                 return False  # keep following; the outage shows in /api/health
 
         # In a stream, X-Log-Offset is where it starts: add the bytes received to resume.
-        stream = logs.follow(path, offset, is_final, self.stopping)
+        # waitress tells whether the client hung up, so a quiet job does not pin a slot.
+        disconnected = environ.get("waitress.client_disconnected") or _never
+        stream = logs.follow(path, offset, is_final, self.stopping, disconnected)
         return Response(200, [*headers, ("X-Log-Offset", str(offset))],
-                        _ReleasingStream(stream, self._followers.release))
+                        _ReleasingStream(stream, self._followers.release), streamed=True)
 
     def stats(self, request: Request) -> Response:
         s = self.store.stats()
@@ -364,6 +370,10 @@ class App:
         start = max(0, size - pages.LOG_TAIL_BYTES)
         tail = b"".join(logs.read_range(path, start, size))
         return _html(pages.job_page(job, tail, truncated=start > 0))
+
+
+def _never() -> bool:
+    return False
 
 
 def _p(pattern: str) -> re.Pattern[str]:

@@ -34,12 +34,12 @@ def read_range(path: Path, start: int, end: int) -> Iterator[bytes]:
             yield chunk
 
 
-def follow(path: Path, start: int, is_final: Callable[[], bool],
-           stop: threading.Event) -> Generator[bytes, None, None]:
+def follow(path: Path, start: int, is_final: Callable[[], bool], stop: threading.Event,
+           disconnected: Callable[[], bool]) -> Generator[bytes, None, None]:
     """Yield the log from `start` as it grows, until the job is final and every byte is out."""
     position = start
     deadline = time.monotonic() + FOLLOW_MAX_SECONDS
-    while not stop.is_set() and time.monotonic() < deadline:
+    while not stop.is_set() and time.monotonic() < deadline and not disconnected():
         size = log_size(path)
         if size > position:
             for chunk in read_range(path, position, size):
