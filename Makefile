@@ -1,0 +1,24 @@
+# The two commands a new user needs: `make run` and `make test`.
+.PHONY: run test lint deps dev-deps bench clean
+
+run: deps            ## install what is missing, start the server on the embedded default
+	scripts/run-dev.sh
+
+test: dev-deps lint  ## lint, type-check and run the test suite
+	.venv/bin/python -m pytest -q
+
+lint: dev-deps
+	.venv/bin/ruff check .
+	.venv/bin/mypy
+
+deps:
+	scripts/install-deps.sh requirements.txt
+
+dev-deps:
+	scripts/install-deps.sh requirements-dev.txt
+
+bench: deps
+	.venv/bin/python bench/run.py
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

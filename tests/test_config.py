@@ -1,0 +1,71 @@
+"""Settings are validated once, with messages that name the variable and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from remoteci.config import ConfigError, load_settings
+
+TOKEN = {"REMOTE_CI_TOKEN": "a-long-enough-token"}
+
+
+def test_defaults_match_the_contract() -> None:
+    s = load_settings(TOKEN)
+    assert s.tokens == ("a-long-enough-token",)
+    assert s.redis_url is None
+    assert (s.host, s.port) == ("127.0.0.1", 5000)
+    assert s.workspace_dir == Path("/var/ci-workspace")
+    assert s.data_dir == Path("/var/lib/remote-ci") and s.logs_dir == Path("/var/lib/remote-ci/logs")
+    assert s.work_dir == Path("/tmp/remote-ci")
+    assert (s.concurrency, s.job_timeout, s.kill_grace, s.cancel_grace) == (2, 3600, 60, 10)
+    assert (s.drain_timeout, s.retention_days, s.max_upload_mb) == (300, 7, 500)
+    assert s.shell == "/bin/bash"
+    assert s.soft_limit(3600) == 3540
+
+
+def test_missing_token_refuses_to_start() -> None:
+    with pytest.raises(ConfigError, match="REMOTE_CI_TOKEN is not set"):
+        load_settings({})
+    with pytest.raises(ConfigError, match="at least 8"):
+        load_settings({"REMOTE_CI_TOKEN": "short"})
+
+
+def test_several_tokens_comma_separated() -> None:
+    s = load_settings({"REMOTE_CI_TOKEN": " first-token-1 , second-token-2 ,"})
+    assert s.tokens == ("first-token-1", "second-token-2")
+
+
+@pytest.mark.parametrize("name, value, fragment", [
+    ("REMOTE_CI_PORT", "http", "not a whole number"),
+    ("REMOTE_CI_PORT", "70000", "out of range"),
+    ("REMOTE_CI_CONCURRENCY", "0", "REMOTE_CI_CONCURRENCY=0 is out of range"),
+    ("REMOTE_CI_JOB_TIMEOUT", "-5", "out of range"),
+    ("REMOTE_CI_REDIS_URL", "localhost:6379", "must start with redis://"),
+    ("REMOTE_CI_GIT_ALLOW_FILE", "maybe", "not a boolean"),
+    ("REMOTE_CI_DATA_DIR", " ", "empty"),
+])
+def test_bad_values_name_the_variable(name: str, value: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment) as info:
+        load_settings({**TOKEN, name: value})
+    assert name in str(info.value)
+
+
+def test_followers_must_leave_threads_for_the_api() -> None:
+    with pytest.raises(ConfigError, match="REMOTE_CI_MAX_FOLLOWERS"):
+        load_settings({**TOKEN, "REMOTE_CI_MAX_FOLLOWERS": "16", "REMOTE_CI_HTTP_THREADS": "16"})
+
+
+def test_missing_shell_falls_back_to_sh() -> None:
+    assert load_settings({**TOKEN, "REMOTE_CI_SHELL": "/no/such/shell"}).shell == "/bin/sh"
+    assert load_settings({**TOKEN, "REMOTE_CI_SHELL": "/bin/sh"}).shell == "/bin/sh"
+
+
+def test_soft_limit_keeps_a_grace_for_short_timeouts() -> None:
+    s = load_settings({**TOKEN, "REMOTE_CI_KILL_GRACE": "60"})
+    assert s.soft_limit(10) == 5
+    assert s.soft_limit(120) == 60
+    s = load_settings({**TOKEN, "REMOTE_CI_KILL_GRACE": "2"})
+    assert s.soft_limit(5) == 3
+    assert load_settings({**TOKEN, "REMOTE_CI_KILL_GRACE": "0"}).soft_limit(5) == 5

@@ -1,0 +1,155 @@
+"""The Redis schema against a real redis-server: transitions are atomic and conditional."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import redis
+
+from remoteci import jobs
+from remoteci.queue import QUEUE, JobStore, QueueFull, inflight_key, job_key
+
+TTL = 7 * 86400
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> JobStore:
+    return JobStore(redis_client, TTL)
+
+
+def submit(store: JobStore, job_id: str, mode: str = "rsync", max_queue: int = 100) -> str:
+    record = {"id": job_id, "mode": mode, "status": "queued", "script": "true", "source": "p",
+              "timeout": "60", "created_at": jobs.iso_now()}
+    payload: dict[str, Any] = {"id": job_id, "mode": mode, "script": "true", "timeout": 60}
+    store.enqueue(record, payload, max_queue)
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True)
+
+
+def test_enqueue_stores_record_with_retention_ttl(store: JobStore, redis_client: redis.Redis) -> None:
+    submit(store, "a")
+    ttl = redis_client.ttl(job_key("a"))
+    assert TTL - 5 <= ttl <= TTL
+    job = store.get("a")
+    assert job is not None and job["status"] == "queued" and job["queue_position"] == 1
+
+
+def test_every_transition_renews_the_ttl(store: JobStore, redis_client: redis.Redis) -> None:
+    payload = submit(store, "a")
+    redis_client.expire(job_key("a"), 100)
+    assert store.take("ex1", 1) == payload
+    assert store.claim("ex1", "a", payload, jobs.iso_now())
+    assert redis_client.ttl(job_key("a")) > TTL - 5
+    redis_client.expire(job_key("a"), 100)
+    assert store.finish("ex1", "a", payload, "success", {"exit_code": "0"})
+    assert redis_client.ttl(job_key("a")) > TTL - 5
+
+
+def test_fifo_and_queue_positions(store: JobStore) -> None:
+    payloads = [submit(store, f"j{i}") for i in range(5)]
+    assert [store.get(f"j{i}")["queue_position"] for i in range(5)] == [1, 2, 3, 4, 5]  # type: ignore[index]
+    taken = [store.take("ex1", 1) for _ in range(5)]
+    assert taken == payloads
+    assert store.take("ex1", 0.1) is None
+
+
+def test_a_taken_job_lives_in_the_inflight_list_until_finished(store: JobStore,
+                                                                redis_client: redis.Redis) -> None:
+    payload = submit(store, "a")
+    store.take("ex1", 1)
+    assert redis_client.lrange(inflight_key("ex1"), 0, -1) == [payload.encode()]
+    assert redis_client.llen(QUEUE) == 0
+    store.claim("ex1", "a", payload, jobs.iso_now())
+    assert store.get("a")["status"] == "running"  # type: ignore[index]
+    store.finish("ex1", "a", payload, "failed", {"exit_code": "3"})
+    assert redis_client.llen(inflight_key("ex1")) == 0
+    job = store.get("a")
+    assert job is not None and job["status"] == "failed" and job["exit_code"] == 3
+
+
+def test_cancel_of_a_queued_job_removes_it_from_the_queue(store: JobStore,
+                                                          redis_client: redis.Redis) -> None:
+    submit(store, "a")
+    submit(store, "b")
+    assert store.cancel("a", jobs.iso_now()) == "dequeued"
+    assert store.get("a")["status"] == "cancelled"  # type: ignore[index]
+    assert store.get("b")["queue_position"] == 1  # type: ignore[index]
+    assert [json.loads(p)["id"] for p in redis_client.lrange(QUEUE, 0, -1)] == ["b"]
+
+
+def test_cancel_in_the_instant_between_take_and_claim_wins(store: JobStore,
+                                                           redis_client: redis.Redis) -> None:
+    payload = submit(store, "a")
+    assert store.take("ex1", 1) == payload
+    assert store.cancel("a", jobs.iso_now()) == "dequeued"
+    assert not store.claim("ex1", "a", payload, jobs.iso_now())
+    assert store.get("a")["status"] == "cancelled"  # type: ignore[index]
+    assert redis_client.llen(inflight_key("ex1")) == 0
+
+
+def test_cancel_of_running_and_finished_jobs(store: JobStore) -> None:
+    payload = submit(store, "a")
+    store.take("ex1", 1)
+    store.claim("ex1", "a", payload, jobs.iso_now())
+    assert store.cancel("a", jobs.iso_now()) == "running"
+    assert store.cancel_requested("a")
+    store.finish("ex1", "a", payload, "cancelled", {})
+    assert store.cancel("a", jobs.iso_now()) == "cancelled"
+    assert store.cancel("nope", jobs.iso_now()) == "missing"
+
+
+def test_finish_of_a_job_already_ended_elsewhere_changes_nothing(store: JobStore) -> None:
+    payload = submit(store, "a")
+    store.take("ex1", 1)
+    store.claim("ex1", "a", payload, jobs.iso_now())
+    assert store.reap_executor("ex1", "executor lost: test", jobs.iso_now()) == ["a"]
+    assert not store.finish("ex1", "a", payload, "success", {"exit_code": "0"})
+    job = store.get("a")
+    assert job is not None and job["status"] == "error" and job["error"] == "executor lost: test"
+
+
+def test_reaping_requeues_a_taken_but_unclaimed_job_at_the_head(store: JobStore) -> None:
+    first = submit(store, "a")
+    submit(store, "b")
+    store.take("ex1", 1)
+    assert store.reap_executor("ex1", "executor lost", jobs.iso_now()) == []
+    assert store.take("ex2", 1) == first
+
+
+def test_dead_executors_are_those_without_heartbeat(store: JobStore, redis_client: redis.Redis) -> None:
+    store.register_executor("h1:1", {"id": "h1:1", "host": "h1"})
+    store.register_executor("h2:2", {"id": "h2:2", "host": "h2"})
+    redis_client.delete("rci:executor:h2:2")
+    assert store.dead_executors() == ["h2:2"]
+    assert [e["id"] for e in store.live_executors()] == ["h1:1"]
+    assert store.stats().workers == 1
+
+
+def test_queue_bound(store: JobStore) -> None:
+    submit(store, "a", max_queue=2)
+    submit(store, "b", max_queue=2)
+    with pytest.raises(QueueFull):
+        submit(store, "c", max_queue=2)
+    assert store.get("c") is None
+
+
+def test_listing_filters_and_skips_expired(store: JobStore, redis_client: redis.Redis) -> None:
+    for i in range(6):
+        submit(store, f"r{i}", mode="rsync" if i % 2 else "git")
+    redis_client.delete(job_key("r5"))
+    assert [j["id"] for j in store.list_jobs(None, None, 10)] == ["r4", "r3", "r2", "r1", "r0"]
+    assert [j["id"] for j in store.list_jobs(None, "git", 2)] == ["r4", "r2"]
+    assert [j["id"] for j in store.list_jobs("queued", "rsync", 10)] == ["r3", "r1"]
+    assert store.prune_indexes() == 1
+    assert redis_client.zscore("rci:index:all", "r5") is None
+
+
+def test_stats_count_queued_running_and_finished(store: JobStore) -> None:
+    payload = submit(store, "a")
+    submit(store, "b")
+    store.take("ex1", 1)
+    store.claim("ex1", "a", payload, jobs.iso_now())
+    store.finish("ex1", "a", payload, "success", {})
+    stats = store.stats()
+    assert (stats.queued, stats.running, stats.finished["success"]) == (1, 0, 1)

@@ -1,0 +1,86 @@
+"""Workspace containment by resolved path components, and the private copy."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from remoteci.errors import ApiError, SourceError
+from remoteci.workspaces import copy_workspace, recheck_workspace, resolve_workspace
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    ws = tmp_path / "ws"
+    (ws / "proj" / "sub").mkdir(parents=True)
+    (tmp_path / "ws-evil").mkdir()
+    (tmp_path / "outside").mkdir()
+    (ws / "to-outside").symlink_to(tmp_path / "outside")
+    (ws / "to-proj").symlink_to(ws / "proj")
+    (ws / "file").write_text("x")
+    return ws
+
+
+@pytest.mark.parametrize("requested", ["proj", "proj/sub", "proj/../proj", "to-proj"])
+def test_inside_the_root(root: Path, requested: str) -> None:
+    assert resolve_workspace(root, requested) == (root / requested).resolve()
+
+
+def test_absolute_path_inside_the_root(root: Path) -> None:
+    assert resolve_workspace(root, str(root / "proj")) == root / "proj"
+
+
+@pytest.mark.parametrize("requested", ["..", ".", "", "../ws-evil", "to-outside", "/etc", "proj/../.."])
+def test_outside_the_root_or_the_root_itself(root: Path, requested: str) -> None:
+    with pytest.raises(ApiError) as info:
+        resolve_workspace(root, requested)
+    assert info.value.status in (400, 403)
+    if requested:
+        assert info.value.status == 403
+
+
+def test_common_string_prefix_is_not_containment(root: Path) -> None:
+    with pytest.raises(ApiError) as info:
+        resolve_workspace(root, str(root.parent / "ws-evil"))
+    assert info.value.status == 403
+
+
+@pytest.mark.parametrize("requested", ["missing", "file"])
+def test_missing_or_not_a_directory_is_400(root: Path, requested: str) -> None:
+    with pytest.raises(ApiError) as info:
+        resolve_workspace(root, requested)
+    assert info.value.status == 400
+
+
+def test_recheck_catches_a_workspace_swapped_for_a_link(root: Path, tmp_path: Path) -> None:
+    path = resolve_workspace(root, "proj")
+    os.rename(path, tmp_path / "moved")
+    path.symlink_to(tmp_path / "outside")
+    with pytest.raises(SourceError, match="outside the workspace root"):
+        recheck_workspace(root, path)
+
+
+def test_copy_is_private_and_keeps_modes_and_links(root: Path, tmp_path: Path) -> None:
+    src = root / "proj"
+    (src / "run.sh").write_text("echo hi\n")
+    (src / "run.sh").chmod(0o755)
+    (src / "link").symlink_to("run.sh")
+    (src / ".hidden").write_text("h")
+    dest = tmp_path / "job"
+    dest.mkdir()
+    copy_workspace(src, dest, timeout=30)
+    assert (dest / "run.sh").read_text() == "echo hi\n"
+    assert os.access(dest / "run.sh", os.X_OK)
+    assert os.readlink(dest / "link") == "run.sh"
+    assert (dest / ".hidden").exists() and (dest / "sub").is_dir()
+    (dest / "run.sh").write_text("changed")
+    assert (src / "run.sh").read_text() == "echo hi\n"
+
+
+def test_copy_of_a_vanished_workspace_is_a_source_error(tmp_path: Path) -> None:
+    dest = tmp_path / "job"
+    dest.mkdir()
+    with pytest.raises(SourceError, match="gone"):
+        copy_workspace(tmp_path / "nope", dest, timeout=30)
