@@ -1,0 +1,216 @@
+"""Processes and guarantees: the embedded default, api + worker, FIFO, crashes, drains, restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from tests.helpers import RedisServer, Server, pid_alive, pids_with_arg, wait_until
+from tests.test_process_tree import marker
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and every live descendant."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True, check=True)
+    children: dict[int, list[int]] = {}
+    for line in out.stdout.splitlines():
+        p, pp = map(int, line.split())
+        children.setdefault(pp, []).append(p)
+    found, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        found.append(p)
+        stack.extend(children.get(p, []))
+    return found
+
+
+def executor_infos(client: redis.Redis) -> list[dict[str, object]]:
+    return [json.loads(v) for k in client.scan_iter("rci:executor:*") if (v := client.get(k))]
+
+
+def test_embedded_default_runs_a_private_redis_with_aof_and_stops_everything(make_server) -> None:  # type: ignore[no-untyped-def]
+    srv: Server = make_server(redis_url=None, wait_workers=2)
+    socket_path = srv.data_dir / "redis" / "redis.sock"
+    assert socket_path.is_socket()
+    client = redis.Redis(unix_socket_path=str(socket_path))
+    assert client.config_get("appendonly") == {"appendonly": "yes"}
+    assert client.config_get("port") == {"port": "0"}  # no TCP port at all
+    job = srv.submit("echo embedded")
+    assert srv.wait_final(job["id"])["status"] == "success"
+    assert srv.proc is not None
+    everything = tree(srv.proc.pid)
+    redis_pid = int((srv.data_dir / "redis" / "redis.pid").read_text())
+    assert redis_pid in everything and len(everything) >= 5  # serve, redis, supervisor, 2 executors
+    assert srv.stop(signal.SIGTERM) == 0
+    wait_until(lambda: not any(pid_alive(p) for p in everything), 10, "every process to exit")
+    assert "stopped" in srv.output()
+    assert "test-token" not in srv.output()
+
+
+def test_api_and_worker_run_separately_against_one_redis(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rs = RedisServer(tmp_path / "shared-redis").start()
+    try:
+        api = make_server("api", redis_url=rs.url, base=tmp_path / "host")
+        worker = make_server("worker", redis_url=rs.url, base=tmp_path / "host")
+        wait_until(lambda: api.request("GET", "/api/stats").json()["workers"] == 2, 20, "worker executors")
+        job = api.submit("echo split")
+        assert api.wait_final(job["id"])["status"] == "success"
+        assert api.log(job["id"]).startswith(b"split\n")
+        assert worker.stop() == 0
+        wait_until(lambda: api.request("GET", "/api/stats").json()["workers"] == 0, 20, "executors to leave")
+        assert api.stop() == 0
+    finally:
+        rs.stop()
+
+
+def test_api_and_worker_need_a_redis_url(tmp_path: Path) -> None:
+    for command in ("api", "worker"):
+        srv = Server(tmp_path / command, command=command)
+        env = srv.environment()
+        out = subprocess.run([os.sys.executable, "remoteci.py", command], env=env, capture_output=True,
+                             text=True, timeout=30, cwd=Path(__file__).parent.parent)
+        assert out.returncode == 2
+        assert "REMOTE_CI_REDIS_URL is required" in out.stderr
+
+
+def test_serve_refuses_to_start_without_a_token(tmp_path: Path) -> None:
+    srv = Server(tmp_path, command="serve")
+    env = {k: v for k, v in srv.environment().items() if k != "REMOTE_CI_TOKEN"}
+    out = subprocess.run([os.sys.executable, "remoteci.py", "serve"], env=env, capture_output=True,
+                         text=True, timeout=30, cwd=Path(__file__).parent.parent)
+    assert out.returncode == 2
+    assert "REMOTE_CI_TOKEN is not set" in out.stderr
+
+
+def test_fifo_and_the_concurrency_bound_under_load(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    srv: Server = make_server(wait_workers=2)
+    events = tmp_path / "events"
+    script = ('echo "start $REMOTE_CI_JOB_ID $(date +%s%N)" >> "$EVENTS"; sleep 0.05; '
+              'echo "end $REMOTE_CI_JOB_ID $(date +%s%N)" >> "$EVENTS"')
+    ids = [srv.submit(script, env={"EVENTS": str(events)})["id"] for _ in range(50)]
+    for job_id in ids:
+        assert srv.wait_final(job_id, timeout=60)["status"] == "success"
+    starts: dict[str, int] = {}
+    timeline = []
+    for line in events.read_text().splitlines():
+        kind, job_id, ns = line.split()
+        timeline.append((int(ns), 1 if kind == "start" else -1))
+        if kind == "start":
+            starts[job_id] = int(ns)
+    running = peak = 0
+    for _, delta in sorted(timeline):
+        running += delta
+        peak = max(peak, running)
+    assert peak == 2  # both executors were used, never more
+    # FIFO: job k+2 can only be taken after job k started, whatever the two executors did.
+    for k in range(len(ids) - 2):
+        assert starts[ids[k]] < starts[ids[k + 2]], k
+
+
+def test_two_worker_hosts_share_the_queue_each_with_its_own_bound(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rs = RedisServer(tmp_path / "shared-redis").start()
+    try:
+        api = make_server("api", redis_url=rs.url, base=tmp_path / "shared")
+        for host in ("host-a", "host-b"):
+            make_server("worker", redis_url=rs.url, base=tmp_path / "shared",
+                        env={"REMOTE_CI_NODE_NAME": host, "REMOTE_CI_CONCURRENCY": "1"})
+        wait_until(lambda: api.request("GET", "/api/stats").json()["workers"] == 2, 20, "two hosts")
+        ids = [api.submit("sleep 0.3")["id"] for _ in range(6)]
+        wait_until(lambda: api.request("GET", "/api/stats").json()["running"] == 2, 20, "two running")
+        finals = [api.wait_final(i, timeout=60) for i in ids]
+        hosts = {str(f["worker"]).split(":")[0] for f in finals}
+        assert hosts == {"host-a", "host-b"}
+    finally:
+        rs.stop()
+
+
+def test_a_killed_executor_is_replaced_and_its_job_ends_error(make_server) -> None:  # type: ignore[no-untyped-def]
+    srv: Server = make_server(wait_workers=2)
+    client = redis.Redis.from_url(srv.redis_url)
+    mark = marker()
+    job = srv.submit(f"setsid sleep {mark} & sleep {mark}")
+    running = srv.wait_status(job["id"], ("running",))
+    wait_until(lambda: len(pids_with_arg(mark)) >= 2, 10, "the job's processes")
+    victim = next(int(e["pid"]) for e in executor_infos(client) if e["id"] == running["worker"])  # type: ignore[call-overload]
+    started = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    final = srv.wait_final(job["id"], timeout=90)
+    took = time.monotonic() - started
+    assert final["status"] == "error" and "executor lost" in final["error"]
+    assert took < 90
+    wait_until(lambda: pids_with_arg(mark) == [], 10, "the lost job's processes to be killed")
+    wait_until(lambda: srv.request("GET", "/api/stats").json()["workers"] == 2, 20, "a new executor")
+    after = srv.submit("echo still working")
+    assert srv.wait_final(after["id"])["status"] == "success"
+
+
+def test_sigterm_lets_a_running_job_finish(make_server) -> None:  # type: ignore[no-untyped-def]
+    srv: Server = make_server(env={"REMOTE_CI_DRAIN_TIMEOUT": "30"}, wait_workers=2)
+    job = srv.submit("sleep 1; echo finished")
+    srv.wait_status(job["id"], ("running",))
+    client = redis.Redis.from_url(srv.redis_url)
+    assert srv.stop(signal.SIGTERM, timeout=40) == 0
+    record = {k.decode(): v.decode() for k, v in client.hgetall(f"rci:job:{job['id']}").items()}
+    assert record["status"] == "success"
+
+
+def test_sigterm_kills_jobs_that_outlast_the_drain(make_server) -> None:  # type: ignore[no-untyped-def]
+    srv: Server = make_server(env={"REMOTE_CI_DRAIN_TIMEOUT": "1"}, wait_workers=2)
+    mark = marker()
+    job = srv.submit(f"trap '' TERM; setsid sleep {mark} & sleep {mark}")
+    srv.wait_status(job["id"], ("running",))
+    client = redis.Redis.from_url(srv.redis_url)
+    assert srv.stop(signal.SIGTERM, timeout=30) == 0
+    record = {k.decode(): v.decode() for k, v in client.hgetall(f"rci:job:{job['id']}").items()}
+    assert record["status"] == "error"
+    assert "shutting down" in record["error"] and "REMOTE_CI_DRAIN_TIMEOUT=1" in record["error"]
+    assert pids_with_arg(mark) == []
+
+
+def test_queued_jobs_survive_a_restart_of_everything_redis_included(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    env = {"REMOTE_CI_CONCURRENCY": "1", "REMOTE_CI_DRAIN_TIMEOUT": "0"}
+    base = tmp_path / "persistent"
+    first: Server = make_server(redis_url=None, env=env, base=base, wait_workers=1)
+    blocker = first.submit("sleep 60")
+    first.wait_status(blocker["id"], ("running",))
+    order = tmp_path / "order"
+    queued = [first.submit(f'echo {i} >> "$ORDER"', env={"ORDER": str(order)})["id"] for i in range(3)]
+    assert first.stop(signal.SIGTERM) == 0  # stops the embedded redis too; AOF keeps the queue
+
+    second: Server = make_server(redis_url=None, env=env, base=base, port=first.port, wait_workers=1)
+    assert second.job(blocker["id"])["status"] == "error"
+    for job_id in queued:
+        assert second.wait_final(job_id)["status"] == "success"
+    assert order.read_text().split() == ["0", "1", "2"]
+
+
+def test_jobs_of_a_host_that_died_end_error_when_another_supervisor_looks(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rs = RedisServer(tmp_path / "shared-redis").start()
+    try:
+        api = make_server("api", redis_url=rs.url, base=tmp_path / "h")
+        doomed = make_server("worker", redis_url=rs.url, base=tmp_path / "h",
+                             env={"REMOTE_CI_NODE_NAME": "doomed", "REMOTE_CI_CONCURRENCY": "1"})
+        wait_until(lambda: api.request("GET", "/api/stats").json()["workers"] == 1, 20, "the doomed host")
+        mark = marker()
+        job = api.submit(f"sleep {mark}")
+        api.wait_status(job["id"], ("running",))
+        everything = tree(doomed.proc.pid)  # type: ignore[union-attr]
+        for pid in everything:  # the whole host dies at once
+            os.kill(pid, signal.SIGKILL)
+        started = time.monotonic()
+        make_server("worker", redis_url=rs.url, base=tmp_path / "h2",
+                    env={"REMOTE_CI_NODE_NAME": "survivor", "REMOTE_CI_CONCURRENCY": "1"})
+        final = api.wait_final(job["id"], timeout=90)
+        assert final["status"] == "error" and "executor lost" in final["error"]
+        assert time.monotonic() - started < 90
+        assert api.request("GET", "/api/stats").json()["workers"] == 1
+    finally:
+        for pid in pids_with_arg(mark):
+            os.kill(pid, signal.SIGKILL)  # the "dead host" left its orphan behind; not ours to keep
+        rs.stop()
