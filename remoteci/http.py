@@ -20,7 +20,9 @@ import redis
 from remoteci import events, jobs, logs, pages, submissions
 from remoteci.config import Settings
 from remoteci.errors import ApiError
+from remoteci.gitsource import redact_url, validate_git_ref, validate_git_url
 from remoteci.queue import JobStore, QueueFull
+from remoteci.uploads import receive_upload
 from remoteci.workspaces import resolve_workspace
 
 MAX_JSON_BODY = 1024 * 1024
@@ -199,8 +201,6 @@ class App:
         return self._accept("rsync", common, workspace, {"path": str(path)})
 
     def submit_git(self, request: Request) -> Response:
-        from remoteci.gitsource import validate_git_ref, validate_git_url
-
         data = submissions.parse_json_body(request.body(MAX_JSON_BODY))
         submissions.check_known_fields(data, "git")
         common = submissions.parse_common(data, self.settings.job_timeout)
@@ -212,11 +212,10 @@ class App:
             raise ApiError(400, "field 'ref' must be a string: a branch, tag or commit sha")
         ref = validate_git_ref(ref)
         extra_record = {"ref": ref} if ref else {}
-        return self._accept("git", common, repo, {"repo": repo, "ref": ref}, extra_record)
+        # The record is shown in lists and pages: never with a credential from the URL in it.
+        return self._accept("git", common, redact_url(repo), {"repo": repo, "ref": ref}, extra_record)
 
     def submit_upload(self, request: Request) -> Response:
-        from remoteci.uploads import receive_upload
-
         fields, archive = receive_upload(request.environ, self.settings.uploads_dir,
                                          self.settings.max_upload_mb * 1024 * 1024)
         try:

@@ -6,10 +6,9 @@ import os
 import signal
 import threading
 from types import FrameType
+from typing import Any
 
-import waitress
-
-from remoteci import events, proctree
+from remoteci import events, proctree, wsgi_server
 from remoteci.config import Settings
 from remoteci.embedded_redis import EmbeddedRedis
 from remoteci.http import App
@@ -27,21 +26,8 @@ def _prepare_dirs(settings: Settings) -> None:
         directory.mkdir(parents=True, exist_ok=True)
 
 
-def _make_server(settings: Settings, app: App) -> waitress.server.BaseWSGIServer:
-    # One thread per request; log followers are capped below the thread count (config checks),
-    # so streams can never starve the API. The body limit leaves room for multipart framing.
-    return waitress.create_server(  # type: ignore[no-any-return]
-        app, host=settings.host, port=settings.port, threads=settings.http_threads,
-        connection_limit=200, channel_timeout=120, asyncore_use_poll=True,
-        channel_request_lookahead=1,  # lets a log follower notice that its client hung up
-        send_bytes=1,  # send each chunk now: a followed log line must not wait for a buffer
-        max_request_body_size=(settings.max_upload_mb + 1) * 1024 * 1024,
-        clear_untrusted_proxy_headers=True, ident="remote-ci",
-    )
-
-
-def _banner(settings: Settings, server: waitress.server.BaseWSGIServer) -> None:
-    port = server.effective_port  # type: ignore[attr-defined]
+def _banner(settings: Settings, server: Any) -> None:
+    port = server.effective_port
     url = f"http://{settings.host}:{port}"
     events.info("api", f"listening on {url}")
     events.info("api", "try: curl -H \"Authorization: Bearer $REMOTE_CI_TOKEN\" -d "
@@ -59,7 +45,7 @@ def run_api(settings: Settings) -> int:
         return 2
     _prepare_dirs(settings)
     app = App(settings, _store_factory(settings, settings.redis_url))
-    server = _make_server(settings, app)
+    server = wsgi_server.create(settings, app)
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _banner(settings, server)
@@ -109,7 +95,7 @@ def _serve_with(settings: Settings, url: str) -> int:
             os._exit(code)
 
     app = App(settings, _store_factory(settings, url))
-    server = _make_server(settings, app)
+    server = wsgi_server.create(settings, app)
     result = {"code": 0}
     stop_requested = threading.Event()
 

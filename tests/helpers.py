@@ -241,3 +241,6 @@ class Server:
 
     def log(self, job_id: str) -> bytes:
         return self.request("GET", f"/api/jobs/{job_id}/logs").body
+
+
+MakeServer = Callable[..., Server]

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.helpers import TOKEN, Server, wait_until
+from tests.helpers import TOKEN, MakeServer, Server, wait_until
 
 JOB_FIELDS = ["id", "mode", "status", "name", "script", "source", "timeout", "created_at",
               "started_at", "finished_at", "duration", "exit_code", "error", "worker",
@@ -51,7 +51,7 @@ def test_pages_ask_the_browser_for_basic_auth(server: Server) -> None:
     assert server.request("GET", "/", headers={"Authorization": wrong}, token=None).status == 401
 
 
-def test_second_token_of_a_comma_separated_list_works(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_second_token_of_a_comma_separated_list_works(make_server: MakeServer) -> None:
     srv = make_server(env={"REMOTE_CI_TOKEN": f"first-token-abc,{TOKEN}"})
     assert srv.request("GET", "/api/stats").status == 200
     assert srv.request("GET", "/api/stats", token="first-token-abc").status == 200
@@ -230,7 +230,7 @@ def test_bad_log_offset_is_400(server: Server, offset: str) -> None:
     assert "offset" in resp.json()["error"]
 
 
-def test_log_of_a_queued_job_is_empty_with_status(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_log_of_a_queued_job_is_empty_with_status(make_server: MakeServer) -> None:
     srv = make_server(env={"REMOTE_CI_CONCURRENCY": "1"}, wait_workers=1)
     blocker = srv.submit("sleep 30")
     srv.wait_status(blocker["id"], ("running",))
@@ -264,7 +264,7 @@ def test_follow_from_an_offset_resumes_without_duplicates(server: Server) -> Non
     assert b"first" not in rest
 
 
-def test_followers_are_capped_so_the_api_stays_up(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_followers_are_capped_so_the_api_stays_up(make_server: MakeServer) -> None:
     srv = make_server(env={"REMOTE_CI_MAX_FOLLOWERS": "2", "REMOTE_CI_HTTP_THREADS": "4"})
     job = srv.submit("sleep 30")
     conns = []
@@ -328,7 +328,7 @@ def test_job_runs_in_a_private_copy_that_is_removed(server: Server) -> None:
     assert not scratch.exists()
 
 
-def test_workspace_deleted_while_queued_ends_error(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_workspace_deleted_while_queued_ends_error(make_server: MakeServer) -> None:
     srv = make_server(env={"REMOTE_CI_CONCURRENCY": "1"}, wait_workers=1)
     blocker = srv.submit("sleep 30")
     srv.wait_status(blocker["id"], ("running",))
@@ -343,7 +343,7 @@ def test_workspace_deleted_while_queued_ends_error(make_server) -> None:  # type
     assert "gone" in final["error"]
 
 
-def test_shell_is_configurable(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_shell_is_configurable(make_server: MakeServer) -> None:
     srv = make_server(env={"REMOTE_CI_SHELL": "/bin/sh"})
     job = srv.submit('echo "$0"')
     srv.wait_final(job["id"])
@@ -352,7 +352,7 @@ def test_shell_is_configurable(make_server) -> None:  # type: ignore[no-untyped-
 
 # --- listing and stats -------------------------------------------------------------------------
 
-def test_list_is_newest_first_with_filters_and_limit(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_list_is_newest_first_with_filters_and_limit(make_server: MakeServer) -> None:
     srv = make_server()
     ok = [srv.submit("true") for _ in range(3)]
     bad = srv.submit("exit 3")
@@ -378,7 +378,7 @@ def test_bad_list_queries_are_400(server: Server, query: str, fragment: str) -> 
     assert fragment in resp.json()["error"]
 
 
-def test_stats_count_running_queued_and_live_executors(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_stats_count_running_queued_and_live_executors(make_server: MakeServer) -> None:
     srv = make_server(env={"REMOTE_CI_CONCURRENCY": "1"}, wait_workers=1)
     running = srv.submit("sleep 30")
     srv.wait_status(running["id"], ("running",))

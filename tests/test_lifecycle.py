@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from tests.helpers import RedisServer, Server, pid_alive, pids_with_arg, wait_until
+from tests.helpers import MakeServer, RedisServer, Server, pid_alive, pids_with_arg, wait_until
 from tests.test_process_tree import marker
 
 
@@ -34,7 +34,7 @@ def executor_infos(client: redis.Redis) -> list[dict[str, object]]:
     return [json.loads(v) for k in client.scan_iter("rci:executor:*") if (v := client.get(k))]
 
 
-def test_embedded_default_runs_a_private_redis_with_aof_and_stops_everything(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_embedded_default_runs_a_private_redis_with_aof_and_stops_everything(make_server: MakeServer) -> None:
     srv: Server = make_server(redis_url=None, wait_workers=2)
     socket_path = srv.data_dir / "redis" / "redis.sock"
     assert socket_path.is_socket()
@@ -53,7 +53,7 @@ def test_embedded_default_runs_a_private_redis_with_aof_and_stops_everything(mak
     assert "test-token" not in srv.output()
 
 
-def test_api_and_worker_run_separately_against_one_redis(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_api_and_worker_run_separately_against_one_redis(make_server: MakeServer, tmp_path: Path) -> None:
     rs = RedisServer(tmp_path / "shared-redis").start()
     try:
         api = make_server("api", redis_url=rs.url, base=tmp_path / "host")
@@ -88,7 +88,7 @@ def test_serve_refuses_to_start_without_a_token(tmp_path: Path) -> None:
     assert "REMOTE_CI_TOKEN is not set" in out.stderr
 
 
-def test_fifo_and_the_concurrency_bound_under_load(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_fifo_and_the_concurrency_bound_under_load(make_server: MakeServer, tmp_path: Path) -> None:
     srv: Server = make_server(wait_workers=2)
     events = tmp_path / "events"
     script = ('echo "start $REMOTE_CI_JOB_ID $(date +%s%N)" >> "$EVENTS"; sleep 0.05; '
@@ -113,7 +113,9 @@ def test_fifo_and_the_concurrency_bound_under_load(make_server, tmp_path: Path) 
         assert starts[ids[k]] < starts[ids[k + 2]], k
 
 
-def test_two_worker_hosts_share_the_queue_each_with_its_own_bound(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_two_worker_hosts_share_the_queue_each_with_its_own_bound(
+        make_server: MakeServer, tmp_path: Path
+) -> None:
     rs = RedisServer(tmp_path / "shared-redis").start()
     try:
         api = make_server("api", redis_url=rs.url, base=tmp_path / "shared")
@@ -130,7 +132,7 @@ def test_two_worker_hosts_share_the_queue_each_with_its_own_bound(make_server, t
         rs.stop()
 
 
-def test_a_killed_executor_is_replaced_and_its_job_ends_error(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_a_killed_executor_is_replaced_and_its_job_ends_error(make_server: MakeServer) -> None:
     srv: Server = make_server(wait_workers=2)
     client = redis.Redis.from_url(srv.redis_url)
     mark = marker()
@@ -150,7 +152,7 @@ def test_a_killed_executor_is_replaced_and_its_job_ends_error(make_server) -> No
     assert srv.wait_final(after["id"])["status"] == "success"
 
 
-def test_sigterm_lets_a_running_job_finish(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_lets_a_running_job_finish(make_server: MakeServer) -> None:
     srv: Server = make_server(env={"REMOTE_CI_DRAIN_TIMEOUT": "30"}, wait_workers=2)
     job = srv.submit("sleep 1; echo finished")
     srv.wait_status(job["id"], ("running",))
@@ -160,7 +162,7 @@ def test_sigterm_lets_a_running_job_finish(make_server) -> None:  # type: ignore
     assert record["status"] == "success"
 
 
-def test_sigterm_kills_jobs_that_outlast_the_drain(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_kills_jobs_that_outlast_the_drain(make_server: MakeServer) -> None:
     srv: Server = make_server(env={"REMOTE_CI_DRAIN_TIMEOUT": "1"}, wait_workers=2)
     mark = marker()
     job = srv.submit(f"trap '' TERM; setsid sleep {mark} & sleep {mark}")
@@ -173,7 +175,9 @@ def test_sigterm_kills_jobs_that_outlast_the_drain(make_server) -> None:  # type
     assert pids_with_arg(mark) == []
 
 
-def test_queued_jobs_survive_a_restart_of_everything_redis_included(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_queued_jobs_survive_a_restart_of_everything_redis_included(
+        make_server: MakeServer, tmp_path: Path
+) -> None:
     env = {"REMOTE_CI_CONCURRENCY": "1", "REMOTE_CI_DRAIN_TIMEOUT": "0"}
     base = tmp_path / "persistent"
     first: Server = make_server(redis_url=None, env=env, base=base, wait_workers=1)
@@ -190,7 +194,9 @@ def test_queued_jobs_survive_a_restart_of_everything_redis_included(make_server,
     assert order.read_text().split() == ["0", "1", "2"]
 
 
-def test_jobs_of_a_host_that_died_end_error_when_another_supervisor_looks(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_jobs_of_a_host_that_died_end_error_when_another_supervisor_looks(
+        make_server: MakeServer, tmp_path: Path
+) -> None:
     rs = RedisServer(tmp_path / "shared-redis").start()
     try:
         api = make_server("api", redis_url=rs.url, base=tmp_path / "h")

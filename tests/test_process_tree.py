@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from tests.helpers import Server, pids_with_arg, wait_until
+from tests.helpers import MakeServer, Server, pids_with_arg, wait_until
 
 
 def marker() -> str:
@@ -93,7 +93,7 @@ def test_cancel_of_a_running_job_stops_its_whole_tree(server: Server) -> None:
     assert zombies_under(executor_pids(server)) == []
 
 
-def test_cancel_of_a_queued_job_is_immediate_and_it_never_starts(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_of_a_queued_job_is_immediate_and_it_never_starts(make_server: MakeServer) -> None:
     srv = make_server(env={"REMOTE_CI_CONCURRENCY": "1", "REMOTE_CI_CANCEL_GRACE": "1"}, wait_workers=1)
     blocker = srv.submit("sleep 60")
     srv.wait_status(blocker["id"], ("running",))
@@ -129,7 +129,9 @@ def test_leftovers_of_a_successful_job_are_stopped(server: Server) -> None:
 
 
 @pytest.mark.parametrize("script", ["sleep 1", "sleep 0.98", "sleep 1.02"])
-def test_a_job_ending_at_its_soft_deadline_gets_one_consistent_outcome(make_server, script: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_job_ending_at_its_soft_deadline_gets_one_consistent_outcome(
+        make_server: MakeServer, script: str
+) -> None:
     srv = make_server(env={"REMOTE_CI_KILL_GRACE": "1"})
     job = srv.submit(script, timeout=2)  # soft limit at 1 s, hard at 2 s
     final = srv.wait_final(job["id"], timeout=20)
