@@ -63,6 +63,8 @@ class Executor:
         self.stopping = False
         self.drain_deadline = float("inf")
         self.current_job: str | None = None
+        self._beating = True
+        self._heartbeat_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -81,10 +83,12 @@ class Executor:
                 continue
             if payload is not None:
                 self._handle(payload)
-        try:
-            self.store.unregister_executor(self.id)
-        except redis.RedisError:
-            pass  # the heartbeat expires by itself
+        with self._heartbeat_lock:
+            self._beating = False
+            try:
+                self.store.unregister_executor(self.id)
+            except redis.RedisError:
+                pass  # the heartbeat expires by itself
         events.info(COMPONENT, f"executor {self.id} stopped")
 
     def _install_signals(self) -> None:
@@ -103,7 +107,7 @@ class Executor:
         delay = 0.5
         while not self.stopping:
             try:
-                self.store.register_executor(self.id, self._info())
+                self.store.heartbeat(self.id, self._info())
                 return
             except redis.RedisError as exc:
                 events.warning(COMPONENT, f"cannot register with redis ({exc}); retrying")
@@ -120,7 +124,10 @@ class Executor:
         while True:
             time.sleep(HEARTBEAT_EVERY)
             try:
-                self.store.heartbeat(self.id, self._info())
+                with self._heartbeat_lock:
+                    if not self._beating:
+                        return
+                    self.store.heartbeat(self.id, self._info())
                 if not healthy:
                     events.info(COMPONENT, "redis is reachable again")
                 healthy = True
@@ -174,15 +181,22 @@ class Executor:
         duration = f"{outcome.duration:.3f}s" if outcome.duration is not None else "-"
         events.info(COMPONENT, f"job {job_id} finished status={outcome.status} "
                                f"exit_code={outcome.exit_code} duration={duration}"
-                               + ("" if recorded else " (record was already final)"))
+                               + _RECORD_NOTES[recorded])
 
     def _call_redis(self, action: Any) -> Any:
-        """Retry a status write through a Redis outage: it is delayed, never dropped."""
+        """Retry a status write through a Redis outage: it is delayed, never dropped.
+
+        Only a stop whose drain time is over ends the retries; the job then stays in our
+        in-flight list, and the next supervisor to look records it as lost.
+        """
         delay = 0.2
         while True:
             try:
                 return action()
             except redis.RedisError as exc:
+                if self.stopping and time.monotonic() > self.drain_deadline + DRAIN_KILL_GRACE:
+                    events.error(COMPONENT, f"giving up on a redis write while stopping: {exc}")
+                    return None
                 events.warning(COMPONENT, f"redis write failed ({exc}); retrying in {delay:.1f} s")
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -314,6 +328,10 @@ class JobWatch:
         self.reason = reason
         self.kill_at = kill_at
         self.ex.kill_tree(self.pid, signal.SIGTERM)
+
+
+_RECORD_NOTES = {True: "", False: " (the record was already final)",
+                 None: " (not recorded: redis unreachable while stopping)"}
 
 
 def _log_line(log_fd: int, text: str) -> None:

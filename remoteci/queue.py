@@ -220,13 +220,16 @@ class JobStore:
 
     # --- executors -------------------------------------------------------------------------
 
-    def register_executor(self, executor_id: str, info: Mapping[str, Any]) -> None:
-        """Heartbeat first, then membership: a member without a heartbeat is always dead."""
-        self.heartbeat(executor_id, info)
-        self.r.sadd(EXECUTORS, executor_id)
-
     def heartbeat(self, executor_id: str, info: Mapping[str, Any]) -> None:
-        self.r.set(heartbeat_key(executor_id), json.dumps(dict(info)), ex=HEARTBEAT_TTL)
+        """Heartbeat and membership in one transaction: a member without a heartbeat is dead.
+
+        Membership is renewed too, so an executor declared dead during a network split is
+        counted again once it is heard from.
+        """
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(heartbeat_key(executor_id), json.dumps(dict(info)), ex=HEARTBEAT_TTL)
+        pipe.sadd(EXECUTORS, executor_id)
+        pipe.execute()
 
     def live_executors(self) -> list[dict[str, Any]]:
         members = sorted(_text(m) for m in self.r.smembers(EXECUTORS))

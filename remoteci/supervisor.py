@@ -15,7 +15,7 @@ import redis
 from remoteci import events, jobs, proctree
 from remoteci.config import Settings
 from remoteci.executor import DRAIN_KILL_GRACE, executor_main
-from remoteci.queue import JobStore
+from remoteci.queue import HEARTBEAT_TTL, JobStore
 
 COMPONENT = "supervisor"
 LOST_SCAN_EVERY = 10.0  # seconds between looks for executors whose heartbeat expired (any host)
@@ -30,6 +30,7 @@ class Supervisor:
         self.store = make_store()
         self.executors: dict[int, int] = {}  # pid -> slot
         self.failures: dict[int, int] = {}  # slot -> quick deaths in a row
+        self.suspects: dict[str, float] = {}  # executor id -> when its heartbeat was first missed
         self.stopping = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -136,15 +137,36 @@ class Supervisor:
             events.warning(COMPONENT, f"job {job_id} ended error: {reason}")
 
     def _reap_lost_executors(self) -> None:
-        """Executors on any host whose heartbeat expired: their in-flight jobs end `error`."""
+        """Executors on any host whose heartbeat stopped: their in-flight jobs end `error`.
+
+        A missing heartbeat alone is not death: after a Redis outage every heartbeat may have
+        expired while its executor is fine. So a live executor of ours is never reaped, a dead
+        pid of ours at once, and any other only after it stayed missing for a whole heartbeat
+        TTL while we could reach Redis.
+        """
         try:
             dead = self.store.dead_executors()
         except redis.RedisError as exc:
             events.warning(COMPONENT, f"redis unreachable ({exc})")
+            self.suspects.clear()
             return
+        now = time.monotonic()
+        self.suspects = {e: t for e, t in self.suspects.items() if e in dead}
         for executor_id in dead:
-            self._end_lost_jobs(executor_id, "executor lost: its heartbeat stopped "
-                                             "(host or process died)")
+            node, _, pid_text = executor_id.rpartition(":")
+            if node == self.settings.node_name and pid_text.isdigit():
+                pid = int(pid_text)
+                if pid in self.executors:
+                    continue  # ours and alive; its heartbeat is only late
+                if not _pid_alive(pid):
+                    self._end_lost_jobs(executor_id, "executor lost: its process is gone "
+                                                     "(a previous run on this host died)")
+                    continue
+            first_missed = self.suspects.setdefault(executor_id, now)
+            if now - first_missed >= HEARTBEAT_TTL:
+                del self.suspects[executor_id]
+                self._end_lost_jobs(executor_id, "executor lost: its heartbeat stopped "
+                                                 "(host or process died)")
 
     # --- housekeeping ----------------------------------------------------------------------
 
@@ -204,6 +226,16 @@ def _remove_older(directory: Path, cutoff: float) -> int:
         except FileNotFoundError:
             continue
     return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def supervisor_main(settings: Settings, make_store: Callable[[], JobStore]) -> int:

@@ -39,16 +39,15 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
             rs = RedisServer(tmp_path / f"redis-{len(redises)}").start()
             redises.append(rs)
             redis_url = rs.url
+        # A short drain by default, so a teardown never waits on a test's long-running job.
         server = Server(base or tmp_path / f"srv-{len(started)}", redis_url=redis_url, command=command,
-                        env=dict(env or {}), **kwargs)
+                        env={"REMOTE_CI_DRAIN_TIMEOUT": "2", **(env or {})}, **kwargs)
         started.append(server)
         return server.start(wait_workers=wait_workers)
 
     yield make
     for server in started:
-        if server.proc and server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait(10)
+        server.shutdown()
     for rs in redises:
         rs.stop()
 
@@ -63,6 +62,5 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                       "REMOTE_CI_CANCEL_GRACE": "2", "REMOTE_CI_DRAIN_TIMEOUT": "5"})
     srv.start(wait_workers=2)
     yield srv
-    if srv.proc and srv.proc.poll() is None:
-        srv.stop()
+    srv.shutdown()
     rs.stop()

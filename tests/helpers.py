@@ -65,6 +65,26 @@ def pids_with_arg(marker: str) -> list[int]:
     return found
 
 
+def process_tree(root: int) -> list[int]:
+    """`root` and its live descendants, from /proc parent links."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(children.get(pid, []))
+    return found
+
+
 class RedisServer:
     """A private redis-server on 127.0.0.1, stopped by pid."""
 
@@ -175,6 +195,24 @@ class Server:
             return self.request("GET", "/api/health", token=None).status == 200
         except OSError:
             return False
+
+    def shutdown(self, grace: float = 20) -> None:
+        """Teardown: SIGTERM, then SIGKILL to whatever of its process tree is still there."""
+        if self.proc is None:
+            return
+        family = process_tree(self.proc.pid)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        for pid in family:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if not self.stderr_file.closed:
+            self.stderr_file.close()
 
     def output(self) -> str:
         try:

@@ -11,23 +11,8 @@ from pathlib import Path
 
 import redis
 
-from tests.helpers import MakeServer, RedisServer, Server, pid_alive, pids_with_arg, wait_until
+from tests.helpers import MakeServer, RedisServer, Server, pid_alive, pids_with_arg, process_tree, wait_until
 from tests.test_process_tree import marker
-
-
-def tree(pid: int) -> list[int]:
-    """`pid` and every live descendant."""
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True, check=True)
-    children: dict[int, list[int]] = {}
-    for line in out.stdout.splitlines():
-        p, pp = map(int, line.split())
-        children.setdefault(pp, []).append(p)
-    found, stack = [], [pid]
-    while stack:
-        p = stack.pop()
-        found.append(p)
-        stack.extend(children.get(p, []))
-    return found
 
 
 def executor_infos(client: redis.Redis) -> list[dict[str, object]]:
@@ -44,7 +29,7 @@ def test_embedded_default_runs_a_private_redis_with_aof_and_stops_everything(mak
     job = srv.submit("echo embedded")
     assert srv.wait_final(job["id"])["status"] == "success"
     assert srv.proc is not None
-    everything = tree(srv.proc.pid)
+    everything = process_tree(srv.proc.pid)
     redis_pid = int((srv.data_dir / "redis" / "redis.pid").read_text())
     assert redis_pid in everything and len(everything) >= 5  # serve, redis, supervisor, 2 executors
     assert srv.stop(signal.SIGTERM) == 0
@@ -206,7 +191,7 @@ def test_jobs_of_a_host_that_died_end_error_when_another_supervisor_looks(
         mark = marker()
         job = api.submit(f"sleep {mark}")
         api.wait_status(job["id"], ("running",))
-        everything = tree(doomed.proc.pid)  # type: ignore[union-attr]
+        everything = process_tree(doomed.proc.pid)  # type: ignore[union-attr]
         for pid in everything:  # the whole host dies at once
             os.kill(pid, signal.SIGKILL)
         started = time.monotonic()

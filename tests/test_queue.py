@@ -118,8 +118,8 @@ def test_reaping_requeues_a_taken_but_unclaimed_job_at_the_head(store: JobStore)
 
 
 def test_dead_executors_are_those_without_heartbeat(store: JobStore, redis_client: redis.Redis) -> None:
-    store.register_executor("h1:1", {"id": "h1:1", "host": "h1"})
-    store.register_executor("h2:2", {"id": "h2:2", "host": "h2"})
+    store.heartbeat("h1:1", {"id": "h1:1", "host": "h1"})
+    store.heartbeat("h2:2", {"id": "h2:2", "host": "h2"})
     redis_client.delete("rci:executor:h2:2")
     assert store.dead_executors() == ["h2:2"]
     assert [e["id"] for e in store.live_executors()] == ["h1:1"]
