@@ -23,7 +23,7 @@ from remoteci.errors import ApiError
 from remoteci.gitsource import redact_url, validate_git_ref, validate_git_url
 from remoteci.queue import JobStore, QueueFull
 from remoteci.uploads import receive_upload
-from remoteci.workspaces import resolve_workspace
+from remoteci.workspaces import relative_to_root, resolve_workspace
 
 MAX_JSON_BODY = 1024 * 1024
 LIST_LIMIT_MAX = 500
@@ -198,7 +198,8 @@ class App:
         workspace = submissions.required_string(
             data, "workspace", "a directory under the workspace root, e.g. \"project-a\"")
         path = resolve_workspace(self.settings.workspace_dir, workspace)
-        return self._accept("rsync", common, workspace, {"path": str(path)})
+        relative = relative_to_root(self.settings.workspace_dir, path)
+        return self._accept("rsync", common, workspace, {"workspace": relative})
 
     def submit_git(self, request: Request) -> Response:
         data = submissions.parse_json_body(request.body(MAX_JSON_BODY))

@@ -18,7 +18,7 @@ def prepare_source(payload: dict[str, Any], scratch: Path, settings: Settings,
     """Fill `scratch` with the job's code; return fields to record on the job (e.g. `commit`)."""
     mode = payload["mode"]
     if mode == "rsync":
-        workspace = recheck_workspace(settings.workspace_dir, Path(payload["path"]))
+        workspace = recheck_workspace(settings.workspace_dir, payload["workspace"])
         copy_workspace(workspace, scratch, timeout=payload["timeout"])
         return {}
     if mode == "upload":

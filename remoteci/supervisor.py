@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -172,9 +173,13 @@ class Supervisor:
 
     def _sweep(self) -> None:
         """Delete logs, scratch dirs and uploads older than the retention; prune indexes."""
-        cutoff = time.time() - self.settings.retention_seconds
-        removed = sum(_remove_older(d, cutoff) for d in (
-            self.settings.logs_dir, self.settings.uploads_dir, self.settings.work_dir))
+        now = time.time()
+        cutoff = now - self.settings.retention_seconds
+        # A scratch dir may belong to a job still running: only sweep ones older than any job.
+        scratch_cutoff = min(cutoff, now - self.settings.job_timeout - 3600)
+        removed = (_remove_older(self.settings.logs_dir, cutoff)
+                   + _remove_older(self.settings.uploads_dir, cutoff)
+                   + _remove_older(self.settings.work_dir, scratch_cutoff))
         try:
             pruned = self.store.prune_indexes()
         except redis.RedisError as exc:
@@ -207,8 +212,6 @@ class Supervisor:
 
 
 def _remove_older(directory: Path, cutoff: float) -> int:
-    import shutil
-
     removed = 0
     try:
         entries = list(os.scandir(directory))

@@ -28,14 +28,21 @@ def resolve_workspace(root: Path, requested: str) -> Path:
     return target
 
 
-def recheck_workspace(root: Path, path: Path) -> Path:
+def relative_to_root(root: Path, workspace: Path) -> str:
+    """What the queue carries: the path below the root, so a worker host with another root
+    (or the same share mounted elsewhere) finds the same workspace."""
+    return str(workspace.relative_to(root.resolve()))
+
+
+def recheck_workspace(root: Path, relative: str) -> Path:
     """At job start: the workspace may have been removed or swapped for a link since submit."""
     real_root = root.resolve()
-    target = path.resolve()
+    target = (real_root / relative).resolve()
     if target == real_root or not target.is_relative_to(real_root):
-        raise SourceError(f"workspace {path} now resolves outside the workspace root")
+        raise SourceError(f"workspace {relative!r} now resolves outside the workspace root")
     if not target.is_dir():
-        raise SourceError(f"workspace {path} is gone (deleted while the job was queued)")
+        raise SourceError(f"workspace {relative!r} is gone (deleted while the job was queued, "
+                          f"or not synced to this worker host's {real_root})")
     return target
 
 

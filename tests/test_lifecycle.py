@@ -205,3 +205,55 @@ def test_jobs_of_a_host_that_died_end_error_when_another_supervisor_looks(
         for pid in pids_with_arg(mark):
             os.kill(pid, signal.SIGKILL)  # the "dead host" left its orphan behind; not ours to keep
         rs.stop()
+
+
+def test_housekeeping_at_start_sweeps_old_files_and_expired_index_entries(
+        make_server: MakeServer, tmp_path: Path) -> None:
+    base = tmp_path / "kept"
+    first = make_server(base=base)
+    gone = first.submit("echo old")
+    first.wait_final(gone["id"])
+    kept = first.submit("echo recent")
+    first.wait_final(kept["id"])
+    assert first.stop() == 0
+    client = redis.Redis.from_url(first.redis_url)
+    client.delete(f"rci:job:{gone['id']}")  # as the retention TTL would
+    eight_days_ago = time.time() - 8 * 86400
+    logs = first.data_dir / "logs"
+    os.utime(logs / f"{gone['id']}.log", (eight_days_ago, eight_days_ago))
+    stale_upload = first.data_dir / "uploads" / "stale.upload"
+    stale_upload.write_bytes(b"x")
+    os.utime(stale_upload, (eight_days_ago, eight_days_ago))
+    stale_scratch = first.work_dir / "crashed-job"
+    stale_scratch.mkdir()
+    os.utime(stale_scratch, (eight_days_ago, eight_days_ago))
+    fresh_scratch = first.work_dir / "maybe-running"
+    fresh_scratch.mkdir()
+
+    second = make_server(base=base, redis_url=first.redis_url, port=first.port, wait_workers=2)
+    wait_until(lambda: not (logs / f"{gone['id']}.log").exists(), 20, "the old log to be swept")
+    assert (logs / f"{kept['id']}.log").exists()
+    assert not stale_upload.exists() and not stale_scratch.exists() and fresh_scratch.exists()
+    wait_until(lambda: client.zscore("rci:index:all", gone["id"]) is None, 20, "the index to be pruned")
+    assert [j["id"] for j in second.request("GET", "/api/jobs").json()["jobs"]] == [kept["id"]]
+
+
+def test_cancel_reaches_an_executor_on_another_host(make_server: MakeServer, tmp_path: Path) -> None:
+    rs = RedisServer(tmp_path / "shared-redis").start()
+    try:
+        api = make_server("api", redis_url=rs.url, base=tmp_path / "api-host")
+        make_server("worker", redis_url=rs.url, base=tmp_path / "worker-host",
+                    env={"REMOTE_CI_NODE_NAME": "far-away", "REMOTE_CI_CANCEL_GRACE": "1"})
+        wait_until(lambda: api.request("GET", "/api/stats").json()["workers"] == 2, 20, "the worker")
+        (tmp_path / "worker-host" / "ws" / "proj").mkdir(parents=True)
+        (tmp_path / "api-host" / "ws" / "proj").mkdir(parents=True, exist_ok=True)
+        mark = marker()
+        resp = api.request("POST", "/api/jobs/rsync", {"workspace": "proj", "script": f"sleep {mark}"})
+        job_id = resp.json()["id"]
+        api.wait_status(job_id, ("running",))
+        assert api.request("POST", f"/api/jobs/{job_id}/cancel").status == 202
+        final = api.wait_final(job_id, timeout=20)
+        assert final["status"] == "cancelled" and final["worker"].startswith("far-away:")
+        assert pids_with_arg(mark) == []
+    finally:
+        rs.stop()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from remoteci.errors import ApiError, SourceError
-from remoteci.workspaces import copy_workspace, recheck_workspace, resolve_workspace
+from remoteci.workspaces import copy_workspace, recheck_workspace, relative_to_root, resolve_workspace
 
 
 @pytest.fixture
@@ -56,10 +56,22 @@ def test_missing_or_not_a_directory_is_400(root: Path, requested: str) -> None:
 
 def test_recheck_catches_a_workspace_swapped_for_a_link(root: Path, tmp_path: Path) -> None:
     path = resolve_workspace(root, "proj")
+    relative = relative_to_root(root, path)
+    assert recheck_workspace(root, relative) == path
     os.rename(path, tmp_path / "moved")
     path.symlink_to(tmp_path / "outside")
     with pytest.raises(SourceError, match="outside the workspace root"):
-        recheck_workspace(root, path)
+        recheck_workspace(root, relative)
+
+
+def test_a_worker_host_finds_the_workspace_below_its_own_root(root: Path, tmp_path: Path) -> None:
+    relative = relative_to_root(root, resolve_workspace(root, "to-proj/sub"))
+    assert relative == "proj/sub"
+    other_root = tmp_path / "mounted-elsewhere"
+    (other_root / "proj" / "sub").mkdir(parents=True)
+    assert recheck_workspace(other_root, relative) == other_root / "proj" / "sub"
+    with pytest.raises(SourceError, match="not synced to this worker host"):
+        recheck_workspace(tmp_path / "empty-root", relative)
 
 
 def test_copy_is_private_and_keeps_modes_and_links(root: Path, tmp_path: Path) -> None:
