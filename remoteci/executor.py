@@ -155,8 +155,13 @@ class Executor:
     # --- one job ---------------------------------------------------------------------------
 
     def _handle(self, payload_json: str) -> None:
-        payload = json.loads(payload_json)
-        job_id = payload["id"]
+        try:
+            payload = json.loads(payload_json)
+            job_id = payload["id"]
+        except (ValueError, KeyError, TypeError):
+            events.error(COMPONENT, f"dropping a malformed queue entry: {payload_json[:200]!r}")
+            self._call_redis(lambda: self.store.drop_inflight(self.id, payload_json))
+            return
         if not self._call_redis(lambda: self.store.claim(self.id, job_id, payload_json,
                                                          jobs.iso_now())):
             discard_source(payload)
@@ -167,6 +172,10 @@ class Executor:
         fields: dict[str, str] = {}
         try:
             outcome = self._run(payload, fields)
+        except Exception as exc:  # a bug or a broken host: record it, keep serving
+            events.error(COMPONENT, f"job {job_id}: internal error: {exc!r}")
+            self._stop_leftovers(pgid=0)
+            outcome = Outcome(jobs.ERROR, error=f"the server failed while running the job: {exc}")
         finally:
             self.current_job = None
         fields.update({"finished_at": jobs.iso_now()})
@@ -255,7 +264,8 @@ class Executor:
         return Outcome(jobs.SUCCESS if code == 0 else jobs.FAILED, code, None, duration)
 
     def kill_tree(self, pgid: int, sig: int) -> None:
-        proctree.signal_group(pgid, sig)
+        if pgid > 0:
+            proctree.signal_group(pgid, sig)
         proctree.signal_all(proctree.descendants(os.getpid()), sig)
 
     def _stop_leftovers(self, pgid: int) -> None:

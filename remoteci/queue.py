@@ -206,6 +206,9 @@ class JobStore:
                                                    self.ttl, *flat])
         return _text(result) == "ok"
 
+    def drop_inflight(self, executor_id: str, payload: str) -> None:
+        self.r.lrem(inflight_key(executor_id), 1, payload)
+
     def cancel_requested(self, job_id: str) -> bool:
         return self.r.hget(job_key(job_id), "cancel_requested") is not None
 
@@ -253,7 +256,11 @@ class JobStore:
         ended = []
         key = inflight_key(executor_id)
         for payload in self.inflight(executor_id):
-            job_id = json.loads(payload)["id"]
+            try:
+                job_id = json.loads(payload)["id"]
+            except (ValueError, KeyError, TypeError):
+                self.r.lrem(key, 1, payload)  # not a job; nothing to record
+                continue
             status = _text(self._requeue(keys=[key, QUEUE, job_key(job_id)], args=[payload]))
             if status == jobs.QUEUED:
                 continue  # never started: it went back to the head of the queue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 from types import FrameType
 from typing import Any
@@ -43,9 +44,10 @@ def run_api(settings: Settings) -> int:
     if settings.redis_url is None:
         events.error("api", "REMOTE_CI_REDIS_URL is required for `api` (only `serve` embeds redis)")
         return 2
+    sock = wsgi_server.bind(settings)
     _prepare_dirs(settings)
     app = App(settings, _store_factory(settings, settings.redis_url))
-    server = wsgi_server.create(settings, app)
+    server = wsgi_server.create(settings, app, sock)
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _banner(settings, server)
@@ -70,6 +72,7 @@ def run_worker(settings: Settings) -> int:
 
 def run_serve(settings: Settings) -> int:
     """API in this process, the supervisor in a forked child, and redis if none is configured."""
+    sock = wsgi_server.bind(settings)
     _prepare_dirs(settings)
     embedded: EmbeddedRedis | None = None
     url = settings.redis_url
@@ -77,25 +80,26 @@ def run_serve(settings: Settings) -> int:
         embedded = EmbeddedRedis(settings.redis_dir)
         url = embedded.start()
     try:
-        return _serve_with(settings, url)
+        return _serve_with(settings, url, sock)
     finally:
         if embedded is not None:
             embedded.stop()
 
 
-def _serve_with(settings: Settings, url: str) -> int:
+def _serve_with(settings: Settings, url: str, sock: socket.socket) -> int:
     # Fork before any thread or connection exists in this process.
     supervisor_pid = os.fork()
     if supervisor_pid == 0:
         code = 1
         try:
+            sock.close()  # the API's socket is not the supervisor's to hold open
             proctree.die_with_parent(signal.SIGTERM)
             code = supervisor_main(settings, lambda: _store_factory(settings, url))
         finally:
             os._exit(code)
 
     app = App(settings, _store_factory(settings, url))
-    server = wsgi_server.create(settings, app)
+    server = wsgi_server.create(settings, app, sock)
     result = {"code": 0}
     stop_requested = threading.Event()
 

@@ -8,6 +8,7 @@ error task is replaced by one that says the same thing as `{"error": ...}`.
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import waitress
@@ -36,10 +37,26 @@ class _JsonErrorChannel(HTTPChannel):  # type: ignore[misc]
     error_task_class = _JsonErrorTask
 
 
-def create(settings: Settings, app: Any) -> Any:
-    """A waitress server for `app`, not yet running (call .run())."""
+def bind(settings: Settings) -> socket.socket:
+    """Listen first, before anything else starts: a port in use fails at once and cleanly."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {settings.host}:{settings.port}: "
+                                 f"{exc.strerror} (set REMOTE_CI_HOST / REMOTE_CI_PORT)") from None
+    sock.listen(1024)
+    sock.set_inheritable(False)  # never handed to an executor or a job
+    return sock
+
+
+def create(settings: Settings, app: Any, sock: socket.socket) -> Any:
+    """A waitress server for `app` on a bound socket, not yet running (call .run())."""
     server = waitress.create_server(
-        app, host=settings.host, port=settings.port,
+        app, sockets=[sock],
         # One thread per request; log followers are capped below the thread count (config
         # checks), so streams can never starve the API.
         threads=settings.http_threads,

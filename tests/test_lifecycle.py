@@ -257,3 +257,41 @@ def test_cancel_reaches_an_executor_on_another_host(make_server: MakeServer, tmp
         assert pids_with_arg(mark) == []
     finally:
         rs.stop()
+
+
+def test_a_malformed_queue_entry_is_dropped_and_jobs_go_on(make_server: MakeServer) -> None:
+    srv = make_server(wait_workers=2)
+    redis.Redis.from_url(srv.redis_url).rpush("rci:queue", "this is not json")
+    job = srv.submit("echo still fine")
+    assert srv.wait_final(job["id"])["status"] == "success"
+    wait_until(lambda: "dropping a malformed queue entry" in srv.output(), 10, "the drop to be logged")
+    assert srv.request("GET", "/api/stats").json()["workers"] == 2
+
+
+def test_a_server_failure_during_a_job_ends_it_error_and_the_executor_goes_on(
+        make_server: MakeServer) -> None:
+    srv = make_server(env={"REMOTE_CI_CONCURRENCY": "1"}, wait_workers=1)
+    logs = srv.data_dir / "logs"
+    logs.rename(srv.data_dir / "logs-moved")
+    logs.write_text("a file where the log directory should be")
+    job = srv.submit("true")
+    final = srv.wait_final(job["id"])
+    assert final["status"] == "error" and "the server failed while running the job" in final["error"]
+    logs.unlink()
+    (srv.data_dir / "logs-moved").rename(logs)
+    after = srv.submit("echo recovered")
+    assert srv.wait_final(after["id"])["status"] == "success"
+
+
+def test_a_port_in_use_fails_at_once_and_starts_nothing(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        srv = Server(tmp_path, port=taken.getsockname()[1])
+        out = subprocess.run([os.sys.executable, "remoteci.py", "serve"], env=srv.environment(),
+                             capture_output=True, text=True, timeout=30, cwd=Path(__file__).parent.parent)
+    assert out.returncode == 1
+    assert "cannot listen on 127.0.0.1" in out.stderr and "REMOTE_CI_PORT" in out.stderr
+    assert not (srv.data_dir / "redis" / "redis.pid").exists()
