@@ -35,6 +35,7 @@ IGNORE_FILE = ".remoteciignore"
 CHUNK = 64 * 1024
 FOLLOW_READ_TIMEOUT = 60.0  # a quiet job is re-followed this often; a dead link is noticed by then
 REQUEST_TIMEOUT = 30.0
+TAR_STALL_LIMIT = 600.0
 CANCEL_BUDGET = 10.0  # the public CI gives a cancelled step a few seconds before SIGKILL
 BACKOFF_FIRST, BACKOFF_MAX = 0.25, 10.0
 PROG = "remote-ci"
@@ -352,13 +353,21 @@ def tar_gz_stream(root: str, include_git: bool) -> Iterator[bytes]:
 
     threading.Thread(target=produce, name="tar", daemon=True).start()
     try:
-        while (item := chunks.get(timeout=600)) is not None:
+        while (item := _next_chunk(chunks, root)) is not None:
             if isinstance(item, BaseException):
                 raise refused(f"could not archive {root!r}: {item}; fix the file or list it in "
                               f"{IGNORE_FILE}")
             yield item
     finally:
         stop.set()
+
+
+def _next_chunk(chunks: queue.Queue[bytes | BaseException | None], root: str) -> bytes | BaseException | None:
+    try:
+        return chunks.get(timeout=TAR_STALL_LIMIT)
+    except queue.Empty:
+        raise ClientError(f"archiving {root!r} made no progress for {TAR_STALL_LIMIT:g} s; is a "
+                          f"file on a hung mount? List it in {IGNORE_FILE}", EXIT_ERROR) from None
 
 
 # --- HTTP --------------------------------------------------------------------------------------
@@ -557,13 +566,12 @@ def follow_log(api: Api, job_id: str, out: BinaryIO, patience: Patience) -> tupl
     """Copy the job's log to `out` from byte 0, across reconnects, never losing or repeating a
     byte; return (the final status, or None when --max-wait ran out; the bytes written)."""
     offset = 0
-    logs = f"/api/jobs/{job_id}/logs"
     while patience.remaining() > 0:
         try:
-            offset = _copy_log(api, f"{logs}?follow=1&offset={offset}", offset, out, patience)[0]
+            offset = _copy_log(api, job_id, offset, True, out, patience)[0]
             # The stream ended: the job is final, or the server stopped or cut a long stream. A
             # snapshot from our offset tells which, and carries any last bytes.
-            offset, status = _copy_log(api, f"{logs}?offset={offset}", offset, out, patience)
+            offset, status = _copy_log(api, job_id, offset, False, out, patience)
         except Cut as cut:
             offset = cut.offset
             if not cut.timed_out:  # a timeout is only a quiet job: ask again at once
@@ -577,19 +585,21 @@ def follow_log(api: Api, job_id: str, out: BinaryIO, patience: Patience) -> tupl
     return None, offset
 
 
-def _copy_log(api: Api, path: str, offset: int, out: BinaryIO, patience: Patience) -> tuple[int, str]:
+def _copy_log(api: Api, job_id: str, offset: int, follow: bool, out: BinaryIO,
+              patience: Patience) -> tuple[int, str]:
     """One GET of the log from `offset`, written to `out`; returns (new offset, X-Job-Status)."""
-    timeout = max(0.1, min(FOLLOW_READ_TIMEOUT, patience.remaining()))
-    conn, resp = api.open("GET", path, timeout=timeout)
+    path = f"/api/jobs/{job_id}/logs?offset={offset}" + ("&follow=1" if follow else "")
+    conn, resp = api.open("GET", path, timeout=max(0.1, min(FOLLOW_READ_TIMEOUT, patience.remaining())))
     try:
         if resp.status != 200:
             reply = Reply(resp.status, resp.headers, resp.read(64 * 1024))
             raise ClientError(f"the server would not show the log (HTTP {resp.status}): "
                               f"{reply.error_text()}", EXIT_ERROR)
-        status = resp.headers.get("X-Job-Status", "")
-        if "follow=1" in path and int(resp.headers.get("X-Log-Offset", offset)) != offset:
-            raise ClientError(f"the server resumed the log at byte {resp.headers['X-Log-Offset']}, "
-                              f"not {offset}; see the whole log on the job page", EXIT_ERROR)
+        # A stream's X-Log-Offset is where it starts; anything else would duplicate or lose bytes.
+        started = resp.headers.get("X-Log-Offset", str(offset))
+        if follow and started != str(offset):
+            raise ClientError(f"the server resumed the log at byte {started}, not {offset}; "
+                              f"read the whole log at {api.url(f'/jobs/{job_id}')}", EXIT_ERROR)
         patience.ok()
         try:
             while chunk := resp.read1(CHUNK):
@@ -598,7 +608,7 @@ def _copy_log(api: Api, path: str, offset: int, out: BinaryIO, patience: Patienc
                 offset += len(chunk)
         except (OSError, http.client.HTTPException) as exc:
             raise Cut(f"{type(exc).__name__}: {exc}", offset, isinstance(exc, TimeoutError)) from None
-        return offset, status
+        return offset, resp.headers.get("X-Job-Status", "")
     finally:
         conn.close()
 
