@@ -276,8 +276,9 @@ backoff() {
   [ $spent -lt "$RETRY_FOR" ] || die 1 "gave up $1 after $spent s of failures ($2); check that the" \
     "server is up, or raise --retry-for"
   say "$1 failed ($2); retrying in $DELAY s"
-  [ $left -lt $DELAY ] || left=$DELAY
-  [ $left -le 0 ] || run_bg sleep "$left"
+  # Past --max-wait (e.g. 0) only the retry budget bounds a submission: never retry without a pause.
+  [ $left -gt 0 ] && [ $left -lt $DELAY ] || left=$DELAY
+  run_bg sleep "$left"
   DELAY=$((DELAY * 2 > BACKOFF_MAX ? BACKOFF_MAX : DELAY * 2))
 }
 

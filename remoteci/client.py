@@ -463,7 +463,10 @@ class Patience:
             raise ClientError(f"gave up {what} after {spent:.0f} s of failures ({reason}); check "
                               "that the server is up, or raise --retry-for", EXIT_ERROR)
         say(f"{what} failed ({reason}); retrying in {self.delay:g} s")
-        time.sleep(max(0.0, min(self.delay, self.retry_for - spent, self.remaining())))
+        pause = min(self.delay, self.retry_for - spent)
+        if self.remaining() > 0:  # past --max-wait (e.g. 0) only the retry budget bounds a submission
+            pause = min(pause, self.remaining())
+        time.sleep(max(0.0, pause))
         self.delay = min(self.delay * 2, BACKOFF_MAX)
 
 

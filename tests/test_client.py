@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from remoteci import client
-from tests.helpers import ROOT, TOKEN, RedisServer, Server, wait_until
+from tests.helpers import ROOT, TOKEN, RedisServer, Server, free_port, wait_until
 
 CLIENTS = {
     "py": [sys.executable, str(ROOT / "remoteci.py"), "submit"],
@@ -135,6 +135,14 @@ def test_wrong_token_exits_2_and_says_which_secret(cli: list[str], srv: Server) 
                        env={"REMOTE_CI_TOKEN": "wrong-token-123"})
     assert code == 2
     assert "401" in err and "REMOTE_CI_TOKEN" in err
+
+
+def test_unreachable_server_is_retried_then_exits_1(cli: list[str], srv: Server) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    code, _, err = run(cli, srv, "--workspace", "proj", "--script", "true", "--retry-for", "1",
+                         env={"REMOTE_CI_SERVER": dead})
+    assert code == 1
+    assert "retrying" in err and "gave up" in err and "--retry-for" in err
 
 
 # --- the log -----------------------------------------------------------------------------------
