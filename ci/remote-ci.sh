@@ -393,6 +393,8 @@ follow() {  # the log from byte 0, across reconnects, never losing or repeating 
     fetch_log "follow=1&offset=$OFFSET" "$max"
     OFFSET=$((OFFSET + GOT))
     if [ "$LOG_CODE" = 200 ] && [ "$CURL_RC" = 28 ]; then continue; fi  # a quiet job: ask again
+    [ "$CURL_RC" != 23 ] || die 1 "cannot write the log to stdout; is the output piped into a" \
+      "command that exited?"
     if [ "$LOG_CODE" != 200 ] || [ "$CURL_RC" != 0 ]; then
       HTTP_CODE=$LOG_CODE
       retryable || [ "$LOG_CODE" = 200 ] || die 1 "the server would not show the log ($(why log))"

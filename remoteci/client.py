@@ -604,16 +604,29 @@ def _copy_log(api: Api, job_id: str, offset: int, follow: bool, out: BinaryIO,
             raise ClientError(f"the server resumed the log at byte {started}, not {offset}; "
                               f"read the whole log at {api.url(f'/jobs/{job_id}')}", EXIT_ERROR)
         patience.ok()
-        try:
-            while chunk := resp.read1(CHUNK):
-                out.write(chunk)
-                out.flush()
-                offset += len(chunk)
-        except (OSError, http.client.HTTPException) as exc:
-            raise Cut(f"{type(exc).__name__}: {exc}", offset, isinstance(exc, TimeoutError)) from None
+        while chunk := _read_some(resp, offset):
+            _write_out(out, chunk)
+            offset += len(chunk)
         return offset, resp.headers.get("X-Job-Status", "")
     finally:
         conn.close()
+
+
+def _read_some(resp: http.client.HTTPResponse, offset: int) -> bytes:
+    try:
+        return resp.read1(CHUNK)
+    except (OSError, http.client.HTTPException) as exc:
+        raise Cut(f"{type(exc).__name__}: {exc}", offset, isinstance(exc, TimeoutError)) from None
+
+
+def _write_out(out: BinaryIO, chunk: bytes) -> None:
+    """Flushed at once: the CI shows the log live. A closed stdout is not a network error."""
+    try:
+        out.write(chunk)
+        out.flush()
+    except OSError as exc:
+        raise ClientError(f"cannot write the log to stdout ({exc}); is the output piped into a "
+                          "command that exited?", EXIT_ERROR) from None
 
 
 def exit_code_for(job: Mapping[str, Any]) -> int:
