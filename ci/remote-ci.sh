@@ -273,11 +273,12 @@ mark_ok() { LAST_OK=$SECONDS DELAY=1; }
 # backoff WHAT REASON: sleep before the next try, or give up once --retry-for is spent.
 backoff() {
   local spent=$((SECONDS - LAST_OK)) left=$((DEADLINE - SECONDS))
-  [ $spent -lt "$RETRY_FOR" ] || die 1 "gave up $1 after $spent s of failures ($2); check that the" \
+  # SECONDS counts whole seconds: -le keeps at least one retry whatever the tick
+  [ $spent -le "$RETRY_FOR" ] || die 1 "gave up $1 after $spent s of failures ($2); check that the" \
     "server is up, or raise --retry-for"
-  say "$1 failed ($2); retrying in $DELAY s"
   # Past --max-wait (e.g. 0) only the retry budget bounds a submission: never retry without a pause.
   [ $left -gt 0 ] && [ $left -lt $DELAY ] || left=$DELAY
+  say "$1 failed ($2); retrying in $left s"
   run_bg sleep "$left"
   DELAY=$((DELAY * 2 > BACKOFF_MAX ? BACKOFF_MAX : DELAY * 2))
 }

@@ -13,6 +13,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -513,7 +514,7 @@ def submit(api: Api, opts: Options, patience: Patience) -> dict[str, Any]:
     else:
         payload = submission_fields(opts)
         if source.mode == "git":
-            payload |= {"repo": source.value, **({"ref": source.ref} if source.ref else {})}
+            payload.update({"repo": source.value, **({"ref": source.ref} if source.ref else {})})
         else:
             payload["workspace"] = source.value
         data = json.dumps(payload).encode()
@@ -616,7 +617,7 @@ def _read_some(resp: http.client.HTTPResponse, offset: int) -> bytes:
     try:
         return resp.read1(CHUNK)
     except (OSError, http.client.HTTPException) as exc:
-        raise Cut(f"{type(exc).__name__}: {exc}", offset, isinstance(exc, TimeoutError)) from None
+        raise Cut(f"{type(exc).__name__}: {exc}", offset, isinstance(exc, socket.timeout)) from None
 
 
 def _write_out(out: BinaryIO, chunk: bytes) -> None:
