@@ -735,3 +735,8 @@ def main(argv: Sequence[str]) -> int:
         for sig, handler in previous.items():
             if signal.getsignal(sig) is not signal.SIG_IGN:
                 signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    # A vendored copy of this one file is a complete client: `python3 remote_ci_client.py --server …`.
+    sys.exit(main(sys.argv[1:]))

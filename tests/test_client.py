@@ -412,6 +412,15 @@ def test_exit_code_mirrors_the_job(job: dict[str, Any], code: int) -> None:
     assert client.exit_code_for(job) == code
 
 
+def test_a_copy_of_the_one_file_is_a_complete_client(tmp_path: Path) -> None:
+    vendored = tmp_path / "remote_ci_client.py"
+    vendored.write_bytes((ROOT / "remoteci" / "client.py").read_bytes())
+    done = subprocess.run([sys.executable, "-I", str(vendored), "--script", "x"], capture_output=True,
+                          text=True, timeout=30, cwd=tmp_path, env={"PATH": os.environ["PATH"]})
+    assert done.returncode == client.EXIT_REFUSED
+    assert "REMOTE_CI_SERVER" in done.stderr
+
+
 def test_client_imports_only_the_standard_library() -> None:
     probe = ("import sys; import remoteci.client; "
              "bad = [m for m in sys.modules if m.split('.')[0] in ('redis', 'waitress', 'multipart')]; "
