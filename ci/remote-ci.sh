@@ -283,15 +283,18 @@ backoff() {
   DELAY=$((DELAY * 2 > BACKOFF_MAX ? BACKOFF_MAX : DELAY * 2))
 }
 
-why() {  # why OUT: the reason a call failed, for messages
+why() {  # why OUT: the reason a call failed, for messages: the server's error, else curl's
   local msg="" line
-  if [ "$HTTP_CODE" = 000 ]; then
+  [ ! -s "$TMP/$1.body" ] || msg=$(json_field error < "$TMP/$1.body")
+  if [ -z "$msg" ] && [ -f "$TMP/$1.err" ]; then
     while IFS= read -r line; do
       case $line in ''|'@@ '*) ;; *) msg=${msg:-${line%$'\r'}} ;; esac
     done < "$TMP/$1.err"
+  fi
+  if [ "$HTTP_CODE" = 000 ]; then
     printf 'curl exit %s: %s' "$CURL_RC" "${msg:-no answer}"
   else
-    printf 'HTTP %s: %s' "$HTTP_CODE" "$(json_field error < "$TMP/$1.body")"
+    printf 'HTTP %s: %s' "$HTTP_CODE" "${msg:-no message}"
   fi
 }
 

@@ -3,6 +3,7 @@ server processes; then the Python client's pure parts."""
 
 from __future__ import annotations
 
+import http.client
 import io
 import os
 import signal
@@ -44,6 +45,22 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     yield server
     server.stop()
     rs.stop()
+
+
+@pytest.fixture
+def own_server(make_server: Callable[..., Server]) -> Iterator[Callable[..., Server]]:
+    """make_server, each stopped with SIGTERM at the end so no executor outlives the test."""
+    started: list[Server] = []
+
+    def make(*args: Any, env: dict[str, str] | None = None, **kwargs: Any) -> Server:
+        server = make_server(*args, env={"REMOTE_CI_DRAIN_TIMEOUT": "1", **(env or {})}, **kwargs)
+        started.append(server)
+        return server
+
+    yield make
+    for server in reversed(started):
+        if server.proc is not None and server.proc.poll() is None:
+            server.stop()
 
 
 @pytest.fixture(params=sorted(CLIENTS))
@@ -146,6 +163,29 @@ def test_unreachable_server_is_retried_then_exits_1(cli: list[str], srv: Server)
     assert "retrying" in err and "gave up" in err and "--retry-for" in err
 
 
+def test_busy_server_503_is_retried_until_it_frees_up(cli: list[str], own_server: Callable[..., Server],
+                                                      request: pytest.FixtureRequest) -> None:
+    srv = own_server(env={"REMOTE_CI_MAX_FOLLOWERS": "1"})
+    blocker = srv.submit("sleep 20")
+    slot = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    try:
+        slot.request("GET", f"/api/jobs/{blocker['id']}/logs?follow=1",
+                     headers={"Authorization": f"Bearer {TOKEN}"})
+        held = slot.getresponse()  # keep a reference: the slot is held while this stream is open
+        assert held.status == 200
+        proc = start(cli, srv, "--workspace", "proj", "--name", unique(request), "--script", "echo done")
+        job = job_named(srv, unique(request))
+        srv.wait_final(job["id"])
+        held.close()
+        code, out, err = finish(proc)
+    finally:
+        slot.close()
+        srv.request("POST", f"/api/jobs/{blocker['id']}/cancel")
+    assert code == 0, err
+    assert "503" in err and "retrying" in err
+    assert out == srv.log(job["id"])
+
+
 # --- the log -----------------------------------------------------------------------------------
 
 def test_binary_and_long_output_is_byte_identical(cli: list[str], srv: Server,
@@ -198,11 +238,11 @@ def test_max_wait_stops_waiting_and_says_where_to_follow(
 
 
 def test_api_restart_mid_job_does_not_break_the_stream(
-        cli: list[str], make_server: Callable[..., Server], tmp_path: Path,
+        cli: list[str], own_server: Callable[..., Server], tmp_path: Path,
         request: pytest.FixtureRequest) -> None:
     base = tmp_path / "shared"
-    worker = make_server("worker", base=base, env={"REMOTE_CI_CONCURRENCY": "1"})
-    api = make_server("api", redis_url=worker.redis_url, base=base)
+    worker = own_server("worker", base=base, env={"REMOTE_CI_CONCURRENCY": "1"})
+    api = own_server("api", redis_url=worker.redis_url, base=base)
     wait_until(lambda: api.request("GET", "/api/stats").json()["workers"] >= 1, 20, "the executor")
     api.make_workspace("proj")
     script = 'for i in $(seq 1 50); do echo "line $i"; sleep 0.06; done'
@@ -210,7 +250,7 @@ def test_api_restart_mid_job_does_not_break_the_stream(
     job = job_named(api, unique(request), "running")
     wait_until(lambda: b"line 5\n" in api.log(job["id"]), 10, "the job to print")
     api.stop(signal.SIGKILL)
-    api = make_server("api", redis_url=worker.redis_url, base=base, port=api.port)
+    api = own_server("api", redis_url=worker.redis_url, base=base, port=api.port)
     code, out, err = finish(proc)
     assert code == 0, err
     assert "retrying" in err  # the stream really broke and was resumed

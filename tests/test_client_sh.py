@@ -50,9 +50,12 @@ def test_served_without_auth_and_runs_piped_into_bash(make_server: Callable[...,
     assert served.status == 200 and served.body == SCRIPT.read_bytes()
     pipeline = (f'curl -fsS "{srv.url}/ci/remote-ci.sh" | bash -s -- --workspace proj '
                 "--script 'echo piped; exit 3'")
-    done = subprocess.run(["bash", "-c", pipeline], capture_output=True, timeout=60,
-                          env={"PATH": "/usr/bin:/bin", "REMOTE_CI_TOKEN": TOKEN,
-                               "REMOTE_CI_SERVER": srv.url})
+    try:
+        done = subprocess.run(["bash", "-c", pipeline], capture_output=True, timeout=60,
+                              env={"PATH": "/usr/bin:/bin", "REMOTE_CI_TOKEN": TOKEN,
+                                   "REMOTE_CI_SERVER": srv.url})
+    finally:
+        srv.stop()  # SIGTERM: the server takes its executors with it
     assert done.returncode == 3, done.stderr
     assert done.stdout.startswith(b"piped\n")
 
