@@ -1,11 +1,742 @@
-"""The CI-side client (standard library only). Placeholder until the client lands."""
+"""The CI-side client: submit a job, stream its log byte-exact, exit with the job's result.
+
+Standard library only: it must run on any CI runner that has python3, without a venv. Everything
+the client itself says goes to stderr, so stdout carries exactly the job's log.
+"""
 
 from __future__ import annotations
 
+import argparse
+import http.client
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import ssl
+import subprocess
 import sys
-from collections.abc import Sequence
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, BinaryIO, NoReturn
+from urllib.parse import quote, urlencode, urlsplit
+
+EXIT_SUCCESS = 0
+EXIT_ERROR = 1  # the job errored or was cancelled elsewhere, or the server stayed unreachable
+EXIT_REFUSED = 2  # nothing ran: bad flags, rsync failed, or the server answered 4xx
+EXIT_TIMEOUT = 124  # as timeout(1)
+FINAL = ("success", "failed", "timeout", "error", "cancelled")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+IGNORE_FILE = ".remoteciignore"
+CHUNK = 64 * 1024
+FOLLOW_READ_TIMEOUT = 60.0  # a quiet job is re-followed this often; a dead link is noticed by then
+REQUEST_TIMEOUT = 30.0
+TAR_STALL_LIMIT = 600.0
+CANCEL_BUDGET = 10.0  # the public CI gives a cancelled step a few seconds before SIGKILL
+BACKOFF_FIRST, BACKOFF_MAX = 0.25, 10.0
+PROG = "remote-ci"
+
+
+# --- errors that end the run -------------------------------------------------------------------
+
+class ClientError(Exception):
+    """Ends the run with `code` after printing the message, which tells the CI user what to do."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM arrived: the public CI is cancelling this step (a BaseException, like
+    KeyboardInterrupt, so no `except Exception` swallows it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def refused(message: str) -> ClientError:
+    return ClientError(message, EXIT_REFUSED)
+
+
+# --- options -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Source:
+    mode: str  # "rsync" | "upload" | "git"
+    value: str  # the workspace name, the directory to upload, or the repository URL
+    ref: str | None = None
+
+
+@dataclass(frozen=True)
+class Options:
+    server: str
+    token: str
+    source: Source
+    script: str
+    timeout: int | None = None
+    name: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    max_wait: float = 1500.0
+    fail_on_wait_timeout: bool = False
+    retry_for: float = 300.0
+    rsync_to: str | None = None
+    source_dir: str = "."
+    include_git: bool = False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="remoteci.py submit", description=(
+        "Run a script on a Remote CI server and behave like a local CI step: stream its log to "
+        "stdout and exit with its exit code (124 timeout, 1 error/cancelled, 2 refused)."))
+    parser.add_argument("--server", help="server URL, e.g. https://ci.example.org "
+                                          "(default: $REMOTE_CI_SERVER)")
+    parser.add_argument("--token", help="API token (default: $REMOTE_CI_TOKEN; prefer the "
+                                         "variable, so the token stays out of the process list)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workspace", help="a directory under the server's workspace root "
+                                           "(the code is already there, e.g. via --rsync-to)")
+    where.add_argument("--upload", metavar="DIR", help="send DIR as a tar.gz (honours "
+                                                         f"{IGNORE_FILE}; skips .git)")
+    where.add_argument("--git", nargs="?", const="", metavar="URL",
+                       help="let the server clone URL; without a value, this CI's own repository "
+                            "(GITHUB_SERVER_URL/GITHUB_REPOSITORY or CI_REPOSITORY_URL)")
+    parser.add_argument("--ref", help="branch, tag or sha for --git (default with a bare --git: "
+                                      "GITHUB_SHA or CI_COMMIT_SHA)")
+    parser.add_argument("--script", required=True, help="the shell command(s) to run")
+    parser.add_argument("--timeout", type=int, help="job time limit in seconds")
+    parser.add_argument("--name", help="a label shown in the server's job list")
+    parser.add_argument("--env", action="append", default=[], metavar="K=V",
+                        help="pass a variable to the script; a bare K takes its value from here")
+    parser.add_argument("--max-wait", type=float, default=1500.0, metavar="SEC",
+                        help="stop following after SEC seconds, leaving the job running (1500)")
+    parser.add_argument("--fail-on-wait-timeout", action="store_true",
+                        help="exit 1 instead of 0 when --max-wait ends the wait")
+    parser.add_argument("--retry-for", type=float, default=300.0, metavar="SEC",
+                        help="keep retrying an unreachable server (or 503) this long (300)")
+    parser.add_argument("--rsync-to", metavar="DEST", help="first `rsync -az --delete` the source "
+                        "dir to DEST (user@host:/var/ci-workspace/NAME); --workspace defaults to NAME")
+    parser.add_argument("--source-dir", default=".", metavar="DIR",
+                        help="what --rsync-to copies (default: the current directory)")
+    parser.add_argument("--include-git", action="store_true",
+                        help="also send .git with --upload/--rsync-to (for `git describe` and such)")
+    return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise refused(f"{message}; see `remoteci.py submit --help`")
+
+
+def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> Options:
+    """Flags and environment into Options; raise ClientError(2) naming the fix."""
+    args = build_parser().parse_args(list(argv))
+    server = (args.server or environ.get("REMOTE_CI_SERVER", "")).strip().rstrip("/")
+    if not server:
+        raise refused("no server: pass --server https://your-ci-host or set REMOTE_CI_SERVER")
+    if urlsplit(server).scheme not in ("http", "https") or not urlsplit(server).netloc:
+        raise refused(f"--server {server!r} must be an http:// or https:// URL")
+    token = (args.token or environ.get("REMOTE_CI_TOKEN", "")).strip()
+    if not token:
+        raise refused("no API token: set REMOTE_CI_TOKEN from your CI's secret store "
+                      "(GitHub: secrets.REMOTE_CI_TOKEN; GitLab: a masked CI/CD variable)")
+    for flag, value in (("--max-wait", args.max_wait), ("--retry-for", args.retry_for)):
+        if value < 0:
+            raise refused(f"{flag} must be a number of seconds, 0 or more")
+    if args.timeout is not None and args.timeout < 1:
+        raise refused("--timeout must be a whole number of seconds, 1 or more")
+    return Options(
+        server=server, token=token, source=_source(args, environ), script=args.script,
+        timeout=args.timeout, name=args.name, env=parse_env_pairs(args.env, environ),
+        max_wait=args.max_wait, fail_on_wait_timeout=args.fail_on_wait_timeout,
+        retry_for=args.retry_for, rsync_to=args.rsync_to, source_dir=args.source_dir,
+        include_git=args.include_git)
+
+
+def _source(args: argparse.Namespace, environ: Mapping[str, str]) -> Source:
+    if args.ref is not None and args.git is None:
+        raise refused("--ref only applies to --git")
+    if args.git is not None:
+        if args.rsync_to:
+            raise refused("--rsync-to goes with --workspace, not --git")
+        if args.git:
+            return Source("git", args.git, args.ref)
+        repo, sha = git_source_from_ci(environ)
+        return Source("git", repo, args.ref or sha)
+    if args.upload is not None:
+        if args.rsync_to:
+            raise refused("--rsync-to goes with --workspace, not --upload")
+        if not os.path.isdir(args.upload):
+            raise refused(f"--upload {args.upload!r} is not a directory; pass the directory "
+                          "to send, e.g. --upload .")
+        return Source("upload", args.upload)
+    workspace = args.workspace or (workspace_from_rsync_dest(args.rsync_to) if args.rsync_to else None)
+    if not workspace:
+        raise refused("say where the code is: --workspace NAME (already on the server), "
+                      "--rsync-to DEST, --upload DIR, or --git [URL]")
+    return Source("rsync", workspace)
+
+
+def workspace_from_rsync_dest(dest: str) -> str | None:
+    """user@host:/var/ci-workspace/proj -> proj; a dest with no directory name gives None."""
+    path = dest.split(":", 1)[1] if ":" in dest else dest
+    name = os.path.basename(path.rstrip("/"))
+    return name or None
+
+
+def git_source_from_ci(environ: Mapping[str, str]) -> tuple[str, str | None]:
+    """This CI run's repository and commit, from GitHub Actions' or GitLab CI's variables."""
+    if environ.get("GITHUB_REPOSITORY"):
+        base = environ.get("GITHUB_SERVER_URL", "https://github.com").rstrip("/")
+        return f"{base}/{environ['GITHUB_REPOSITORY']}.git", environ.get("GITHUB_SHA") or None
+    if environ.get("CI_REPOSITORY_URL"):
+        return environ["CI_REPOSITORY_URL"], environ.get("CI_COMMIT_SHA") or None
+    raise refused("--git without a URL needs GitHub Actions (GITHUB_REPOSITORY) or GitLab CI "
+                  "(CI_REPOSITORY_URL) variables; outside them pass --git URL")
+
+
+def parse_env_pairs(pairs: Sequence[str], environ: Mapping[str, str]) -> dict[str, str]:
+    """--env K=V items into a dict; a bare K copies this process's K (handy for CI secrets)."""
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not ENV_NAME_RE.fullmatch(key):
+            raise refused(f"--env {pair!r}: {key!r} is not a variable name "
+                          "(letters, digits and _, not starting with a digit); write --env NAME=value")
+        if not sep:
+            if key not in environ:
+                raise refused(f"--env {key}: {key} is not set here; write --env {key}=value")
+            value = environ[key]
+        env[key] = value
+    return env
+
+
+# --- .remoteciignore ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IgnoreRule:
+    regex: re.Pattern[str]
+    negate: bool
+    dir_only: bool
+
+
+def parse_ignore(text: str) -> list[IgnoreRule]:
+    """gitignore-like lines: #comments, !negation, trailing / for dirs, a / inside anchors, * ? ** []."""
+    rules = []
+    for raw in text.splitlines():
+        line = raw.rstrip(" ") if not raw.endswith("\\ ") else raw
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        if negate or line.startswith(("\\!", "\\#")):  # \! and \# escape a literal first char
+            line = line[1:]
+        dir_only = line.endswith("/")
+        line = line.rstrip("/")
+        if not line:
+            continue
+        anchored = "/" in line
+        body = _glob_regex(line.lstrip("/"))
+        prefix = "" if anchored else "(?:.*/)?"
+        rules.append(IgnoreRule(re.compile(f"{prefix}{body}", re.DOTALL), negate, dir_only))
+    return rules
+
+
+def _glob_regex(pattern: str) -> str:
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and (end := pattern.find("]", i + 2)) != -1:
+            inner = pattern[i + 1:end]
+            inner = "^" + inner[1:] if inner.startswith("!") else inner
+            out.append("[" + inner.replace("\\", "\\\\") + "]")
+            i = end + 1
+        elif pattern[i] == "\\" and i + 1 < len(pattern):
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out)
+
+
+def is_ignored(relpath: str, is_dir: bool, rules: Sequence[IgnoreRule]) -> bool:
+    """The last matching rule decides, as in git."""
+    ignored = False
+    for rule in rules:
+        if rule.dir_only and not is_dir:
+            continue
+        if rule.regex.fullmatch(relpath):
+            ignored = not rule.negate
+    return ignored
+
+
+def files_to_send(root: str, rules: Sequence[IgnoreRule], include_git: bool) -> Iterator[str]:
+    """Relative paths to archive, sorted; an ignored directory is not entered (as in git)."""
+    for current, dirs, files in os.walk(root):
+        rel_dir = os.path.relpath(current, root)
+        rel_dir = "" if rel_dir == "." else rel_dir + "/"
+        kept_dirs = []
+        for name in sorted(dirs):
+            rel = rel_dir + name
+            if (name == ".git" and not include_git) or is_ignored(rel, True, rules):
+                continue
+            if os.path.islink(os.path.join(current, name)):
+                yield rel  # a symlink to a dir goes in as a link, never followed
+                continue
+            kept_dirs.append(name)
+            yield rel
+        dirs[:] = kept_dirs
+        for name in sorted(files):
+            rel = rel_dir + name
+            if not (name == ".git" and not include_git) and not is_ignored(rel, False, rules):
+                yield rel
+
+
+def load_ignore_rules(root: str) -> list[IgnoreRule]:
+    try:
+        with open(os.path.join(root, IGNORE_FILE), encoding="utf-8") as f:
+            return parse_ignore(f.read())
+    except FileNotFoundError:
+        return []
+
+
+# --- the tar.gz stream -------------------------------------------------------------------------
+
+class _QueueWriter:
+    """A write-only file for tarfile that hands chunks to the HTTP sender with backpressure."""
+
+    def __init__(self, chunks: queue.Queue[bytes | BaseException | None], stop: threading.Event):
+        self.chunks, self.stop = chunks, stop
+
+    def write(self, data: bytes) -> int:
+        while not self.stop.is_set():
+            try:
+                self.chunks.put(bytes(data), timeout=1)
+                return len(data)
+            except queue.Full:
+                continue
+        raise OSError("upload abandoned")
+
+
+def tar_gz_stream(root: str, include_git: bool) -> Iterator[bytes]:
+    """The directory as a tar.gz, produced while it is sent: no temp file, bounded memory."""
+    rules = load_ignore_rules(root)
+    chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=16)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            with tarfile.open(fileobj=_QueueWriter(chunks, stop), mode="w|gz",  # type: ignore[call-overload]
+                              format=tarfile.PAX_FORMAT) as tar:
+                for rel in files_to_send(root, rules, include_git):
+                    tar.add(os.path.join(root, rel), arcname=rel, recursive=False)
+            chunks.put(None)
+        except BaseException as exc:  # handed to the sender, which raises it in the main thread
+            if not stop.is_set():
+                chunks.put(exc)
+
+    threading.Thread(target=produce, name="tar", daemon=True).start()
+    try:
+        while (item := _next_chunk(chunks, root)) is not None:
+            if isinstance(item, BaseException):
+                raise refused(f"could not archive {root!r}: {item}; fix the file or list it in "
+                              f"{IGNORE_FILE}")
+            yield item
+    finally:
+        stop.set()
+
+
+def _next_chunk(chunks: queue.Queue[bytes | BaseException | None], root: str) -> bytes | BaseException | None:
+    try:
+        return chunks.get(timeout=TAR_STALL_LIMIT)
+    except queue.Empty:
+        raise ClientError(f"archiving {root!r} made no progress for {TAR_STALL_LIMIT:g} s; is a "
+                          f"file on a hung mount? List it in {IGNORE_FILE}", EXIT_ERROR) from None
+
+
+# --- HTTP --------------------------------------------------------------------------------------
+
+@dataclass
+class Reply:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return {}
+
+    def error_text(self) -> str:
+        data = self.json()
+        if isinstance(data, dict) and isinstance(data.get("error"), str):
+            return str(data["error"])
+        return self.body[:500].decode(errors="replace").strip() or "(no message)"
+
+
+class Retryable(Exception):
+    """The server could not be reached or answered 502/503/504: worth trying again."""
+
+
+@dataclass
+class Api:
+    server: str
+    token: str
+
+    def url(self, path: str) -> str:
+        return self.server + path
+
+    def connect(self, timeout: float) -> http.client.HTTPConnection:
+        parts = urlsplit(self.server)
+        host = parts.hostname or ""
+        if parts.scheme == "https":
+            return http.client.HTTPSConnection(host, parts.port, timeout=timeout,
+                                               context=ssl.create_default_context())
+        return http.client.HTTPConnection(host, parts.port, timeout=timeout)
+
+    def open(self, method: str, path: str, body: Any = None, headers: Mapping[str, str] | None = None,
+             timeout: float = REQUEST_TIMEOUT) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send a request and read the status line; raise Retryable for what retrying may fix."""
+        conn = self.connect(max(timeout, 0.1))
+        all_headers = {"Authorization": f"Bearer {self.token}", "User-Agent": "remote-ci-client",
+                       **(headers or {})}
+        try:
+            conn.request(method, urlsplit(self.server).path.rstrip("/") + path, body=body,
+                         headers=all_headers)
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise Retryable(f"{type(exc).__name__}: {exc}") from None
+        if resp.status in (502, 503, 504):
+            detail = Reply(resp.status, resp.headers, resp.read(64 * 1024)).error_text()
+            conn.close()
+            raise Retryable(f"HTTP {resp.status}: {detail}")
+        return conn, resp
+
+    def call(self, method: str, path: str, body: Any = None, headers: Mapping[str, str] | None = None,
+             timeout: float = REQUEST_TIMEOUT) -> Reply:
+        conn, resp = self.open(method, path, body, headers, timeout)
+        try:
+            return Reply(resp.status, resp.headers, resp.read())
+        except (OSError, http.client.HTTPException) as exc:
+            raise Retryable(f"{type(exc).__name__}: {exc}") from None
+        finally:
+            conn.close()
+
+
+@dataclass
+class Patience:
+    """Bounds every wait: the overall --max-wait and the --retry-for budget since the last success."""
+
+    deadline: float  # time.monotonic() after which we stop waiting for the job
+    retry_for: float
+    last_ok: float = field(default_factory=time.monotonic)
+    delay: float = BACKOFF_FIRST
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def ok(self) -> None:
+        self.last_ok, self.delay = time.monotonic(), BACKOFF_FIRST
+
+    def failed(self, what: str, reason: str) -> None:
+        """Sleep before the next try; raise ClientError(1) once the retry budget is spent."""
+        spent = time.monotonic() - self.last_ok
+        if spent >= self.retry_for:
+            raise ClientError(f"gave up {what} after {spent:.0f} s of failures ({reason}); check "
+                              "that the server is up, or raise --retry-for", EXIT_ERROR)
+        say(f"{what} failed ({reason}); retrying in {self.delay:g} s")
+        pause = min(self.delay, self.retry_for - spent)
+        if self.remaining() > 0:  # past --max-wait (e.g. 0) only the retry budget bounds a submission
+            pause = min(pause, self.remaining())
+        time.sleep(max(0.0, pause))
+        self.delay = min(self.delay * 2, BACKOFF_MAX)
+
+
+def with_retries(patience: Patience, what: str, action: Callable[[], Reply]) -> Reply:
+    while True:
+        try:
+            reply = action()
+        except Retryable as exc:
+            patience.failed(what, str(exc))
+            continue
+        patience.ok()
+        return reply
+
+
+# --- submitting --------------------------------------------------------------------------------
+
+def submission_fields(opts: Options) -> dict[str, Any]:
+    fields: dict[str, Any] = {"script": opts.script}
+    if opts.timeout is not None:
+        fields["timeout"] = opts.timeout
+    if opts.name:
+        fields["name"] = opts.name
+    if opts.env:
+        fields["env"] = opts.env
+    return fields
+
+
+def upload_query(opts: Options) -> str:
+    """Raw-body uploads carry the fields in the query string; env is a JSON string there."""
+    fields = submission_fields(opts)
+    if "env" in fields:
+        fields["env"] = json.dumps(fields["env"])
+    return urlencode(fields, quote_via=quote)
+
+
+def submit(api: Api, opts: Options, patience: Patience) -> dict[str, Any]:
+    """POST the job; a 4xx is final (exit 2), a network error or 503 is retried."""
+    source = opts.source
+    if source.mode == "upload":
+        def send() -> Reply:
+            return api.call("POST", "/api/jobs/upload?" + upload_query(opts),
+                            body=tar_gz_stream(source.value, opts.include_git),
+                            headers={"Content-Type": "application/gzip"}, timeout=300)
+    else:
+        payload = submission_fields(opts)
+        if source.mode == "git":
+            payload.update({"repo": source.value, **({"ref": source.ref} if source.ref else {})})
+        else:
+            payload["workspace"] = source.value
+        data = json.dumps(payload).encode()
+
+        def send() -> Reply:
+            return api.call("POST", f"/api/jobs/{source.mode}", body=data,
+                            headers={"Content-Type": "application/json"})
+    reply = with_retries(patience, "submitting the job", send)
+    if reply.status == 202 and isinstance(reply.json().get("id"), str):
+        return dict(reply.json())
+    hint = {401: " (check the REMOTE_CI_TOKEN secret)",
+            413: f" (send less: list build outputs in {IGNORE_FILE})"}.get(reply.status, "")
+    if 400 <= reply.status < 500:
+        raise refused(f"the server refused the job (HTTP {reply.status}): {reply.error_text()}{hint}")
+    raise ClientError(f"the server failed to accept the job (HTTP {reply.status}): "
+                      f"{reply.error_text()}; tell the server's operator", EXIT_ERROR)
+
+
+def run_rsync(opts: Options, patience: Patience) -> None:
+    """Copy the source dir to the workspace host; honours .remoteciignore like --upload does."""
+    assert opts.rsync_to is not None
+    command = ["rsync", "-az", "--delete", "--filter", f":- {IGNORE_FILE}"]
+    if not opts.include_git:
+        command += ["--exclude", "/.git"]
+    command += [opts.source_dir.rstrip("/") + "/", opts.rsync_to]
+    say(f"rsync {opts.source_dir} -> {opts.rsync_to}")
+    try:
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, timeout=max(1.0, patience.remaining()),
+                              check=False)
+    except FileNotFoundError:
+        raise refused("rsync is not installed on this runner; install it (apt-get install -y "
+                      "rsync) or use --upload DIR instead") from None
+    except subprocess.TimeoutExpired:
+        raise ClientError("rsync did not finish within --max-wait; is the host reachable?",
+                          EXIT_ERROR) from None
+    if done.returncode != 0:
+        raise refused(f"rsync to {opts.rsync_to} failed with exit code {done.returncode}; check the "
+                      "SSH key (RSYNC_RSH='ssh -i KEY') and that the destination is allowed (ci/README.md)")
+
+
+# --- following ---------------------------------------------------------------------------------
+
+class Cut(Retryable):
+    """A log body broke off after `offset` bytes had been written out."""
+
+    def __init__(self, message: str, offset: int, timed_out: bool):
+        super().__init__(message)
+        self.offset = offset
+        self.timed_out = timed_out
+
+
+def follow_log(api: Api, job_id: str, out: BinaryIO, patience: Patience) -> tuple[str | None, int]:
+    """Copy the job's log to `out` from byte 0, across reconnects, never losing or repeating a
+    byte; return (the final status, or None when --max-wait ran out; the bytes written)."""
+    offset = 0
+    while patience.remaining() > 0:
+        try:
+            offset = _copy_log(api, job_id, offset, True, out, patience)[0]
+            # The stream ended: the job is final, or the server stopped or cut a long stream. A
+            # snapshot from our offset tells which, and carries any last bytes.
+            offset, status = _copy_log(api, job_id, offset, False, out, patience)
+        except Cut as cut:
+            offset = cut.offset
+            if not cut.timed_out:  # a timeout is only a quiet job: ask again at once
+                patience.failed("following the log", str(cut))
+            continue
+        except Retryable as exc:
+            patience.failed("following the log", str(exc))
+            continue
+        if status in FINAL:
+            return status, offset
+    return None, offset
+
+
+def _copy_log(api: Api, job_id: str, offset: int, follow: bool, out: BinaryIO,
+              patience: Patience) -> tuple[int, str]:
+    """One GET of the log from `offset`, written to `out`; returns (new offset, X-Job-Status)."""
+    path = f"/api/jobs/{job_id}/logs?offset={offset}" + ("&follow=1" if follow else "")
+    conn, resp = api.open("GET", path, timeout=max(0.1, min(FOLLOW_READ_TIMEOUT, patience.remaining())))
+    try:
+        if resp.status != 200:
+            reply = Reply(resp.status, resp.headers, resp.read(64 * 1024))
+            raise ClientError(f"the server would not show the log (HTTP {resp.status}): "
+                              f"{reply.error_text()}", EXIT_ERROR)
+        # A stream's X-Log-Offset is where it starts; anything else would duplicate or lose bytes.
+        started = resp.headers.get("X-Log-Offset", str(offset))
+        if follow and started != str(offset):
+            raise ClientError(f"the server resumed the log at byte {started}, not {offset}; "
+                              f"read the whole log at {api.url(f'/jobs/{job_id}')}", EXIT_ERROR)
+        patience.ok()
+        while chunk := _read_some(resp, offset):
+            _write_out(out, chunk)
+            offset += len(chunk)
+        return offset, resp.headers.get("X-Job-Status", "")
+    finally:
+        conn.close()
+
+
+def _read_some(resp: http.client.HTTPResponse, offset: int) -> bytes:
+    try:
+        return resp.read1(CHUNK)
+    except (OSError, http.client.HTTPException) as exc:
+        raise Cut(f"{type(exc).__name__}: {exc}", offset, isinstance(exc, socket.timeout)) from None
+
+
+def _write_out(out: BinaryIO, chunk: bytes) -> None:
+    """Flushed at once: the CI shows the log live. A closed stdout is not a network error."""
+    try:
+        out.write(chunk)
+        out.flush()
+    except OSError as exc:
+        raise ClientError(f"cannot write the log to stdout ({exc}); is the output piped into a "
+                          "command that exited?", EXIT_ERROR) from None
+
+
+def exit_code_for(job: Mapping[str, Any]) -> int:
+    """The job's result as this step's exit code, so the public CI shows red or green."""
+    status = job.get("status")
+    if status == "success":
+        return EXIT_SUCCESS
+    if status == "timeout":
+        return EXIT_TIMEOUT
+    if status == "failed":
+        code = job.get("exit_code")
+        if isinstance(code, int) and code < 0:
+            return min(255, 128 - code)  # killed by a signal, as a shell reports it
+        return code if isinstance(code, int) and 0 < code <= 255 else EXIT_ERROR
+    return EXIT_ERROR
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+def say(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Run:
+    """What the signal path needs: the job to cancel, if one was created."""
+
+    api: Api
+    job_id: str | None = None
+
+    def job_url(self) -> str:
+        return self.api.url(f"/jobs/{self.job_id}")
+
+
+def run(opts: Options, state: Run, out: BinaryIO) -> int:
+    patience = Patience(time.monotonic() + opts.max_wait, opts.retry_for)
+    if opts.rsync_to:
+        run_rsync(opts, patience)
+    job = submit(state.api, opts, patience)
+    state.job_id = job["id"]
+    position = f", queue position {job['queue_position']}" if job.get("queue_position") else ""
+    say(f"job {state.job_id} {job.get('status', 'queued')}{position}: {state.job_url()}")
+    follow_path = f"/api/jobs/{state.job_id}/logs?follow=1"
+    status, offset = follow_log(state.api, state.job_id, out, patience)
+    if status is None:
+        say(f"stopped waiting after --max-wait {opts.max_wait:g} s; the job goes on. Follow it at "
+            f"{state.job_url()} or: curl -fsS -N -H \"Authorization: Bearer $REMOTE_CI_TOKEN\" "
+            f"'{state.api.url(follow_path)}&offset={offset}'")
+        return EXIT_ERROR if opts.fail_on_wait_timeout else EXIT_SUCCESS
+    final = with_retries(patience, "reading the job's result",
+                         lambda: state.api.call("GET", f"/api/jobs/{state.job_id}")).json()
+    code = exit_code_for(final)
+    detail = f" ({final['error']})" if final.get("error") else ""
+    say(f"job {state.job_id} ended {status}{detail}, exit code {code}: {state.job_url()}")
+    return code
+
+
+def cancel_remote(state: Run) -> None:
+    """Best effort, bounded: the CI is about to kill us, the remote job must not run on."""
+    if state.job_id is None:
+        say("interrupted before the server accepted the job; nothing to cancel")
+        return
+    deadline = time.monotonic() + CANCEL_BUDGET
+    last = "no time left"
+    while time.monotonic() < deadline:
+        try:
+            reply = state.api.call("POST", f"/api/jobs/{state.job_id}/cancel",
+                                   timeout=max(0.5, deadline - time.monotonic()))
+        except Retryable as exc:
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            last = str(exc)
+            continue
+        if reply.status in (200, 202):
+            say(f"cancelled job {state.job_id}: {state.job_url()}")
+        else:
+            say(f"cancel of job {state.job_id} answered HTTP {reply.status}: {reply.error_text()}")
+        return
+    say(f"could not cancel job {state.job_id} ({last}); cancel it at {state.job_url()}")
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signum)
 
 
 def main(argv: Sequence[str]) -> int:
-    print("remoteci.py submit: not available in this build", file=sys.stderr)
-    return 2
+    try:
+        opts = parse_args(argv, os.environ)
+    except ClientError as exc:
+        say(str(exc))
+        return exc.code
+    state = Run(Api(opts.server, opts.token))
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return run(opts, state, sys.stdout.buffer)
+    except ClientError as exc:
+        say(str(exc))
+        return exc.code
+    except Interrupted as stop:
+        for sig in previous:  # a second signal must not abort the cancel half-way
+            signal.signal(sig, signal.SIG_IGN)
+        say(f"got {signal.Signals(stop.signum).name}: cancelling the remote job")
+        cancel_remote(state)
+        return 128 + stop.signum
+    finally:
+        for sig, handler in previous.items():
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    # A vendored copy of this one file is a complete client: `python3 remote_ci_client.py --server …`.
+    sys.exit(main(sys.argv[1:]))

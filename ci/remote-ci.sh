@@ -1,0 +1,493 @@
+#!/usr/bin/env bash
+# Remote CI client: bash + curl + tar (rsync for --rsync-to), the same flags and exit codes as
+# `python remoteci.py submit`. Run it straight from the server:
+#   curl -fsS "$REMOTE_CI_SERVER/ci/remote-ci.sh" | bash -s -- --workspace proj --script 'make test'
+# stdout carries exactly the job's log; everything the client says goes to stderr.
+# Exit codes: 0 success, the script's code on failure, 124 timeout, 1 error/cancelled/unreachable,
+# 2 refused (bad flags, rsync failed, HTTP 4xx), 130/143 when interrupted (the job is cancelled).
+# Written for bash 3.2+ (macOS runners) with curl 7.63+ (for -w %{stderr}).
+
+set -o pipefail
+
+PROG=remote-ci
+IGNORE_FILE=.remoteciignore
+FOLLOW_READ_TIMEOUT=60   # a quiet job is re-followed this often
+BACKOFF_MAX=10
+
+SERVER=${REMOTE_CI_SERVER:-}
+TOKEN=${REMOTE_CI_TOKEN:-}
+MODE="" SOURCE="" GIT_REF="" SCRIPT="" TIMEOUT="" NAME=""
+MAX_WAIT=1500 FAIL_ON_WAIT_TIMEOUT=0 RETRY_FOR=300
+RSYNC_TO="" SOURCE_DIR=. INCLUDE_GIT=0
+ENV_KEYS=() ENV_VALUES=()
+TMP="" JOB_ID="" CHILD_PID=""
+LAST_OK=0 DELAY=1
+
+say() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+die() { local code=$1; shift; say "$*"; exit "$code"; }
+refuse() { die 2 "$*"; }
+
+usage() {
+  cat >&2 <<'EOF'
+usage: remote-ci.sh --server URL (--workspace W | --rsync-to DEST | --upload DIR | --git [URL] [--ref R])
+                    --script S [--timeout SEC] [--name N] [--env K=V ...] [--max-wait SEC]
+                    [--fail-on-wait-timeout] [--retry-for SEC] [--source-dir DIR] [--include-git]
+The token comes from $REMOTE_CI_TOKEN (or --token), the server from $REMOTE_CI_SERVER.
+Exit: 0 success, the script's code, 124 timeout, 1 error/cancelled, 2 refused, 130/143 interrupted.
+See ci/README.md.
+EOF
+}
+
+# --- arguments -----------------------------------------------------------------------------------
+
+set_mode() {
+  [ -z "$MODE" ] || refuse "give only one of --workspace, --upload, --git"
+  MODE=$1 SOURCE=$2
+}
+
+parse_args() {
+  local arg flag value has_value
+  while [ $# -gt 0 ]; do
+    arg=$1; shift
+    case $arg in
+      --*=*) flag=${arg%%=*} value=${arg#*=} has_value=1 ;;
+      *) flag=$arg value="" has_value=0 ;;
+    esac
+    case $flag in
+      --server|--token|--workspace|--upload|--ref|--script|--timeout|--name|--env|--max-wait|\
+      --retry-for|--rsync-to|--source-dir)
+        if [ $has_value = 0 ]; then
+          [ $# -gt 0 ] || refuse "$flag needs a value; see --help"
+          value=$1; shift
+        fi ;;
+    esac
+    case $flag in
+      --server) SERVER=$value ;;
+      --token) TOKEN=$value ;;
+      --workspace) set_mode rsync "$value" ;;
+      --upload) set_mode upload "$value" ;;
+      --git)
+        # Without a value: this CI's own repository (see git_from_ci).
+        if [ $has_value = 0 ] && [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then value=$1; shift; fi
+        set_mode git "$value" ;;
+      --ref) GIT_REF=$value ;;
+      --script) SCRIPT=$value ;;
+      --timeout) TIMEOUT=$value ;;
+      --name) NAME=$value ;;
+      --env) add_env "$value" ;;
+      --max-wait) MAX_WAIT=$value ;;
+      --fail-on-wait-timeout) FAIL_ON_WAIT_TIMEOUT=1 ;;
+      --retry-for) RETRY_FOR=$value ;;
+      --rsync-to) RSYNC_TO=$value ;;
+      --source-dir) SOURCE_DIR=$value ;;
+      --include-git) INCLUDE_GIT=1 ;;
+      -h|--help) usage; exit 0 ;;
+      *) refuse "unknown argument '$arg'; see --help" ;;
+    esac
+  done
+  check_args
+}
+
+add_env() {
+  local key=${1%%=*}
+  case $key in ''|[0-9]*|*[!A-Za-z0-9_]*)
+    refuse "--env '$1': '$key' is not a variable name (letters, digits and _); write --env NAME=value" ;;
+  esac
+  if [ "$key" = "$1" ]; then  # a bare NAME copies this shell's NAME (handy for CI secrets)
+    [ -n "${!key+set}" ] || refuse "--env $key: $key is not set here; write --env $key=value"
+    ENV_KEYS+=("$key"); ENV_VALUES+=("${!key}")
+  else
+    ENV_KEYS+=("$key"); ENV_VALUES+=("${1#*=}")
+  fi
+}
+
+is_seconds() { case $1 in ''|*[!0-9]*) return 1 ;; esac; }
+
+check_args() {
+  SERVER=${SERVER%/}
+  [ -n "$SERVER" ] || refuse "no server: pass --server https://your-ci-host or set REMOTE_CI_SERVER"
+  case $SERVER in http://?*|https://?*) ;; *) refuse "--server '$SERVER' must be an http:// or https:// URL" ;; esac
+  [ -n "$TOKEN" ] || refuse "no API token: set REMOTE_CI_TOKEN from your CI's secret store" \
+    "(GitHub: secrets.REMOTE_CI_TOKEN; GitLab: a masked CI/CD variable)"
+  [ -n "$SCRIPT" ] || refuse "--script is required: the shell command(s) to run, e.g. --script 'make test'"
+  is_seconds "$MAX_WAIT" || refuse "--max-wait must be a whole number of seconds"
+  is_seconds "$RETRY_FOR" || refuse "--retry-for must be a whole number of seconds"
+  if [ -n "$TIMEOUT" ]; then
+    if ! is_seconds "$TIMEOUT" || [ "$TIMEOUT" -lt 1 ]; then
+      refuse "--timeout must be a whole number of seconds, 1 or more"
+    fi
+  fi
+  [ -z "$GIT_REF" ] || [ "$MODE" = git ] || refuse "--ref only applies to --git"
+  if [ -n "$RSYNC_TO" ]; then
+    [ "$MODE" = "" ] || [ "$MODE" = rsync ] || refuse "--rsync-to goes with --workspace, not --$MODE"
+    if [ -z "$MODE" ]; then
+      local path=${RSYNC_TO#*:}
+      path=${path%/}
+      [ -n "${path##*/}" ] || refuse "--rsync-to '$RSYNC_TO' names no directory; add --workspace NAME"
+      MODE=rsync SOURCE=${path##*/}
+    fi
+  fi
+  case $MODE in
+    "") refuse "say where the code is: --workspace NAME, --rsync-to DEST, --upload DIR, or --git [URL]" ;;
+    upload) [ -d "$SOURCE" ] || refuse "--upload '$SOURCE' is not a directory; pass the directory to send, e.g. --upload ." ;;
+    git) [ -n "$SOURCE" ] || git_from_ci ;;
+  esac
+}
+
+git_from_ci() {
+  if [ -n "${GITHUB_REPOSITORY:-}" ]; then
+    SOURCE="${GITHUB_SERVER_URL:-https://github.com}/$GITHUB_REPOSITORY.git"
+    GIT_REF=${GIT_REF:-${GITHUB_SHA:-}}
+  elif [ -n "${CI_REPOSITORY_URL:-}" ]; then
+    SOURCE=$CI_REPOSITORY_URL
+    GIT_REF=${GIT_REF:-${CI_COMMIT_SHA:-}}
+  else
+    refuse "--git without a URL needs GitHub Actions (GITHUB_REPOSITORY) or GitLab CI" \
+      "(CI_REPOSITORY_URL) variables; outside them pass --git URL"
+  fi
+}
+
+# --- encoding --------------------------------------------------------------------------------------
+
+json_string() {  # $1 as a JSON string literal; byte-wise, so any UTF-8 passes through
+  local LC_ALL=C s=$1 code c
+  s=${s//\\/\\\\}; s=${s//\"/\\\"}
+  s=${s//$'\n'/\\n}; s=${s//$'\r'/\\r}; s=${s//$'\t'/\\t}
+  for code in 1 2 3 4 5 6 7 8 11 12 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31; do
+    printf -v c '%b' "\\$(printf '%03o' "$code")"
+    case $s in *"$c"*) s=${s//"$c"/$(printf '\\u%04x' "$code")} ;; esac
+  done
+  printf '"%s"' "$s"
+}
+
+urlencode() {
+  local LC_ALL=C s=$1 out="" c hex i
+  for ((i = 0; i < ${#s}; i++)); do
+    c=${s:i:1}
+    case $c in
+      [A-Za-z0-9._~-]) out+=$c ;;
+      *) printf -v hex '%%%02X' "$(( $(printf '%d' "'$c") & 255 ))"; out+=$hex ;;
+    esac
+  done
+  printf '%s' "$out"
+}
+
+env_json() {
+  local i out="{"
+  for ((i = 0; i < ${#ENV_KEYS[@]}; i++)); do
+    [ $i = 0 ] || out+=","
+    out+="$(json_string "${ENV_KEYS[i]}"):$(json_string "${ENV_VALUES[i]}")"
+  done
+  printf '%s}' "$out"
+}
+
+json_body() {  # the JSON submission for rsync and git jobs
+  local out
+  out="{\"script\":$(json_string "$SCRIPT")"
+  [ -z "$TIMEOUT" ] || out+=",\"timeout\":$TIMEOUT"
+  [ -z "$NAME" ] || out+=",\"name\":$(json_string "$NAME")"
+  [ ${#ENV_KEYS[@]} = 0 ] || out+=",\"env\":$(env_json)"
+  if [ "$MODE" = git ]; then
+    out+=",\"repo\":$(json_string "$SOURCE")"
+    [ -z "$GIT_REF" ] || out+=",\"ref\":$(json_string "$GIT_REF")"
+  else
+    out+=",\"workspace\":$(json_string "$SOURCE")"
+  fi
+  printf '%s}' "$out"
+}
+
+upload_query() {  # a raw-body upload carries its fields in the query string; env as a JSON string
+  local out
+  out="script=$(urlencode "$SCRIPT")"
+  [ -z "$TIMEOUT" ] || out+="&timeout=$TIMEOUT"
+  [ -z "$NAME" ] || out+="&name=$(urlencode "$NAME")"
+  [ ${#ENV_KEYS[@]} = 0 ] || out+="&env=$(urlencode "$(env_json)")"
+  printf '%s' "$out"
+}
+
+# json_field NAME < the server's compact JSON: a string or number value. Safe without a parser:
+# inside a JSON string every quote is escaped, so "NAME":" only matches a real key.
+json_field() {
+  local body="" line value
+  local string_re='"'"$1"'":"(([^"\\]|\\.)*)"' number_re='"'"$1"'":(-?[0-9]+)'
+  local bs=\\ q='"'
+  while IFS= read -r line || [ -n "$line" ]; do body+=$line; done
+  if [[ $body =~ $string_re ]]; then
+    value=${BASH_REMATCH[1]}
+    value=${value//"$bs$q"/$q}; value=${value//"${bs}n"/ }; value=${value//"$bs$bs"/$bs}
+    printf '%s' "$value"
+  elif [[ $body =~ $number_re ]]; then
+    printf '%s' "${BASH_REMATCH[1]}"
+  fi
+}
+
+header() {  # header NAME FILE: the last value of a response header in a curl -D file
+  local line value=""
+  while IFS= read -r line; do
+    line=${line%$'\r'}
+    shopt -s nocasematch
+    if [[ $line == "$1:"* ]]; then value=${line#*:}; value=${value# }; fi
+    shopt -u nocasematch
+  done < "$2"
+  printf '%s' "$value"
+}
+
+# --- HTTP with retries -----------------------------------------------------------------------------
+
+# run_bg CMD...: run in the background and wait, so SIGTERM is handled at once, not after CMD.
+run_bg() {
+  "$@" &
+  CHILD_PID=$!
+  wait "$CHILD_PID"
+  local rc=$?
+  CHILD_PID=""
+  return $rc
+}
+
+# curl_call OUT METHOD PATH [curl args...]: body to $TMP/OUT.body, headers to $TMP/OUT.hdr,
+# sets HTTP_CODE (000 when there was no answer) and CURL_RC.
+curl_call() {
+  local out=$1 method=$2 path=$3
+  shift 3
+  : > "$TMP/$out.hdr"; : > "$TMP/$out.body"
+  run_bg curl -sS -X "$method" -H @"$TMP/auth" -H 'Expect:' --connect-timeout 10 \
+    -D "$TMP/$out.hdr" -o "$TMP/$out.body" -w '%{http_code}' "$@" "$SERVER$path" \
+    </dev/null >"$TMP/$out.code" 2>"$TMP/$out.err"
+  CURL_RC=$?
+  read_code "$out"
+}
+
+read_code() {
+  HTTP_CODE=""
+  IFS= read -r HTTP_CODE < "$TMP/$1.code"
+  [ -n "$HTTP_CODE" ] || HTTP_CODE=000
+}
+
+retryable() {  # no answer, or a proxy/server saying "later"
+  case $HTTP_CODE in 000|502|503|504) return 0 ;; esac
+  return 1
+}
+
+mark_ok() { LAST_OK=$SECONDS DELAY=1; }
+
+# backoff WHAT REASON: sleep before the next try, or give up once --retry-for is spent.
+backoff() {
+  local spent=$((SECONDS - LAST_OK)) left=$((DEADLINE - SECONDS))
+  # SECONDS counts whole seconds: -le keeps at least one retry whatever the tick
+  [ $spent -le "$RETRY_FOR" ] || die 1 "gave up $1 after $spent s of failures ($2); check that the" \
+    "server is up, or raise --retry-for"
+  # Past --max-wait (e.g. 0) only the retry budget bounds a submission: never retry without a pause.
+  [ $left -gt 0 ] && [ $left -lt $DELAY ] || left=$DELAY
+  say "$1 failed ($2); retrying in $left s"
+  run_bg sleep "$left"
+  DELAY=$((DELAY * 2 > BACKOFF_MAX ? BACKOFF_MAX : DELAY * 2))
+}
+
+why() {  # why OUT: the reason a call failed, for messages: the server's error, else curl's
+  local msg="" line
+  [ ! -s "$TMP/$1.body" ] || msg=$(json_field error < "$TMP/$1.body")
+  if [ -z "$msg" ] && [ -f "$TMP/$1.err" ]; then
+    while IFS= read -r line; do
+      case $line in ''|'@@ '*) ;; *) msg=${msg:-${line%$'\r'}} ;; esac
+    done < "$TMP/$1.err"
+  fi
+  if [ "$HTTP_CODE" = 000 ]; then
+    printf 'curl exit %s: %s' "$CURL_RC" "${msg:-no answer}"
+  else
+    printf 'HTTP %s: %s' "$HTTP_CODE" "${msg:-no message}"
+  fi
+}
+
+# --- the job ----------------------------------------------------------------------------------------
+
+run_rsync() {
+  local args=(-az --delete --timeout=60 "--filter=:- $IGNORE_FILE")
+  [ $INCLUDE_GIT = 1 ] || args+=(--exclude=/.git)
+  command -v rsync >/dev/null || refuse "rsync is not installed on this runner; install it or use --upload DIR"
+  say "rsync $SOURCE_DIR -> $RSYNC_TO"
+  run_bg rsync "${args[@]}" "${SOURCE_DIR%/}/" "$RSYNC_TO" </dev/null \
+    || refuse "rsync to $RSYNC_TO failed (exit $?); check the SSH key (RSYNC_RSH='ssh -i KEY') and" \
+      "that the destination is allowed (ci/README.md)"
+}
+
+tar_excludes() {  # .remoteciignore lines as tar --exclude options (tar's globbing, no negation)
+  local line
+  [ $INCLUDE_GIT = 1 ] || printf '%s\n' --exclude=.git
+  [ -f "$SOURCE/$IGNORE_FILE" ] || return 0
+  while IFS= read -r line || [ -n "$line" ]; do
+    line=${line%$'\r'}
+    case $line in
+      ''|'#'*) continue ;;
+      '!'*) say "$IGNORE_FILE: '$line': negation is not supported by the bash client; ignored"; continue ;;
+    esac
+    line=${line%/}
+    case $line in /*) line=.$line ;; */*) line=./$line ;; esac  # anchored at the root, as in git
+    printf '%s\n' "--exclude=$line"
+  done < "$SOURCE/$IGNORE_FILE"
+}
+
+send_upload() {  # streams tar's output as the body: no temp file, whatever the size
+  local excludes=() line
+  while IFS= read -r line; do excludes+=("$line"); done < <(tar_excludes)
+  : > "$TMP/submit.hdr"
+  tar -C "$SOURCE" -czf - ${excludes[@]+"${excludes[@]}"} . </dev/null 2>"$TMP/tar.err" \
+    | curl -sS -X POST -T - -H @"$TMP/auth" -H 'Content-Type: application/gzip' -H 'Expect:' \
+      --connect-timeout 10 --speed-limit 1 --speed-time 120 -D "$TMP/submit.hdr" \
+      -o "$TMP/submit.body" -w '%{http_code}' "$SERVER/api/jobs/upload?$(upload_query)" \
+      >"$TMP/submit.code" 2>"$TMP/submit.err" &
+  CHILD_PID=$!
+  wait "$CHILD_PID"
+  CURL_RC=$?
+  CHILD_PID=""
+  read_code submit
+}
+
+submit() {
+  local hint
+  while :; do
+    if [ "$MODE" = upload ]; then
+      send_upload
+    else
+      json_body > "$TMP/request.json"
+      curl_call submit POST "/api/jobs/$MODE" --max-time 60 -H 'Content-Type: application/json' \
+        --data-binary @"$TMP/request.json"
+    fi
+    retryable || break
+    backoff "submitting the job" "$(why submit)"
+  done
+  mark_ok
+  JOB_ID=$(header Location "$TMP/submit.hdr")
+  JOB_ID=${JOB_ID##*/}
+  if [ "$HTTP_CODE" = 202 ] && [ -n "$JOB_ID" ]; then return 0; fi
+  case $HTTP_CODE in
+    401) hint=" (check the REMOTE_CI_TOKEN secret)" ;;
+    413) hint=" (send less: list build outputs in $IGNORE_FILE)" ;;
+    *) hint="" ;;
+  esac
+  case $HTTP_CODE in
+    4??) refuse "the server refused the job (HTTP $HTTP_CODE): $(json_field error < "$TMP/submit.body")$hint" ;;
+    *) die 1 "the server failed to accept the job ($(why submit)); tell the server's operator" ;;
+  esac
+}
+
+# fetch_log QUERY MAX_TIME: append log bytes to stdout; sets GOT (bytes written), STATUS, LOG_CODE.
+fetch_log() {
+  local line got=0
+  : > "$TMP/log.hdr"
+  # The body goes straight to our stdout; -w reports code and byte count on stderr, after curl's
+  # own messages, so the offset counts exactly what was written.
+  run_bg curl -sS -N -f -H @"$TMP/auth" --connect-timeout 10 --max-time "$2" -D "$TMP/log.hdr" \
+    -w '%{stderr}\n@@ %{http_code} %{size_download}\n' "$SERVER/api/jobs/$JOB_ID/logs?$1" \
+    </dev/null 2>"$TMP/log.err"
+  CURL_RC=$?
+  LOG_CODE=000
+  while IFS= read -r line; do
+    case $line in '@@ '*) line=${line#@@ }; LOG_CODE=${line%% *} got=${line#* } ;; esac
+  done < "$TMP/log.err"
+  GOT=$got
+  STATUS=$(header X-Job-Status "$TMP/log.hdr")
+}
+
+follow() {  # the log from byte 0, across reconnects, never losing or repeating a byte
+  local max
+  OFFSET=0
+  while [ $SECONDS -lt "$DEADLINE" ]; do
+    max=$((DEADLINE - SECONDS))
+    [ $max -le $FOLLOW_READ_TIMEOUT ] || max=$FOLLOW_READ_TIMEOUT
+    fetch_log "follow=1&offset=$OFFSET" "$max"
+    OFFSET=$((OFFSET + GOT))
+    if [ "$LOG_CODE" = 200 ] && [ "$CURL_RC" = 28 ]; then continue; fi  # a quiet job: ask again
+    [ "$CURL_RC" != 23 ] || die 1 "cannot write the log to stdout; is the output piped into a" \
+      "command that exited?"
+    if [ "$LOG_CODE" != 200 ] || [ "$CURL_RC" != 0 ]; then
+      HTTP_CODE=$LOG_CODE
+      retryable || [ "$LOG_CODE" = 200 ] || die 1 "the server would not show the log ($(why log))"
+      backoff "following the log" "$(why log)"
+      continue
+    fi
+    mark_ok
+    # The stream ended: the job is final, or the server stopped or cut a long stream. A
+    # snapshot from our offset tells which, and carries any last bytes.
+    fetch_log "offset=$OFFSET" 30
+    OFFSET=$((OFFSET + GOT))
+    if [ "$LOG_CODE" = 200 ] && [ "$CURL_RC" = 0 ]; then
+      case $STATUS in success|failed|timeout|error|cancelled) return 0 ;; esac
+    fi
+  done
+  return 1
+}
+
+exit_code_for() {  # STATUS and the job object on stdin -> this step's exit code
+  local code
+  case $1 in
+    success) echo 0 ;;
+    timeout) echo 124 ;;
+    failed)
+      code=$(json_field exit_code)
+      case $code in
+        -[0-9]*) echo $((128 - code > 255 ? 255 : 128 - code)) ;;  # killed by a signal
+        [1-9]*) if [ "$code" -le 255 ]; then echo "$code"; else echo 1; fi ;;
+        *) echo 1 ;;
+      esac ;;
+    *) echo 1 ;;
+  esac
+}
+
+finish() {
+  local url="$SERVER/jobs/$JOB_ID" code detail
+  while :; do
+    curl_call job GET "/api/jobs/$JOB_ID" --max-time 30
+    retryable || break
+    backoff "reading the job's result" "$(why job)"
+  done
+  code=$(exit_code_for "$STATUS" < "$TMP/job.body")
+  detail=$(json_field error < "$TMP/job.body")
+  say "job $JOB_ID ended $STATUS${detail:+ ($detail)}, exit code $code: $url"
+  exit "$code"
+}
+
+# --- signals and main ---------------------------------------------------------------------------------
+
+on_signal() {  # the public CI cancels the step: cancel the remote job too, bounded, then exit
+  trap '' INT TERM
+  [ -z "$CHILD_PID" ] || kill "$CHILD_PID" 2>/dev/null
+  say "got SIG$1: cancelling the remote job"
+  if [ -z "$JOB_ID" ]; then
+    say "interrupted before the server accepted the job; nothing to cancel"
+  elif curl -sS -f -X POST -H @"$TMP/auth" --max-time 10 --retry 3 --retry-max-time 10 -o /dev/null \
+      "$SERVER/api/jobs/$JOB_ID/cancel" </dev/null; then
+    say "cancelled job $JOB_ID: $SERVER/jobs/$JOB_ID"
+  else
+    say "could not cancel job $JOB_ID; cancel it at $SERVER/jobs/$JOB_ID"
+  fi
+  exit "$2"
+}
+
+cleanup() { [ -z "$TMP" ] || rm -rf "$TMP"; }
+
+main() {
+  local position
+  parse_args "$@"
+  DEADLINE=$((SECONDS + MAX_WAIT))
+  TMP=$(mktemp -d "${TMPDIR:-/tmp}/remote-ci.XXXXXX") || die 1 "cannot create a temp dir; set TMPDIR"
+  trap cleanup EXIT
+  trap 'on_signal INT 130' INT
+  trap 'on_signal TERM 143' TERM
+  # The token goes to curl in a private file, never on a command line that `ps` shows.
+  (umask 077 && printf 'Authorization: Bearer %s\n' "$TOKEN" > "$TMP/auth")
+  mark_ok
+  [ -z "$RSYNC_TO" ] || run_rsync
+  submit
+  position=$(json_field queue_position < "$TMP/submit.body")
+  say "job $JOB_ID queued${position:+, queue position $position}: $SERVER/jobs/$JOB_ID"
+  if follow; then finish; fi
+  say "stopped waiting after --max-wait $MAX_WAIT s; the job goes on. Follow it at $SERVER/jobs/$JOB_ID" \
+    "or: curl -fsS -N -H \"Authorization: Bearer \$REMOTE_CI_TOKEN\"" \
+    "'$SERVER/api/jobs/$JOB_ID/logs?follow=1&offset=$OFFSET'"
+  exit $((FAIL_ON_WAIT_TIMEOUT ? 1 : 0))
+}
+
+# Sourced (for tests) it only defines functions; run or piped into `bash -s` it runs.
+if [ -z "${BASH_SOURCE[0]:-}" ] || [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  main "$@"
+fi
