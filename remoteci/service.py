@@ -9,7 +9,7 @@ from types import FrameType
 
 import waitress
 
-from remoteci import events, proctree
+from remoteci import events, notify, proctree
 from remoteci.config import Settings
 from remoteci.embedded_redis import EmbeddedRedis
 from remoteci.http import App
@@ -40,13 +40,20 @@ def _make_server(settings: Settings, app: App) -> waitress.server.BaseWSGIServer
     )
 
 
-def _banner(settings: Settings, server: waitress.server.BaseWSGIServer) -> None:
+def _banner(settings: Settings, server: waitress.server.BaseWSGIServer) -> str:
     port = server.effective_port  # type: ignore[attr-defined]
     url = f"http://{settings.host}:{port}"
     events.info("api", f"listening on {url}")
     events.info("api", "try: curl -H \"Authorization: Bearer $REMOTE_CI_TOKEN\" -d "
                        "'{\"workspace\": \"<dir under " + str(settings.workspace_dir) +
                        ">\", \"script\": \"make test\"}' " + url + "/api/jobs/rsync")
+    return url
+
+
+def _announce(notifier: notify.Notifier, app: App, url: str) -> None:
+    # The socket already listens (create_server binds it), so a client told "ready" is served.
+    notifier.ready(f"listening on {url}")
+    notify.start_watchdog(notifier, app.stopping)
 
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
@@ -62,11 +69,13 @@ def run_api(settings: Settings) -> int:
     server = _make_server(settings, app)
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    _banner(settings, server)
+    notifier = notify.from_env()
+    _announce(notifier, app, _banner(settings, server))
     try:
         server.run()
     except KeyboardInterrupt:
         pass
+    notifier.stopping("stopping")
     app.stopping.set()
     events.info("api", "stopped")
     return 0
@@ -79,7 +88,7 @@ def run_worker(settings: Settings) -> int:
         return 2
     _prepare_dirs(settings)
     url = settings.redis_url
-    return supervisor_main(settings, lambda: _store_factory(settings, url))
+    return supervisor_main(settings, lambda: _store_factory(settings, url), notify.from_env())
 
 
 def run_serve(settings: Settings) -> int:
@@ -112,11 +121,13 @@ def _serve_with(settings: Settings, url: str) -> int:
     server = _make_server(settings, app)
     result = {"code": 0}
     stop_requested = threading.Event()
+    notifier = notify.from_env()  # this process is systemd's main pid; the supervisor stays silent
 
     def on_stop(signum: int, frame: FrameType | None) -> None:
         # Keep the API up while jobs drain, so followers see them end; stop it afterwards.
         if not stop_requested.is_set():
             stop_requested.set()
+            notifier.stopping("draining running jobs")
             events.info("serve", f"signal {signum}: draining, then stopping")
             os.kill(supervisor_pid, signal.SIGTERM)
 
@@ -134,7 +145,7 @@ def _serve_with(settings: Settings, url: str) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, _raise_stop)
     threading.Thread(target=watch_supervisor, name="supervisor-watch", daemon=True).start()
-    _banner(settings, server)
+    _announce(notifier, app, _banner(settings, server))
     server.run()
     events.info("serve", "stopped")
     return result["code"]

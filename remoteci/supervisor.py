@@ -15,7 +15,9 @@ import redis
 from remoteci import events, jobs, proctree
 from remoteci.config import Settings
 from remoteci.executor import DRAIN_KILL_GRACE, executor_main
+from remoteci.notify import Notifier
 from remoteci.queue import JobStore
+from remoteci.redis_watch import RedisWatch
 
 COMPONENT = "supervisor"
 LOST_SCAN_EVERY = 10.0  # seconds between looks for executors whose heartbeat expired (any host)
@@ -24,8 +26,11 @@ RESTART_BACKOFF_MAX = 30.0
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, make_store: Callable[[], JobStore]):
+    def __init__(self, settings: Settings, make_store: Callable[[], JobStore],
+                 notifier: Notifier | None = None):
         self.settings = settings
+        self.notifier = notifier or Notifier()
+        self.redis = RedisWatch(COMPONENT)
         self.make_store = make_store
         self.store = make_store()
         self.executors: dict[int, int] = {}  # pid -> slot
@@ -49,10 +54,12 @@ class Supervisor:
         self._sweep()
         for slot in range(self.settings.concurrency):
             self._spawn(slot)
+        self.notifier.ready(f"{self.settings.concurrency} executors started")
         next_scan = time.monotonic() + LOST_SCAN_EVERY
         next_sweep = time.monotonic() + SWEEP_EVERY
         while not self.stopping:
             self._wait(1.0)
+            self.notifier.tick()  # from this loop, so a wedged supervisor misses its pings
             self._reap_children()
             now = time.monotonic()
             if now >= next_scan:
@@ -61,6 +68,7 @@ class Supervisor:
             if now >= next_sweep:
                 next_sweep = now + SWEEP_EVERY
                 self._sweep()
+        self.notifier.stopping("draining running jobs")
         return self._drain()
 
     def _on_stop(self, *_: Any) -> None:
@@ -140,8 +148,9 @@ class Supervisor:
         try:
             dead = self.store.dead_executors()
         except redis.RedisError as exc:
-            events.warning(COMPONENT, f"redis unreachable ({exc})")
+            self.redis.lost(exc)
             return
+        self.redis.back()
         for executor_id in dead:
             self._end_lost_jobs(executor_id, "executor lost: its heartbeat stopped "
                                              "(host or process died)")
@@ -206,5 +215,6 @@ def _remove_older(directory: Path, cutoff: float) -> int:
     return removed
 
 
-def supervisor_main(settings: Settings, make_store: Callable[[], JobStore]) -> int:
-    return Supervisor(settings, make_store).run()
+def supervisor_main(settings: Settings, make_store: Callable[[], JobStore],
+                    notifier: Notifier | None = None) -> int:
+    return Supervisor(settings, make_store, notifier).run()
