@@ -94,6 +94,10 @@ class Supervisor:
             code = 0
             try:
                 signal.set_wakeup_fd(-1)
+                # Until the executor installs its own handler, the inherited one would only
+                # flag this copy of the supervisor: a stop arriving now would be ignored and
+                # the drain would wait its full timeout. Default: such an executor just dies.
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 os.close(self._wake_r)
                 os.close(self._wake_w)
                 proctree.die_with_parent(signal.SIGTERM)
