@@ -38,7 +38,8 @@ pre{background:#0d1117;color:#e6edf3;padding:1em;overflow:auto;white-space:pre-w
 word-break:break-all;border-radius:6px;min-height:3em}
 form.filters{display:flex;gap:.6em;align-items:center;margin:.5em 0}
 .paging{margin:.6em 0;display:flex;gap:1em}.muted{color:#57606a}
-button{padding:.3em 1em}button.danger{background:#cf222e;color:#fff;border:0;border-radius:4px}
+button{padding:.3em 1em}form{margin:.6em 0}
+button.danger{background:#cf222e;color:#fff;border:0;border-radius:4px}
 """
 
 LIVE_TAIL_JS = """
@@ -48,7 +49,9 @@ LIVE_TAIL_JS = """
   var offset = Number(log.dataset.offset), status = log.dataset.status;
   var decoder = new TextDecoder();
   function poll() {
-    fetch(log.dataset.src + "?offset=" + offset, {cache: "no-store"}).then(function (r) {
+    // location.origin, not a relative URL: a page opened as http://user:token@host/ would
+    // resolve one with the credentials in it, which fetch() refuses.
+    fetch(location.origin + log.dataset.src + "?offset=" + offset, {cache: "no-store"}).then(function (r) {
       if (!r.ok) throw new Error(r.status);
       var now = r.headers.get("X-Job-Status");
       offset = Number(r.headers.get("X-Log-Offset"));
@@ -200,7 +203,7 @@ def job_page(job: dict[str, Any], log_tail: bytes, log_start: int, cancel_token:
     job_id = str(job["id"])
     fields = "".join(
         f"<tr><th>{escape(k)}</th><td>{_status(v) if k == 'status' else _text(v)}</td></tr>"
-        for k, v in job.items() if k != "script")
+        for k, v in job.items() if k != "script" and v is not None)
     cancel = ""
     if cancel_token is not None:
         cancel = (f"<form method=post action=\"/jobs/{escape(quote(job_id, safe=''))}/cancel\">"
