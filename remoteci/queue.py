@@ -202,7 +202,7 @@ class JobStore:
         """Record a running job's final status and drop it from the in-flight list, atomically;
         histogram `observations` count in the same step, so they match the counters."""
         return self._finish_from(jobs.RUNNING, inflight_key(executor_id), job_id, payload,
-                                 status, fields, observations or {})
+                                 status, fields, observations)
 
     def _finish_from(self, from_status: str, inflight: str, job_id: str, payload: str,
                      status: str, fields: Mapping[str, str],
