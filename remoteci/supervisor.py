@@ -89,15 +89,19 @@ class Supervisor:
     # --- executors -------------------------------------------------------------------------
 
     def _spawn(self, slot: int) -> None:
+        # The child must never run the supervisor's SIGTERM handler: it would only flag the
+        # child's copy of the supervisor, the stop would be lost and the drain would wait its
+        # full timeout. So SIGTERM stays blocked across the fork and the child switches to the
+        # default action before unblocking: until the executor installs its own handler, a
+        # stop simply ends it (it holds no job yet).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
                 signal.set_wakeup_fd(-1)
-                # Until the executor installs its own handler, the inherited one would only
-                # flag this copy of the supervisor: a stop arriving now would be ignored and
-                # the drain would wait its full timeout. Default: such an executor just dies.
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 os.close(self._wake_r)
                 os.close(self._wake_w)
                 proctree.die_with_parent(signal.SIGTERM)
@@ -107,6 +111,7 @@ class Supervisor:
                 code = 1
             finally:
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.executors[pid] = slot
 
     def _reap_children(self) -> None:
