@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from remoteci import events, jobs, proctree
+from remoteci import events, histograms, jobs, proctree
 from remoteci.config import Settings
 from remoteci.errors import SourceError
 from remoteci.queue import JobStore
@@ -137,7 +137,7 @@ class Executor:
                 healthy = False
 
     def _redis_trouble(self, exc: Exception) -> None:
-        events.warning(COMPONENT, f"redis unreachable ({exc}); retrying in 1 s")
+        del exc  # not logged: the heartbeat thread reports lost/back once per outage
         self._sleep(1.0)
 
     def _sleep(self, seconds: float) -> None:
@@ -185,8 +185,10 @@ class Executor:
             fields["duration"] = f"{outcome.duration:.3f}"
         if outcome.error:
             fields["error"] = outcome.error
+        observed = histograms.finish_observations(
+            self._call_redis(lambda: self.store.get(job_id)), outcome.duration)
         recorded = self._call_redis(lambda: self.store.finish(self.id, job_id, payload_json,
-                                                              outcome.status, fields))
+                                                              outcome.status, fields, observed))
         duration = f"{outcome.duration:.3f}s" if outcome.duration is not None else "-"
         events.info(COMPONENT, f"job {job_id} finished status={outcome.status} "
                                f"exit_code={outcome.exit_code} duration={duration}"

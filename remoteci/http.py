@@ -17,11 +17,12 @@ from urllib.parse import parse_qs
 
 import redis
 
-from remoteci import events, jobs, logs, pages, submissions
+from remoteci import events, jobs, logs, metrics, submissions
 from remoteci.config import Settings
 from remoteci.errors import ApiError
 from remoteci.gitsource import redact_url, validate_git_ref, validate_git_url
 from remoteci.queue import JobStore, QueueFull
+from remoteci.redis_watch import RedisWatch
 from remoteci.uploads import receive_upload
 from remoteci.workspaces import relative_to_root, resolve_workspace
 
@@ -33,7 +34,7 @@ COMPONENT = "api"
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 Headers = list[tuple[str, str]]
 
-_REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
+_REASONS = {200: "OK", 202: "Accepted", 303: "See Other", 400: "Bad Request", 401: "Unauthorized",
             403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
             413: "Content Too Large", 500: "Internal Server Error",
             503: "Service Unavailable"}
@@ -99,9 +100,14 @@ class App:
     """The whole HTTP side; one instance per process, shared by waitress' threads."""
 
     def __init__(self, settings: Settings, store: JobStore):
+        from remoteci.page_routes import PageRoutes  # it builds on this module's Request/Response
+
         self.settings = settings
         self.store = store
         self.stopping = threading.Event()
+        self.requests = metrics.RequestCounts()
+        self.redis_watch = RedisWatch(COMPONENT, store.ping, self.stopping)
+        web = PageRoutes(settings, store)
         self._tokens = [t.encode() for t in settings.tokens]
         self._followers = threading.BoundedSemaphore(settings.max_followers)
         self.routes = [
@@ -116,8 +122,10 @@ class App:
             Route("POST", _p(r"/api/jobs/(?P<id>[^/]+)/cancel"), self.cancel_job, "api"),
             Route("GET", _p(r"/api/stats"), self.stats, "api"),
             Route("GET", _p(r"/metrics"), self.metrics, "page"),
-            Route("GET", _p(r"/"), self.index_page, "page"),
-            Route("GET", _p(r"/jobs/(?P<id>[^/]+)"), self.job_page, "page"),
+            Route("GET", _p(r"/"), web.index, "page"),
+            Route("GET", _p(r"/jobs/(?P<id>[^/]+)"), web.job, "page"),
+            Route("GET", _p(r"/jobs/(?P<id>[^/]+)/log"), web.job_log, "page"),
+            Route("POST", _p(r"/jobs/(?P<id>[^/]+)/cancel"), web.cancel, "page"),
         ]
 
     # --- WSGI ------------------------------------------------------------------------------
@@ -128,12 +136,14 @@ class App:
         except ApiError as exc:
             response = error_response(exc.status, exc.message, exc.headers)
         except redis.RedisError as exc:
-            events.error(COMPONENT, f"redis unreachable: {exc}")
+            self.redis_watch.lost(exc)  # logs once per outage, not per request
             response = error_response(503, "the job store (Redis) is unreachable; "
                                            "retry in a few seconds", [("Retry-After", "5")])
         except Exception:
             events.error(COMPONENT, "internal error: " + traceback.format_exc().replace("\n", " | "))
             response = error_response(500, "internal server error; the operator's log has details")
+        self.requests.add(environ.get("remoteci.route", metrics.UNMATCHED),
+                          environ.get("REQUEST_METHOD", ""), response.status)
         write = start_response(f"{response.status} {_REASONS.get(response.status, 'Status')}",
                                response.headers)
         if response.streamed:
@@ -151,6 +161,7 @@ class App:
             if route.method != method and not (method == "HEAD" and route.method == "GET"):
                 allowed.append(route.method)
                 continue
+            environ["remoteci.route"] = metrics.route_label(route.pattern.pattern)
             self._authenticate(environ, route.auth)
             params = match.groupdict()
             if "id" in params and not jobs.is_valid_job_id(params["id"]):
@@ -315,6 +326,7 @@ class App:
         try:
             self.store.ping()
         except redis.RedisError as exc:
+            self.redis_watch.lost(exc)
             return json_response(503, {"status": "error", "redis": "unreachable",
                                        "error": f"redis unreachable: {exc}"})
         return json_response(200, {"status": "ok", "redis": "ok"})
@@ -342,34 +354,11 @@ class App:
     # --- operators -------------------------------------------------------------------------
 
     def metrics(self, request: Request) -> Response:
-        s = self.store.stats()
-        lines = [
-            "# HELP remoteci_jobs_queued Jobs waiting in the queue.",
-            "# TYPE remoteci_jobs_queued gauge", f"remoteci_jobs_queued {s.queued}",
-            "# HELP remoteci_jobs_running Jobs running on any host.",
-            "# TYPE remoteci_jobs_running gauge", f"remoteci_jobs_running {s.running}",
-            "# HELP remoteci_executors Live executors on every host.",
-            "# TYPE remoteci_executors gauge", f"remoteci_executors {s.workers}",
-            "# HELP remoteci_jobs_finished_total Jobs that ended, by status.",
-            "# TYPE remoteci_jobs_finished_total counter",
-            *(f'remoteci_jobs_finished_total{{status="{k}"}} {v}' for k, v in s.finished.items()),
-        ]
-        data = ("\n".join(lines) + "\n").encode()
-        return Response(200, [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+        text = metrics.render(self.store.stats(), self.store.histogram_counts(),
+                              self.requests.snapshot())
+        data = text.encode()
+        return Response(200, [("Content-Type", metrics.CONTENT_TYPE),
                               ("Content-Length", str(len(data)))], [data])
-
-    def index_page(self, request: Request) -> Response:
-        html = pages.index_page(self.store.stats(), self.store.live_executors(),
-                                self.store.list_jobs(None, None, 50))
-        return _html(html)
-
-    def job_page(self, request: Request) -> Response:
-        job = self._job(request.params["id"])
-        path = self.settings.logs_dir / f"{job['id']}.log"
-        size = logs.log_size(path)
-        start = max(0, size - pages.LOG_TAIL_BYTES)
-        tail = b"".join(logs.read_range(path, start, size))
-        return _html(pages.job_page(job, tail, truncated=start > 0))
 
 
 def _never() -> bool:
@@ -392,14 +381,6 @@ def _int_query(request: Request, name: str, default: int, low: int, high: int) -
     if not low <= value <= high:
         raise ApiError(400, f"query parameter {name!r} must be in {low}..{high}")
     return value
-
-
-def _html(text: str) -> Response:
-    data = text.encode()
-    return Response(200, [("Content-Type", "text/html; charset=utf-8"),
-                          ("Content-Length", str(len(data))),
-                          ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),
-                          ("X-Content-Type-Options", "nosniff")], [data])
 
 
 class _ReleasingStream:

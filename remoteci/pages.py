@@ -1,66 +1,227 @@
-"""Plain server-rendered HTML pages; every value is escaped, nothing needs JavaScript."""
+"""Plain server-rendered HTML pages; every value is escaped, nothing needs JavaScript to be read.
+
+The one script (the live log tail of a running job) is static, so the Content-Security-Policy
+allows it by hash: no per-response nonce, and no injected script can ever run.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from html import escape
 from typing import Any
+from urllib.parse import quote, urlencode
 
+from remoteci import jobs
 from remoteci.queue import Stats
 
 LOG_TAIL_BYTES = 256 * 1024
-_STATUS_COLOURS = {"queued": "#777", "running": "#1a6fb3", "success": "#1d7f36",
-                   "failed": "#b3261e", "timeout": "#a15c00", "error": "#8e24aa",
-                   "cancelled": "#555"}
+ACTIVE = (jobs.QUEUED, jobs.RUNNING)
+
 _STYLE = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
-table{border-collapse:collapse}td,th{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:left}
-.status{font-weight:600}pre{background:#f6f6f6;padding:1em;overflow:auto;white-space:pre-wrap}
+body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1f2328;background:#f6f8fa}
+header{background:#24292f;color:#fff;padding:.7em 1.5em}header a{color:#fff;text-decoration:none}
+main{padding:0 1.5em 2em;max-width:80em}h1{font-size:1.3em;margin:0}h2{font-size:1.1em;margin:1.4em 0 .5em}
+table{border-collapse:collapse;background:#fff;border:1px solid #d0d7de;width:100%}
+td,th{padding:.3em .7em;border-bottom:1px solid #eaeef2;text-align:left;vertical-align:top}
+th{background:#f6f8fa;font-weight:600}a{color:#0969da}code,.id{font-family:ui-monospace,monospace}
+.tiles{display:flex;gap:.8em;flex-wrap:wrap;margin-top:1em}
+.tile{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:.5em 1em;min-width:6em}
+.tile b{display:block;font-size:1.5em}
+.st{font-weight:600;border-radius:1em;padding:0 .6em;color:#fff;white-space:nowrap}
+.st-queued{background:#6e7781}.st-running{background:#0969da}.st-success{background:#1a7f37}
+.st-failed{background:#cf222e}.st-timeout{background:#9a6700}.st-error{background:#8250df}
+.st-cancelled{background:#57606a}
+pre{background:#0d1117;color:#e6edf3;padding:1em;overflow:auto;white-space:pre-wrap;
+word-break:break-all;border-radius:6px;min-height:3em}
+form.filters{display:flex;gap:.6em;align-items:center;margin:.5em 0}
+.paging{margin:.6em 0;display:flex;gap:1em}.muted{color:#57606a}
+button{padding:.3em 1em}form{margin:.6em 0}
+button.danger{background:#cf222e;color:#fff;border:0;border-radius:4px}
 """
 
+LIVE_TAIL_JS = """
+(function () {
+  var log = document.getElementById("log");
+  if (!log || ["queued", "running"].indexOf(log.dataset.status) < 0) return;
+  var offset = Number(log.dataset.offset), status = log.dataset.status;
+  var decoder = new TextDecoder();
+  function poll() {
+    // location.origin, not a relative URL: a page opened as http://user:token@host/ would
+    // resolve one with the credentials in it, which fetch() refuses.
+    fetch(location.origin + log.dataset.src + "?offset=" + offset, {cache: "no-store"}).then(function (r) {
+      if (!r.ok) throw new Error(r.status);
+      var now = r.headers.get("X-Job-Status");
+      offset = Number(r.headers.get("X-Log-Offset"));
+      return r.arrayBuffer().then(function (body) {
+        var atEnd = innerHeight + scrollY >= document.body.scrollHeight - 40;
+        if (body.byteLength) log.append(decoder.decode(body, {stream: true}));
+        if (atEnd) scrollTo(0, document.body.scrollHeight);
+        if (now !== status) { location.reload(); return; }
+        setTimeout(poll, 1000);
+      });
+    }).catch(function () { setTimeout(poll, 5000); });
+  }
+  setTimeout(poll, 1000);
+})();
+"""
 
-def _page(title: str, body: str) -> str:
+_SCRIPT_HASH = base64.b64encode(hashlib.sha256(LIVE_TAIL_JS.encode()).digest()).decode()
+CSP = ("default-src 'none'; style-src 'unsafe-inline'; "
+       f"script-src 'sha256-{_SCRIPT_HASH}'; connect-src 'self'; form-action 'self'; "
+       "base-uri 'none'; frame-ancestors 'none'")
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One page of the job list, with the filters that produced it."""
+
+    jobs: list[dict[str, Any]]
+    status: str | None
+    mode: str | None
+    before: int | None
+    next_before: int | None
+
+
+def _page(title: str, body: str, refresh: int | None = None, script: bool = False,
+          refresh_only_without_js: bool = False) -> str:
+    meta = ""
+    if refresh is not None:
+        meta = f"<meta http-equiv=refresh content={int(refresh)}>"
+        if refresh_only_without_js:
+            meta = f"<noscript>{meta}</noscript>"
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
-            f"<title>{escape(title)}</title><style>{_STYLE}</style></head>"
-            f"<body>{body}</body></html>")
-
-
-def _status(status: str | None) -> str:
-    colour = _STATUS_COLOURS.get(status or "", "#222")
-    return f'<span class=status style="color:{colour}">{escape(str(status))}</span>'
+            f"<meta name=viewport content=\"width=device-width,initial-scale=1\">{meta}"
+            f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>"
+            f"<header><h1><a href=\"/\">Remote CI</a></h1></header><main>{body}</main>"
+            + (f"<script>{LIVE_TAIL_JS}</script>" if script else "") + "</body></html>")
 
 
 def _text(value: Any) -> str:
     return "" if value is None else escape(str(value))
 
 
-def index_page(stats: Stats, executors: list[dict[str, Any]], recent: list[dict[str, Any]]) -> str:
+def _status(status: Any) -> str:
+    cls = f" st-{status}" if status in jobs.STATUSES else ""
+    return f"<span class=\"st{cls}\">{_text(status)}</span>"
+
+
+def _job_link(job_id: Any) -> str:
+    return f"<a class=id href=\"/jobs/{escape(quote(str(job_id), safe=''))}\">{_text(job_id)}</a>"
+
+
+def _seconds(value: Any) -> str:
+    return "" if value is None else f"{float(value):.1f} s"
+
+
+def _query(**params: Any) -> str:
+    kept = {k: v for k, v in params.items() if v not in (None, "")}
+    return escape("/?" + urlencode(kept)) if kept else "/"
+
+
+def _tiles(stats: Stats) -> str:
+    tiles = [("running", stats.running), ("queued", stats.queued), ("executors", stats.workers),
+             *stats.finished.items()]
+    return "<div class=tiles>" + "".join(
+        f"<div class=tile><b>{int(n)}</b><span class=muted>{escape(label)}</span></div>"
+        for label, n in tiles) + "</div>"
+
+
+def _executors(executors: list[dict[str, Any]], running: Mapping[str, dict[str, Any]]) -> str:
+    if not executors:
+        return "<p class=muted>No live executor. Is a worker running?</p>"
+    rows = []
+    for e in sorted(executors, key=lambda e: (str(e.get("host")), str(e.get("id")))):
+        job = running.get(str(e.get("id")))
+        job_cell = (f"{_job_link(job['id'])} {_text(job.get('name'))} "
+                    f"<span class=muted>since {_text(job.get('started_at'))}</span>"
+                    if job else "<span class=muted>idle</span>")
+        rows.append(f"<tr><td>{_text(e.get('host'))}</td><td class=id>{_text(e.get('id'))}</td>"
+                    f"<td>{job_cell}</td></tr>")
+    return ("<table><tr><th>host</th><th>executor</th><th>current job</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _queue(queued: list[dict[str, Any]], total: int) -> str:
+    if not queued:
+        return "<p class=muted>The queue is empty.</p>"
     rows = "".join(
-        f"<tr><td><a href=\"/jobs/{escape(j['id'])}\">{escape(j['id'])}</a></td>"
-        f"<td>{_status(j['status'])}</td><td>{_text(j['mode'])}</td><td>{_text(j['name'])}</td>"
-        f"<td>{_text(j['source'])}</td><td>{_text(j['created_at'])}</td>"
-        f"<td>{_text(j['duration'])}</td></tr>"
-        for j in recent)
-    workers = "".join(
-        f"<tr><td>{_text(e.get('host'))}</td><td>{_text(e.get('id'))}</td>"
-        f"<td>{_text(e.get('job') or 'idle')}</td></tr>" for e in executors)
-    body = (
-        "<h1>Remote CI</h1>"
-        f"<p>running <b>{stats.running}</b> · queued <b>{stats.queued}</b> · "
-        f"live executors <b>{stats.workers}</b></p>"
-        "<h2>Executors</h2><table><tr><th>host</th><th>executor</th><th>job</th></tr>"
-        f"{workers}</table>"
-        "<h2>Recent jobs</h2><table><tr><th>id</th><th>status</th><th>mode</th><th>name</th>"
-        f"<th>source</th><th>created</th><th>duration (s)</th></tr>{rows}</table>"
-    )
-    return _page("Remote CI", body)
+        f"<tr><td>{_text(j['queue_position'])}</td><td>{_job_link(j['id'])}</td>"
+        f"<td>{_text(j['name'])}</td><td>{_text(j['mode'])}</td><td>{_text(j['source'])}</td>"
+        f"<td>{_text(j['created_at'])}</td></tr>" for j in queued)
+    more = (f"<p class=muted>{total - len(queued)} more: "
+            f"<a href=\"{_query(status='queued')}\">all queued jobs</a></p>"
+            if total > len(queued) else "")
+    return ("<table><tr><th>#</th><th>id</th><th>name</th><th>mode</th><th>source</th>"
+            f"<th>accepted</th></tr>{rows}</table>{more}")
 
 
-def job_page(job: dict[str, Any], log_tail: bytes, truncated: bool) -> str:
-    fields = "".join(f"<tr><th>{escape(k)}</th><td>"
-                     f"{_status(v) if k == 'status' else _text(v)}</td></tr>"
-                     for k, v in job.items())
-    note = "<p>(showing the end of the log)</p>" if truncated else ""
-    body = (f"<p><a href=\"/\">← all jobs</a></p><h1>Job {escape(job['id'])}</h1>"
-            f"<table>{fields}</table><h2>Log</h2>{note}"
-            f"<pre>{escape(log_tail.decode('utf-8', errors='replace'))}</pre>")
-    return _page(f"Job {job['id']}", body)
+def _select(name: str, options: tuple[str, ...], chosen: str | None) -> str:
+    items = [f"<option value=\"\">any {escape(name)}</option>"] + [
+        f"<option{' selected' if o == chosen else ''}>{escape(o)}</option>" for o in options]
+    return f"<select name={escape(name)}>{''.join(items)}</select>"
+
+
+def _listing(listing: Listing) -> str:
+    form = ("<form class=filters method=get action=\"/\">"
+            + _select("status", jobs.STATUSES, listing.status)
+            + _select("mode", jobs.MODES, listing.mode)
+            + "<button>Filter</button>"
+            + ("<a href=\"/\">clear</a>" if listing.status or listing.mode else "")
+            + "</form>")
+    rows = "".join(
+        f"<tr><td>{_job_link(j['id'])}</td><td>{_status(j['status'])}</td>"
+        f"<td>{_text(j['name'])}</td><td>{_text(j['mode'])}</td><td>{_text(j['source'])}</td>"
+        f"<td>{_text(j['created_at'])}</td><td>{_seconds(j['duration'])}</td></tr>"
+        for j in listing.jobs) or "<tr><td colspan=7 class=muted>No jobs match.</td></tr>"
+    links = []
+    if listing.before is not None:
+        links.append(f"<a href=\"{_query(status=listing.status, mode=listing.mode)}\">"
+                     "« newest</a>")
+    if listing.next_before is not None:
+        older = _query(status=listing.status, mode=listing.mode, before=listing.next_before)
+        links.append(f"<a rel=next href=\"{older}\">older »</a>")
+    return (form + "<table><tr><th>id</th><th>status</th><th>name</th><th>mode</th>"
+            f"<th>source</th><th>accepted</th><th>duration</th></tr>{rows}</table>"
+            f"<div class=paging>{''.join(links)}</div>")
+
+
+def index_page(stats: Stats, executors: list[dict[str, Any]], running: list[dict[str, Any]],
+               queued: list[dict[str, Any]], listing: Listing) -> str:
+    by_executor = {str(j["worker"]): j for j in running if j.get("worker")}
+    body = (_tiles(stats)
+            + "<h2>Executors</h2>" + _executors(executors, by_executor)
+            + "<h2>Queue</h2>" + _queue(queued, stats.queued)
+            + "<h2>Jobs</h2>" + _listing(listing))
+    # A plain reload keeps the overview current with or without JavaScript.
+    return _page("Remote CI", body, refresh=15)
+
+
+def job_page(job: dict[str, Any], log_tail: bytes, log_start: int, cancel_token: str | None) -> str:
+    job_id = str(job["id"])
+    fields = "".join(
+        f"<tr><th>{escape(k)}</th><td>{_status(v) if k == 'status' else _text(v)}</td></tr>"
+        for k, v in job.items() if k != "script" and v is not None)
+    cancel = ""
+    if cancel_token is not None:
+        cancel = (f"<form method=post action=\"/jobs/{escape(quote(job_id, safe=''))}/cancel\">"
+                  f"<input type=hidden name=csrf value=\"{escape(cancel_token)}\">"
+                  "<button class=danger>Cancel job</button></form>")
+    active = job.get("status") in ACTIVE
+    note = (f"<p class=muted>Showing the log from byte {log_start}; "
+            f"<a href=\"/api/jobs/{escape(job_id)}/logs\">the whole log</a> needs the API token.</p>"
+            if log_start else "")
+    live = ("<p class=muted>The log updates live. <a href=\"\">Reload</a></p>" if active else "")
+    body = (f"<h2>Job <span class=id>{escape(job_id)}</span> {_status(job.get('status'))}</h2>"
+            f"{cancel}<table>{fields}</table>"
+            f"<h2>Script</h2><pre>{_text(job.get('script'))}</pre>"
+            f"<h2>Log</h2>{live}{note}"
+            f"<pre id=log data-status=\"{_text(job.get('status'))}\" "
+            f"data-offset=\"{log_start + len(log_tail)}\" "
+            f"data-src=\"/jobs/{escape(quote(job_id, safe=''))}/log\">"
+            f"{escape(log_tail.decode('utf-8', errors='replace'))}</pre>")
+    # Without JavaScript, a running job's page reloads itself instead of tailing.
+    return _page(f"Job {job_id}", body, refresh=5 if active else None, script=active,
+                 refresh_only_without_js=True)

@@ -10,6 +10,7 @@ Keys (all under `rci:`):
   executors             set of executor ids that registered
   executor:<id>         heartbeat string (JSON) with a short TTL; gone means the executor is dead
   counters              hash of jobs finished per status since the data was created
+  histograms            hash of duration / queue-wait histogram buckets (see histograms.py)
 
 Every status change is one Lua script, so it is one atomic transaction, and conditional:
 a job is claimed only while `queued`, finished only while `running`.
@@ -32,7 +33,9 @@ SEQ = P + "seq"
 INDEX_ALL = P + "index:all"
 EXECUTORS = P + "executors"
 COUNTERS = P + "counters"
+HISTOGRAMS = P + "histograms"
 HEARTBEAT_TTL = 15
+SCAN_BATCHES = 20  # bound on index batches one listing page reads when a second filter is rare
 
 
 def job_key(job_id: str) -> str:
@@ -89,14 +92,17 @@ redis.call('ZADD', KEYS[4], seq, ARGV[1])
 return 'running'
 """
 
-# KEYS: job, inflight, index:status:<from>, index:status:<to>, counters
-# ARGV: id, payload, from_status, to_status, ttl, then field/value pairs
+# KEYS: job, inflight, index:status:<from>, index:status:<to>, counters, histograms
+# ARGV: id, payload, from_status, to_status, ttl, n, then n histogram field/increment pairs,
+#       then field/value pairs
 # Ends a job that is in <from>; anything else only drops the payload from the in-flight list.
 _TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if KEYS[2] ~= '' then redis.call('LREM', KEYS[2], 1, ARGV[2]) end
 if status ~= ARGV[3] then return status or 'missing' end
-redis.call('HSET', KEYS[1], 'status', ARGV[4], unpack(ARGV, 6))
+local n = tonumber(ARGV[6])
+for i = 7, 6 + 2 * n, 2 do redis.call('HINCRBYFLOAT', KEYS[6], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'status', ARGV[4], unpack(ARGV, 7 + 2 * n))
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 local seq = redis.call('HGET', KEYS[1], 'seq')
 redis.call('ZREM', KEYS[3], ARGV[1])
@@ -192,18 +198,22 @@ class JobStore:
         self.r.hset(job_key(job_id), mapping=dict(fields))  # type: ignore[arg-type]
 
     def finish(self, executor_id: str, job_id: str, payload: str, status: str,
-               fields: Mapping[str, str]) -> bool:
-        """Record a running job's final status and drop it from the in-flight list, atomically."""
+               fields: Mapping[str, str], observations: Mapping[str, float] | None = None) -> bool:
+        """Record a running job's final status and drop it from the in-flight list, atomically;
+        histogram `observations` count in the same step, so they match the counters."""
         return self._finish_from(jobs.RUNNING, inflight_key(executor_id), job_id, payload,
-                                 status, fields)
+                                 status, fields, observations)
 
     def _finish_from(self, from_status: str, inflight: str, job_id: str, payload: str,
-                     status: str, fields: Mapping[str, str]) -> bool:
+                     status: str, fields: Mapping[str, str],
+                     observations: Mapping[str, float] | None = None) -> bool:
         flat = [item for pair in fields.items() for item in pair]
+        observed = [item for pair in (observations or {}).items() for item in pair]
         keys = [job_key(job_id), inflight, status_index(from_status), status_index(status),
-                COUNTERS]
+                COUNTERS, HISTOGRAMS]
         result = self._transition(keys=keys, args=[job_id, payload, from_status, status,
-                                                   self.ttl, *flat])
+                                                   self.ttl, len(observed) // 2, *observed,
+                                                   *flat])
         return _text(result) == "ok"
 
     def drop_inflight(self, executor_id: str, payload: str) -> None:
@@ -294,31 +304,50 @@ class JobStore:
 
     def list_jobs(self, status: str | None, mode: str | None, limit: int) -> list[dict[str, Any]]:
         """Newest first; filters use the narrowest index and check the other on the record."""
+        return self.list_page(status, mode, limit)[0]
+
+    def list_page(self, status: str | None, mode: str | None, limit: int,
+                  before: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+        """Newest first below seq `before`, with the cursor of the next page (None: no more).
+
+        Reads the narrowest index by score and checks the other filter on each record, at most
+        SCAN_BATCHES batches per page, so a rare filter combination still costs bounded time.
+        """
         index = status_index(status) if status else mode_index(mode) if mode else INDEX_ALL
         found: list[dict[str, Any]] = []
-        start, page = 0, max(limit, 50)
-        scanned_limit = 20 * page  # bound the scan when the second filter matches rarely
-        while len(found) < limit and start < scanned_limit:
-            ids = [_text(i) for i in self.r.zrevrange(index, start, start + page - 1)]
-            if not ids:
-                break
-            start += page
+        high = "+inf" if before is None else f"({before}"
+        cursor: int | None = None
+        for _ in range(SCAN_BATCHES):
+            batch: list[tuple[bytes, float]] = self.r.zrevrangebyscore(  # type: ignore[assignment]
+                index, high, "-inf", start=0, num=limit, withscores=True)
+            ids = [_text(member) for member, _ in batch]
             pipe = self.r.pipeline(transaction=False)
             for job_id in ids:
                 pipe.hgetall(job_key(job_id))
-            records = pipe.execute()
-            queued_ranks = self._queued_ranks(ids, records)
-            for job_id, raw in zip(ids, records, strict=True):
-                if not raw:
-                    continue  # expired; housekeeping prunes the index
-                record = _decode(raw)
-                if (status and record.get("status") != status) or (
-                        mode and record.get("mode") != mode):
-                    continue
-                found.append(jobs.job_object(record, queued_ranks.get(job_id)))
+            records = pipe.execute() if ids else []
+            ranks = self._queued_ranks(ids, records)
+            for job_id, (_, score), raw in zip(ids, batch, records, strict=True):
+                cursor = int(score)
+                record = _decode(raw) if raw else {}
+                if record and (not status or record.get("status") == status) and (
+                        not mode or record.get("mode") == mode):
+                    found.append(jobs.job_object(record, ranks.get(job_id)))
                 if len(found) == limit:
-                    break
-        return found
+                    return found, cursor
+            if len(batch) < limit:
+                return found, None
+            high = f"({cursor}"
+        return found, cursor
+
+    def next_queued(self, limit: int) -> list[dict[str, Any]]:
+        """The jobs that start next, in the order they will start."""
+        ids = [_text(i) for i in self.r.zrange(status_index(jobs.QUEUED), 0, limit - 1)]
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(job_key(job_id))
+        records = pipe.execute() if ids else []
+        return [jobs.job_object(_decode(raw), position)
+                for position, raw in enumerate(records, 1) if raw]
 
     def _queued_ranks(self, ids: list[str], records: list[Any]) -> dict[str, int]:
         queued = [i for i, rec in zip(ids, records, strict=True)
@@ -339,6 +368,9 @@ class JobStore:
         finished = {s: int(counters.get(s.encode(), 0)) for s in jobs.FINAL_STATUSES}
         return Stats(queued=queued, running=running, workers=len(self.live_executors()),
                      finished=finished)
+
+    def histogram_counts(self) -> dict[str, str]:
+        return {_text(k): _text(v) for k, v in self.r.hgetall(HISTOGRAMS).items()}
 
     def prune_indexes(self, batch: int = 500) -> int:
         """Drop ids of expired records from the listing indexes; return how many went."""

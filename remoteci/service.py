@@ -9,7 +9,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from remoteci import events, proctree, wsgi_server
+from remoteci import events, notify, proctree, wsgi_server
 from remoteci.config import Settings
 from remoteci.embedded_redis import EmbeddedRedis
 from remoteci.http import App
@@ -27,13 +27,20 @@ def _prepare_dirs(settings: Settings) -> None:
         directory.mkdir(parents=True, exist_ok=True)
 
 
-def _banner(settings: Settings, server: Any) -> None:
+def _banner(settings: Settings, server: Any) -> str:
     port = server.effective_port
     url = f"http://{settings.host}:{port}"
     events.info("api", f"listening on {url}")
     events.info("api", "try: curl -H \"Authorization: Bearer $REMOTE_CI_TOKEN\" -d "
                        "'{\"workspace\": \"<dir under " + str(settings.workspace_dir) +
                        ">\", \"script\": \"make test\"}' " + url + "/api/jobs/rsync")
+    return url
+
+
+def _announce(notifier: notify.Notifier, app: App, url: str) -> None:
+    # The socket already listens (create_server binds it), so a client told "ready" is served.
+    notifier.ready(f"listening on {url}")
+    notify.start_watchdog(notifier, app.stopping)
 
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
@@ -50,11 +57,13 @@ def run_api(settings: Settings) -> int:
     server = wsgi_server.create(settings, app, sock)
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    _banner(settings, server)
+    notifier = notify.from_env()
+    _announce(notifier, app, _banner(settings, server))
     try:
         server.run()
     except KeyboardInterrupt:
         pass
+    notifier.stopping("stopping")
     app.stopping.set()
     events.info("api", "stopped")
     return 0
@@ -67,7 +76,7 @@ def run_worker(settings: Settings) -> int:
         return 2
     _prepare_dirs(settings)
     url = settings.redis_url
-    return supervisor_main(settings, lambda: _store_factory(settings, url))
+    return supervisor_main(settings, lambda: _store_factory(settings, url), notify.from_env())
 
 
 def run_serve(settings: Settings) -> int:
@@ -102,11 +111,13 @@ def _serve_with(settings: Settings, url: str, sock: socket.socket) -> int:
     server = wsgi_server.create(settings, app, sock)
     result = {"code": 0}
     stop_requested = threading.Event()
+    notifier = notify.from_env()  # this process is systemd's main pid; the supervisor stays silent
 
     def on_stop(signum: int, frame: FrameType | None) -> None:
         # Keep the API up while jobs drain, so followers see them end; stop it afterwards.
         if not stop_requested.is_set():
             stop_requested.set()
+            notifier.stopping("draining running jobs")
             events.info("serve", f"signal {signum}: draining, then stopping")
             os.kill(supervisor_pid, signal.SIGTERM)
 
@@ -124,7 +135,7 @@ def _serve_with(settings: Settings, url: str, sock: socket.socket) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, _raise_stop)
     threading.Thread(target=watch_supervisor, name="supervisor-watch", daemon=True).start()
-    _banner(settings, server)
+    _announce(notifier, app, _banner(settings, server))
     server.run()
     events.info("serve", "stopped")
     return result["code"]

@@ -16,7 +16,9 @@ import redis
 from remoteci import events, jobs, proctree
 from remoteci.config import Settings
 from remoteci.executor import DRAIN_KILL_GRACE, executor_main
+from remoteci.notify import Notifier
 from remoteci.queue import HEARTBEAT_TTL, JobStore
+from remoteci.redis_watch import RedisWatch
 
 COMPONENT = "supervisor"
 LOST_SCAN_EVERY = 10.0  # seconds between looks for executors whose heartbeat expired (any host)
@@ -25,8 +27,11 @@ RESTART_BACKOFF_MAX = 30.0
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, make_store: Callable[[], JobStore]):
+    def __init__(self, settings: Settings, make_store: Callable[[], JobStore],
+                 notifier: Notifier | None = None):
         self.settings = settings
+        self.notifier = notifier or Notifier()
+        self.redis = RedisWatch(COMPONENT)
         self.make_store = make_store
         self.store = make_store()
         self.executors: dict[int, int] = {}  # pid -> slot
@@ -51,10 +56,12 @@ class Supervisor:
         self._sweep()
         for slot in range(self.settings.concurrency):
             self._spawn(slot)
+        self.notifier.ready(f"{self.settings.concurrency} executors started")
         next_scan = time.monotonic() + LOST_SCAN_EVERY
         next_sweep = time.monotonic() + SWEEP_EVERY
         while not self.stopping:
             self._wait(1.0)
+            self.notifier.tick()  # from this loop, so a wedged supervisor misses its pings
             self._reap_children()
             now = time.monotonic()
             if now >= next_scan:
@@ -63,6 +70,7 @@ class Supervisor:
             if now >= next_sweep:
                 next_sweep = now + SWEEP_EVERY
                 self._sweep()
+        self.notifier.stopping("draining running jobs")
         return self._drain()
 
     def _on_stop(self, *_: Any) -> None:
@@ -83,11 +91,19 @@ class Supervisor:
     # --- executors -------------------------------------------------------------------------
 
     def _spawn(self, slot: int) -> None:
+        # The child must never run the supervisor's SIGTERM handler: it would only flag the
+        # child's copy of the supervisor, the stop would be lost and the drain would wait its
+        # full timeout. So SIGTERM stays blocked across the fork and the child switches to the
+        # default action before unblocking: until the executor installs its own handler, a
+        # stop simply ends it (it holds no job yet).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
                 signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 os.close(self._wake_r)
                 os.close(self._wake_w)
                 proctree.die_with_parent(signal.SIGTERM)
@@ -97,6 +113,7 @@ class Supervisor:
                 code = 1
             finally:
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.executors[pid] = slot
 
     def _reap_children(self) -> None:
@@ -148,9 +165,10 @@ class Supervisor:
         try:
             dead = self.store.dead_executors()
         except redis.RedisError as exc:
-            events.warning(COMPONENT, f"redis unreachable ({exc})")
+            self.redis.lost(exc)
             self.suspects.clear()
             return
+        self.redis.back()
         now = time.monotonic()
         self.suspects = {e: t for e, t in self.suspects.items() if e in dead}
         for executor_id in dead:
@@ -241,5 +259,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def supervisor_main(settings: Settings, make_store: Callable[[], JobStore]) -> int:
-    return Supervisor(settings, make_store).run()
+def supervisor_main(settings: Settings, make_store: Callable[[], JobStore],
+                    notifier: Notifier | None = None) -> int:
+    return Supervisor(settings, make_store, notifier).run()

@@ -1,0 +1,118 @@
+"""The browser's routes: the overview, a job with its live log, and the cancel form.
+
+Every read is bounded by the page size, never by the number of stored jobs.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, quote
+
+from remoteci import csrf, jobs, logs, pages
+from remoteci.config import Settings
+from remoteci.errors import ApiError
+from remoteci.http import Request, Response
+from remoteci.queue import JobStore
+
+PAGE_SIZE = 50
+QUEUE_SHOWN = 10
+RUNNING_SHOWN = 200  # more than any fleet's executors; maps executors to their current job
+LOG_CHUNK_MAX = 256 * 1024  # one live-tail answer; the page asks again at once if there is more
+FORM_BODY_MAX = 4096
+
+
+class PageRoutes:
+    def __init__(self, settings: Settings, store: JobStore):
+        self.settings = settings
+        self.store = store
+        self.csrf_key = csrf.derive_key(settings.tokens)
+
+    def index(self, request: Request) -> Response:
+        status = _choice(request, "status", jobs.STATUSES)
+        mode = _choice(request, "mode", jobs.MODES)
+        before = _cursor(request)
+        found, next_before = self.store.list_page(status, mode, PAGE_SIZE, before)
+        listing = pages.Listing(found, status, mode, before, next_before)
+        html = pages.index_page(self.store.stats(), self.store.live_executors(),
+                                self.store.list_jobs(jobs.RUNNING, None, RUNNING_SHOWN),
+                                self.store.next_queued(QUEUE_SHOWN), listing)
+        return html_response(html)
+
+    def job(self, request: Request) -> Response:
+        job = self._job(request.params["id"])
+        path = self.settings.logs_dir / f"{job['id']}.log"
+        size = logs.log_size(path)
+        start = max(0, size - pages.LOG_TAIL_BYTES)
+        tail = b"".join(logs.read_range(path, start, size))
+        token = (csrf.make_token(self.csrf_key, _cancel_action(job["id"]))
+                 if job["status"] in pages.ACTIVE else None)
+        return html_response(pages.job_page(job, tail, start, token))
+
+    def job_log(self, request: Request) -> Response:
+        """Log bytes from ?offset= for the page's live tail (Basic auth works here, unlike /api)."""
+        job_id = request.params["id"]
+        status = self.store.status(job_id)
+        if status is None:
+            self._job(job_id)  # raises the 404
+        raw = request.query("offset") or "0"
+        if not raw.isdigit() or len(raw) > 18:
+            raise ApiError(400, "query parameter 'offset' must be a whole number >= 0")
+        path = self.settings.logs_dir / f"{job_id}.log"
+        start = int(raw)
+        end = max(start, min(logs.log_size(path), start + LOG_CHUNK_MAX))
+        return Response(200, [("Content-Type", "text/plain; charset=utf-8"),
+                              ("Content-Length", str(end - start)), ("Cache-Control", "no-store"),
+                              ("X-Job-Status", str(status)), ("X-Log-Offset", str(end))],
+                        logs.read_range(path, start, end))
+
+    def cancel(self, request: Request) -> Response:
+        job_id = request.params["id"]
+        if not csrf.same_origin(request.header("Origin"), request.header("Referer"),
+                                request.header("Host")):
+            raise ApiError(403, "cross-site form post refused: Origin/Referer is not this server")
+        form = parse_qs(request.body(FORM_BODY_MAX).decode("utf-8", errors="replace"))
+        token = (form.get("csrf") or [""])[-1]
+        if not csrf.token_ok(self.csrf_key, _cancel_action(job_id), token):
+            raise ApiError(403, "the form's CSRF token is missing, wrong or expired; "
+                                "reload the job page and press the button again")
+        outcome = self.store.cancel(job_id, jobs.iso_now())
+        if outcome == "missing":
+            self._job(job_id)  # raises the 404
+        # A job that ended meanwhile is no error for a person: the page shows how it ended.
+        return Response(303, [("Location", f"/jobs/{quote(job_id, safe='')}"),
+                              ("Content-Length", "0")], [b""])
+
+    def _job(self, job_id: str) -> dict[str, object]:
+        job = self.store.get(job_id)
+        if job is None:
+            raise ApiError(404, f"no job with id {job_id!r} (unknown, or older than "
+                                f"{self.settings.retention_days} days)")
+        return job
+
+
+def html_response(text: str) -> Response:
+    data = text.encode()
+    return Response(200, [("Content-Type", "text/html; charset=utf-8"),
+                          ("Content-Length", str(len(data))), ("Cache-Control", "no-store"),
+                          ("Content-Security-Policy", pages.CSP),
+                          ("X-Content-Type-Options", "nosniff"),
+                          ("Referrer-Policy", "same-origin")], [data])
+
+
+def _cancel_action(job_id: object) -> str:
+    return f"cancel:{job_id}"
+
+
+def _choice(request: Request, name: str, allowed: tuple[str, ...]) -> str | None:
+    value = request.query(name) or None
+    if value is not None and value not in allowed:
+        raise ApiError(400, f"{name} {value[:40]!r} is not one of: {', '.join(allowed)}")
+    return value
+
+
+def _cursor(request: Request) -> int | None:
+    raw = request.query("before") or None
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise ApiError(400, "query parameter 'before' must be a job sequence number")
+    return int(raw)
