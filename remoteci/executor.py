@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import select
 import shutil
 import signal
 import subprocess
@@ -22,6 +21,7 @@ from remoteci.config import Settings
 from remoteci.errors import SourceError
 from remoteci.queue import JobStore
 from remoteci.sources import discard_source, prepare_source
+from remoteci.wakeup import SignalWakeup
 
 COMPONENT = "executor"
 TAKE_TIMEOUT = 1.0  # seconds a blocking pop waits, so a stop request is seen within a second
@@ -65,7 +65,7 @@ class Executor:
         self.current_job: str | None = None
         self._beating = True
         self._heartbeat_lock = threading.Lock()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.wakeup = SignalWakeup()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -92,7 +92,7 @@ class Executor:
         events.info(COMPONENT, f"executor {self.id} stopped")
 
     def _install_signals(self) -> None:
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        self.wakeup.install()
         signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the select below
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
@@ -138,19 +138,7 @@ class Executor:
 
     def _redis_trouble(self, exc: Exception) -> None:
         del exc  # not logged: the heartbeat thread reports lost/back once per outage
-        self._sleep(1.0)
-
-    def _sleep(self, seconds: float) -> None:
-        """Sleep that a signal (stop, child exit) cuts short."""
-        select.select([self._wake_r], [], [], seconds)
-        self._drain_wakeups()
-
-    def _drain_wakeups(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        self.wakeup.wait(1.0)
 
     # --- one job ---------------------------------------------------------------------------
 
@@ -278,11 +266,11 @@ class Executor:
         self.kill_tree(pgid, signal.SIGTERM)
         deadline = time.monotonic() + LEFTOVER_GRACE
         while left and time.monotonic() < deadline:
-            self._sleep(0.05)
+            self.wakeup.wait(0.05)
             _, left = proctree.reap_children()
         while left:
             self.kill_tree(pgid, signal.SIGKILL)
-            self._sleep(0.05)
+            self.wakeup.wait(0.05)
             _, left = proctree.reap_children()
 
 
@@ -316,7 +304,7 @@ class JobWatch:
                 self.ex.kill_tree(self.pid, signal.SIGKILL)
                 self.kill_at = now + 1.0  # again, for anything forked meanwhile
             next_event = min(self.soft_at, self.kill_at, self.next_poll, self.ex.drain_deadline)
-            self.ex._sleep(max(0.0, min(next_event - now, CANCEL_POLL)))
+            self.ex.wakeup.wait(max(0.0, min(next_event - now, CANCEL_POLL)))
 
     def _check_limits(self, now: float) -> None:
         if now >= self.soft_at:

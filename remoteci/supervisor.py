@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import shutil
 import signal
 import time
@@ -19,6 +18,7 @@ from remoteci.executor import DRAIN_KILL_GRACE, executor_main
 from remoteci.notify import Notifier
 from remoteci.queue import HEARTBEAT_TTL, JobStore
 from remoteci.redis_watch import RedisWatch
+from remoteci.wakeup import SignalWakeup
 
 COMPONENT = "supervisor"
 LOST_SCAN_EVERY = 10.0  # seconds between looks for executors whose heartbeat expired (any host)
@@ -38,11 +38,11 @@ class Supervisor:
         self.failures: dict[int, int] = {}  # slot -> quick deaths in a row
         self.suspects: dict[str, float] = {}  # executor id -> when its heartbeat was first missed
         self.stopping = False
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.wakeup = SignalWakeup()
 
     def run(self) -> int:
         proctree.become_subreaper()  # orphans of a dead executor come to us, so we can stop them
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        self.wakeup.install()
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
@@ -60,7 +60,7 @@ class Supervisor:
         next_scan = time.monotonic() + LOST_SCAN_EVERY
         next_sweep = time.monotonic() + SWEEP_EVERY
         while not self.stopping:
-            self._wait(1.0)
+            self.wakeup.wait(1.0)
             self.notifier.tick()  # from this loop, so a wedged supervisor misses its pings
             self._reap_children()
             now = time.monotonic()
@@ -80,14 +80,6 @@ class Supervisor:
         events.info(COMPONENT, "SIGHUP: nothing to reload (settings are read once at start; "
                                "restart the service to change them)")
 
-    def _wait(self, seconds: float) -> None:
-        select.select([self._wake_r], [], [], seconds)
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
     # --- executors -------------------------------------------------------------------------
 
     def _spawn(self, slot: int) -> None:
@@ -101,11 +93,9 @@ class Supervisor:
         if pid == 0:
             code = 0
             try:
-                signal.set_wakeup_fd(-1)
+                self.wakeup.close()
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                os.close(self._wake_r)
-                os.close(self._wake_w)
                 proctree.die_with_parent(signal.SIGTERM)
                 executor_main(self.settings, self.make_store(), slot)
             except BaseException as exc:
@@ -133,7 +123,7 @@ class Supervisor:
             self.failures[slot] = self.failures.get(slot, 0) + 1
             delay = min(RESTART_BACKOFF_MAX, 0.5 * 2 ** (self.failures[slot] - 1))
             if self.failures[slot] > 1:
-                self._wait(delay)  # an executor that dies at once must not spin
+                self.wakeup.wait(delay)  # an executor that dies at once must not spin
             self._spawn(slot)
 
     def _stop_orphans(self) -> None:
@@ -215,7 +205,7 @@ class Supervisor:
         proctree.signal_all(self.executors, signal.SIGTERM)
         deadline = time.monotonic() + self.settings.drain_timeout + DRAIN_KILL_GRACE + 10
         while self.executors and time.monotonic() < deadline:
-            self._wait(0.5)
+            self.wakeup.wait(0.5)
             reaped, _ = proctree.reap_children()
             for pid in reaped:
                 self.executors.pop(pid, None)
@@ -224,7 +214,7 @@ class Supervisor:
             proctree.signal_all(self.executors, signal.SIGKILL)
         proctree.signal_all(proctree.descendants(os.getpid()), signal.SIGKILL)
         while proctree.reap_children()[1]:
-            self._wait(0.05)
+            self.wakeup.wait(0.05)
         events.info(COMPONENT, "stopped")
         return 0
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.helpers import RedisServer, Server
+from tests.helpers import RedisServer, Server, running_server
 
 
 @pytest.fixture(scope="session")
@@ -28,17 +28,29 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """Start servers with their own redis-server each; every one is stopped at teardown."""
+def make_redis(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
+    """Start redis-servers (for a server each, or shared by several); stopped at teardown."""
+    started: list[RedisServer] = []
+
+    def make() -> RedisServer:
+        started.append(RedisServer(tmp_path / f"redis-{len(started)}").start())
+        return started[-1]
+
+    yield make
+    for rs in started:
+        rs.stop()
+
+
+@pytest.fixture
+def make_server(tmp_path: Path, make_redis: Callable[[], RedisServer]) -> Iterator[Callable[..., Server]]:
+    """Start servers, each on a redis-server of its own unless given one; every one is stopped
+    at teardown, before the redis-servers (make_redis tears down after us)."""
     started: list[Server] = []
-    redises: list[RedisServer] = []
 
     def make(command: str = "serve", env: dict[str, str] | None = None, redis_url: str | None = "new",
              base: Path | None = None, wait_workers: int | None = None, **kwargs: Any) -> Server:
         if redis_url == "new":
-            rs = RedisServer(tmp_path / f"redis-{len(redises)}").start()
-            redises.append(rs)
-            redis_url = rs.url
+            redis_url = make_redis().url
         # A short drain by default, so a teardown never waits on a test's long-running job.
         server = Server(base or tmp_path / f"srv-{len(started)}", redis_url=redis_url, command=command,
                         env={"REMOTE_CI_DRAIN_TIMEOUT": "2", **(env or {})}, **kwargs)
@@ -48,19 +60,12 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     yield make
     for server in started:
         server.shutdown()
-    for rs in redises:
-        rs.stop()
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One `serve` per test module with short limits, on its own redis-server."""
-    base = tmp_path_factory.mktemp("server")
-    rs = RedisServer(base / "redis").start()
-    srv = Server(base / "srv", redis_url=rs.url,
-                 env={"REMOTE_CI_JOB_TIMEOUT": "60", "REMOTE_CI_KILL_GRACE": "2",
-                      "REMOTE_CI_CANCEL_GRACE": "2", "REMOTE_CI_DRAIN_TIMEOUT": "5"})
-    srv.start(wait_workers=2)
-    yield srv
-    srv.shutdown()
-    rs.stop()
+    with running_server(tmp_path_factory.mktemp("server"),
+                        {"REMOTE_CI_JOB_TIMEOUT": "60", "REMOTE_CI_KILL_GRACE": "2",
+                         "REMOTE_CI_CANCEL_GRACE": "2", "REMOTE_CI_DRAIN_TIMEOUT": "5"}) as srv:
+        yield srv

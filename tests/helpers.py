@@ -11,7 +11,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,3 +283,17 @@ class Server:
 
 
 MakeServer = Callable[..., Server]
+MakeRedis = Callable[[], RedisServer]
+
+
+@contextmanager
+def running_server(base: Path, env: dict[str, str], workers: int = 2) -> Iterator[Server]:
+    """A `serve` on a redis-server of its own, for a module-scoped fixture; stopped by pid."""
+    rs = RedisServer(base / "redis").start()
+    srv = Server(base / "srv", redis_url=rs.url, env=env)
+    try:
+        srv.start(wait_workers=workers)
+        yield srv
+    finally:
+        srv.shutdown()
+        rs.stop()

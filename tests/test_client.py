@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from remoteci import client
-from tests.helpers import ROOT, TOKEN, RedisServer, Server, free_port, wait_until
+from tests.helpers import ROOT, TOKEN, Server, free_port, running_server, wait_until
 
 # The client must run on a runner's own python3: REMOTE_CI_CLIENT_PYTHON=/path/to/python3.8 checks one.
 CLIENTS = {
@@ -34,17 +34,13 @@ needs_git = pytest.mark.skipif(not GIT_WIRED, reason="POST /api/jobs/git is not 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for the module: short graces so timeouts and cancels end in about a second."""
-    base = tmp_path_factory.mktemp("client")
-    rs = RedisServer(base / "redis").start()
-    server = Server(base / "srv", redis_url=rs.url,
-                    env={"REMOTE_CI_JOB_TIMEOUT": "60", "REMOTE_CI_KILL_GRACE": "1",
+    with running_server(tmp_path_factory.mktemp("client"),
+                        {"REMOTE_CI_JOB_TIMEOUT": "60", "REMOTE_CI_KILL_GRACE": "1",
                          "REMOTE_CI_CANCEL_GRACE": "1", "REMOTE_CI_DRAIN_TIMEOUT": "2",
-                         "REMOTE_CI_CONCURRENCY": "4", "REMOTE_CI_GIT_ALLOW_FILE": "1"})
-    server.start(wait_workers=4)
-    server.make_workspace("proj", {"data.txt": "from the workspace\n"})
-    yield server
-    server.stop()
-    rs.stop()
+                         "REMOTE_CI_CONCURRENCY": "4", "REMOTE_CI_GIT_ALLOW_FILE": "1"},
+                        workers=4) as server:
+        server.make_workspace("proj", {"data.txt": "from the workspace\n"})
+        yield server
 
 
 @pytest.fixture

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import redis
 
-from tests.helpers import MakeServer, RedisServer, Server, pid_alive, pids_with_arg, process_tree, wait_until
+from tests.helpers import (
+    MakeRedis,
+    MakeServer,
+    Server,
+    pid_alive,
+    pids_with_arg,
+    process_tree,
+    wait_until,
+)
 from tests.test_process_tree import marker
 
 
@@ -38,20 +46,18 @@ def test_embedded_default_runs_a_private_redis_with_aof_and_stops_everything(mak
     assert "test-token" not in srv.output()
 
 
-def test_api_and_worker_run_separately_against_one_redis(make_server: MakeServer, tmp_path: Path) -> None:
-    rs = RedisServer(tmp_path / "shared-redis").start()
-    try:
-        api = make_server("api", redis_url=rs.url, base=tmp_path / "host")
-        worker = make_server("worker", redis_url=rs.url, base=tmp_path / "host")
-        wait_until(lambda: api.request("GET", "/api/stats").json()["workers"] == 2, 20, "worker executors")
-        job = api.submit("echo split")
-        assert api.wait_final(job["id"])["status"] == "success"
-        assert api.log(job["id"]).startswith(b"split\n")
-        assert worker.stop() == 0
-        wait_until(lambda: api.request("GET", "/api/stats").json()["workers"] == 0, 20, "executors to leave")
-        assert api.stop() == 0
-    finally:
-        rs.stop()
+def test_api_and_worker_run_separately_against_one_redis(
+        make_server: MakeServer, make_redis: MakeRedis, tmp_path: Path) -> None:
+    rs = make_redis()
+    api = make_server("api", redis_url=rs.url, base=tmp_path / "host")
+    worker = make_server("worker", redis_url=rs.url, base=tmp_path / "host")
+    wait_until(lambda: api.request("GET", "/api/stats").json()["workers"] == 2, 20, "worker executors")
+    job = api.submit("echo split")
+    assert api.wait_final(job["id"])["status"] == "success"
+    assert api.log(job["id"]).startswith(b"split\n")
+    assert worker.stop() == 0
+    wait_until(lambda: api.request("GET", "/api/stats").json()["workers"] == 0, 20, "executors to leave")
+    assert api.stop() == 0
 
 
 def test_api_and_worker_need_a_redis_url(tmp_path: Path) -> None:
@@ -99,22 +105,18 @@ def test_fifo_and_the_concurrency_bound_under_load(make_server: MakeServer, tmp_
 
 
 def test_two_worker_hosts_share_the_queue_each_with_its_own_bound(
-        make_server: MakeServer, tmp_path: Path
-) -> None:
-    rs = RedisServer(tmp_path / "shared-redis").start()
-    try:
-        api = make_server("api", redis_url=rs.url, base=tmp_path / "shared")
-        for host in ("host-a", "host-b"):
-            make_server("worker", redis_url=rs.url, base=tmp_path / "shared",
-                        env={"REMOTE_CI_NODE_NAME": host, "REMOTE_CI_CONCURRENCY": "1"})
-        wait_until(lambda: api.request("GET", "/api/stats").json()["workers"] == 2, 20, "two hosts")
-        ids = [api.submit("sleep 0.3")["id"] for _ in range(6)]
-        wait_until(lambda: api.request("GET", "/api/stats").json()["running"] == 2, 20, "two running")
-        finals = [api.wait_final(i, timeout=60) for i in ids]
-        hosts = {str(f["worker"]).split(":")[0] for f in finals}
-        assert hosts == {"host-a", "host-b"}
-    finally:
-        rs.stop()
+        make_server: MakeServer, make_redis: MakeRedis, tmp_path: Path) -> None:
+    rs = make_redis()
+    api = make_server("api", redis_url=rs.url, base=tmp_path / "shared")
+    for host in ("host-a", "host-b"):
+        make_server("worker", redis_url=rs.url, base=tmp_path / "shared",
+                    env={"REMOTE_CI_NODE_NAME": host, "REMOTE_CI_CONCURRENCY": "1"})
+    wait_until(lambda: api.request("GET", "/api/stats").json()["workers"] == 2, 20, "two hosts")
+    ids = [api.submit("sleep 0.3")["id"] for _ in range(6)]
+    wait_until(lambda: api.request("GET", "/api/stats").json()["running"] == 2, 20, "two running")
+    finals = [api.wait_final(i, timeout=60) for i in ids]
+    hosts = {str(f["worker"]).split(":")[0] for f in finals}
+    assert hosts == {"host-a", "host-b"}
 
 
 def test_a_killed_executor_is_replaced_and_its_job_ends_error(make_server: MakeServer) -> None:
@@ -180,15 +182,14 @@ def test_queued_jobs_survive_a_restart_of_everything_redis_included(
 
 
 def test_jobs_of_a_host_that_died_end_error_when_another_supervisor_looks(
-        make_server: MakeServer, tmp_path: Path
-) -> None:
-    rs = RedisServer(tmp_path / "shared-redis").start()
+        make_server: MakeServer, make_redis: MakeRedis, tmp_path: Path) -> None:
+    rs = make_redis()
+    mark = marker()
     try:
         api = make_server("api", redis_url=rs.url, base=tmp_path / "h")
         doomed = make_server("worker", redis_url=rs.url, base=tmp_path / "h",
                              env={"REMOTE_CI_NODE_NAME": "doomed", "REMOTE_CI_CONCURRENCY": "1"})
         wait_until(lambda: api.request("GET", "/api/stats").json()["workers"] == 1, 20, "the doomed host")
-        mark = marker()
         job = api.submit(f"sleep {mark}")
         api.wait_status(job["id"], ("running",))
         everything = process_tree(doomed.proc.pid)  # type: ignore[union-attr]
@@ -204,7 +205,6 @@ def test_jobs_of_a_host_that_died_end_error_when_another_supervisor_looks(
     finally:
         for pid in pids_with_arg(mark):
             os.kill(pid, signal.SIGKILL)  # the "dead host" left its orphan behind; not ours to keep
-        rs.stop()
 
 
 def test_housekeeping_at_start_sweeps_old_files_and_expired_index_entries(
@@ -238,25 +238,23 @@ def test_housekeeping_at_start_sweeps_old_files_and_expired_index_entries(
     assert [j["id"] for j in second.request("GET", "/api/jobs").json()["jobs"]] == [kept["id"]]
 
 
-def test_cancel_reaches_an_executor_on_another_host(make_server: MakeServer, tmp_path: Path) -> None:
-    rs = RedisServer(tmp_path / "shared-redis").start()
-    try:
-        api = make_server("api", redis_url=rs.url, base=tmp_path / "api-host")
-        make_server("worker", redis_url=rs.url, base=tmp_path / "worker-host",
-                    env={"REMOTE_CI_NODE_NAME": "far-away", "REMOTE_CI_CANCEL_GRACE": "1"})
-        wait_until(lambda: api.request("GET", "/api/stats").json()["workers"] == 2, 20, "the worker")
-        (tmp_path / "worker-host" / "ws" / "proj").mkdir(parents=True)
-        (tmp_path / "api-host" / "ws" / "proj").mkdir(parents=True, exist_ok=True)
-        mark = marker()
-        resp = api.request("POST", "/api/jobs/rsync", {"workspace": "proj", "script": f"sleep {mark}"})
-        job_id = resp.json()["id"]
-        api.wait_status(job_id, ("running",))
-        assert api.request("POST", f"/api/jobs/{job_id}/cancel").status == 202
-        final = api.wait_final(job_id, timeout=20)
-        assert final["status"] == "cancelled" and final["worker"].startswith("far-away:")
-        assert pids_with_arg(mark) == []
-    finally:
-        rs.stop()
+def test_cancel_reaches_an_executor_on_another_host(
+        make_server: MakeServer, make_redis: MakeRedis, tmp_path: Path) -> None:
+    rs = make_redis()
+    api = make_server("api", redis_url=rs.url, base=tmp_path / "api-host")
+    make_server("worker", redis_url=rs.url, base=tmp_path / "worker-host",
+                env={"REMOTE_CI_NODE_NAME": "far-away", "REMOTE_CI_CANCEL_GRACE": "1"})
+    wait_until(lambda: api.request("GET", "/api/stats").json()["workers"] == 2, 20, "the worker")
+    (tmp_path / "worker-host" / "ws" / "proj").mkdir(parents=True)
+    (tmp_path / "api-host" / "ws" / "proj").mkdir(parents=True, exist_ok=True)
+    mark = marker()
+    resp = api.request("POST", "/api/jobs/rsync", {"workspace": "proj", "script": f"sleep {mark}"})
+    job_id = resp.json()["id"]
+    api.wait_status(job_id, ("running",))
+    assert api.request("POST", f"/api/jobs/{job_id}/cancel").status == 202
+    final = api.wait_final(job_id, timeout=20)
+    assert final["status"] == "cancelled" and final["worker"].startswith("far-away:")
+    assert pids_with_arg(mark) == []
 
 
 def test_a_malformed_queue_entry_is_dropped_and_jobs_go_on(make_server: MakeServer) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TOKEN, MakeServer, Server
+from tests.helpers import TOKEN, MakeServer, Server, running_server
 from tests.test_gitsource import git
 
 
@@ -41,17 +41,10 @@ def uploads_left(srv: Server) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def upload_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    from tests.helpers import RedisServer
-
-    base = tmp_path_factory.mktemp("modes")
-    rs = RedisServer(base / "redis").start()
-    srv = Server(base / "srv", redis_url=rs.url,
-                 env={"REMOTE_CI_MAX_UPLOAD_MB": "2", "REMOTE_CI_MAX_EXTRACT_MB": "5",
-                      "REMOTE_CI_GIT_ALLOW_FILE": "1", "REMOTE_CI_JOB_TIMEOUT": "60"})
-    srv.start(wait_workers=2)
-    yield srv
-    srv.shutdown()
-    rs.stop()
+    with running_server(tmp_path_factory.mktemp("modes"),
+                        {"REMOTE_CI_MAX_UPLOAD_MB": "2", "REMOTE_CI_MAX_EXTRACT_MB": "5",
+                         "REMOTE_CI_GIT_ALLOW_FILE": "1", "REMOTE_CI_JOB_TIMEOUT": "60"}) as srv:
+        yield srv
 
 
 # --- upload ------------------------------------------------------------------------------------
