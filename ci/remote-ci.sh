@@ -20,6 +20,7 @@ MODE="" SOURCE="" GIT_REF="" SCRIPT="" TIMEOUT="" NAME=""
 MAX_WAIT=1500 FAIL_ON_WAIT_TIMEOUT=0 RETRY_FOR=300
 RSYNC_TO="" SOURCE_DIR=. INCLUDE_GIT=0
 ENV_KEYS=() ENV_VALUES=()
+ARTIFACTS=() DOWNLOAD_DIR=""
 TMP="" JOB_ID="" CHILD_PID=""
 LAST_OK=0 DELAY=1
 
@@ -32,6 +33,7 @@ usage() {
 usage: remote-ci.sh --server URL (--workspace W | --rsync-to DEST | --upload DIR | --git [URL] [--ref R])
                     --script S [--timeout SEC] [--name N] [--env K=V ...] [--max-wait SEC]
                     [--fail-on-wait-timeout] [--retry-for SEC] [--source-dir DIR] [--include-git]
+                    [--artifacts GLOB ...] [--download-artifacts DIR]
 The token comes from $REMOTE_CI_TOKEN (or --token), the server from $REMOTE_CI_SERVER.
 Exit: 0 success, the script's code, 124 timeout, 1 error/cancelled, 2 refused, 130/143 interrupted.
 See ci/README.md.
@@ -55,7 +57,7 @@ parse_args() {
     esac
     case $flag in
       --server|--token|--workspace|--upload|--ref|--script|--timeout|--name|--env|--max-wait|\
-      --retry-for|--rsync-to|--source-dir)
+      --retry-for|--rsync-to|--source-dir|--artifacts|--download-artifacts)
         if [ $has_value = 0 ]; then
           [ $# -gt 0 ] || refuse "$flag needs a value; see --help"
           value=$1; shift
@@ -81,6 +83,8 @@ parse_args() {
       --rsync-to) RSYNC_TO=$value ;;
       --source-dir) SOURCE_DIR=$value ;;
       --include-git) INCLUDE_GIT=1 ;;
+      --artifacts) ARTIFACTS+=("$value") ;;
+      --download-artifacts) DOWNLOAD_DIR=$value ;;
       -h|--help) usage; exit 0 ;;
       *) refuse "unknown argument '$arg'; see --help" ;;
     esac
@@ -181,12 +185,19 @@ env_json() {
   printf '%s}' "$out"
 }
 
+artifacts_json() {
+  local pattern out="" sep=""
+  for pattern in "${ARTIFACTS[@]}"; do out+="$sep$(json_string "$pattern")"; sep=","; done
+  printf '[%s]' "$out"
+}
+
 json_body() {  # the JSON submission for rsync and git jobs
   local out
   out="{\"script\":$(json_string "$SCRIPT")"
   [ -z "$TIMEOUT" ] || out+=",\"timeout\":$TIMEOUT"
   [ -z "$NAME" ] || out+=",\"name\":$(json_string "$NAME")"
   [ ${#ENV_KEYS[@]} = 0 ] || out+=",\"env\":$(env_json)"
+  [ ${#ARTIFACTS[@]} = 0 ] || out+=",\"artifacts\":$(artifacts_json)"
   if [ "$MODE" = git ]; then
     out+=",\"repo\":$(json_string "$SOURCE")"
     [ -z "$GIT_REF" ] || out+=",\"ref\":$(json_string "$GIT_REF")"
@@ -196,12 +207,13 @@ json_body() {  # the JSON submission for rsync and git jobs
   printf '%s}' "$out"
 }
 
-upload_query() {  # a raw-body upload carries its fields in the query string; env as a JSON string
+upload_query() {  # a raw-body upload carries its fields in the query string; env, artifacts as JSON
   local out
   out="script=$(urlencode "$SCRIPT")"
   [ -z "$TIMEOUT" ] || out+="&timeout=$TIMEOUT"
   [ -z "$NAME" ] || out+="&name=$(urlencode "$NAME")"
   [ ${#ENV_KEYS[@]} = 0 ] || out+="&env=$(urlencode "$(env_json)")"
+  [ ${#ARTIFACTS[@]} = 0 ] || out+="&artifacts=$(urlencode "$(artifacts_json)")"
   printf '%s' "$out"
 }
 
@@ -443,7 +455,36 @@ finish() {
   code=$(exit_code_for "$STATUS" < "$TMP/job.body")
   detail=$(json_field error < "$TMP/job.body")
   say "job $JOB_ID ended $STATUS${detail:+ ($detail)}, exit code $code: $url"
+  # A green job whose outputs did not arrive is not green.
+  [ -z "$DOWNLOAD_DIR" ] || download_artifacts || [ "$code" != 0 ] || code=1
   exit "$code"
+}
+
+fetch_artifacts() {  # the tar.gz streamed straight into tar: no temp file, whatever the size
+  curl -sS -f -H @"$TMP/auth" --connect-timeout 10 --speed-limit 1 --speed-time 120 \
+    -w '%{stderr}\n@@ %{http_code}\n' "$SERVER/api/jobs/$JOB_ID/artifacts.tar.gz" \
+    </dev/null 2>"$TMP/artifacts.err" \
+    | tar -xzf - -C "$DOWNLOAD_DIR" --no-same-owner  # tar refuses absolute and .. names itself
+}
+
+download_artifacts() {  # 0 when the artifacts are unpacked into DOWNLOAD_DIR
+  local line
+  mkdir -p "$DOWNLOAD_DIR" || { say "cannot create --download-artifacts '$DOWNLOAD_DIR'"; return 1; }
+  mark_ok
+  while :; do
+    run_bg fetch_artifacts
+    CURL_RC=$?
+    HTTP_CODE=000
+    while IFS= read -r line; do
+      case $line in '@@ '*) HTTP_CODE=${line#@@ } ;; esac
+    done < "$TMP/artifacts.err"
+    if [ "$CURL_RC" = 0 ]; then say "artifacts unpacked into $DOWNLOAD_DIR"; return 0; fi
+    retryable || break
+    backoff "downloading the artifacts" "$(why artifacts)"
+  done
+  say "could not download the artifacts ($(why artifacts)); they stay at" \
+    "$SERVER/api/jobs/$JOB_ID/artifacts"
+  return 1
 }
 
 # --- signals and main ---------------------------------------------------------------------------------

@@ -89,6 +89,8 @@ class Options:
     rsync_to: str | None = None
     source_dir: str = "."
     include_git: bool = False
+    artifacts: tuple[str, ...] = ()
+    download_artifacts: str | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what --rsync-to copies (default: the current directory)")
     parser.add_argument("--include-git", action="store_true",
                         help="also send .git with --upload/--rsync-to (for `git describe` and such)")
+    parser.add_argument("--artifacts", action="append", default=[], metavar="GLOB",
+                        help="keep files matching GLOB (relative to the job dir, ** spans dirs) "
+                             "when the job ends; repeatable")
+    parser.add_argument("--download-artifacts", metavar="DIR",
+                        help="after the job ends, download its artifacts and unpack them into DIR")
     return parser
 
 
@@ -156,7 +163,8 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> Options:
         timeout=args.timeout, name=args.name, env=parse_env_pairs(args.env, environ),
         max_wait=args.max_wait, fail_on_wait_timeout=args.fail_on_wait_timeout,
         retry_for=args.retry_for, rsync_to=args.rsync_to, source_dir=args.source_dir,
-        include_git=args.include_git)
+        include_git=args.include_git, artifacts=tuple(args.artifacts),
+        download_artifacts=args.download_artifacts)
 
 
 def _source(args: argparse.Namespace, environ: Mapping[str, str]) -> Source:
@@ -492,14 +500,17 @@ def submission_fields(opts: Options) -> dict[str, Any]:
         fields["name"] = opts.name
     if opts.env:
         fields["env"] = opts.env
+    if opts.artifacts:
+        fields["artifacts"] = list(opts.artifacts)
     return fields
 
 
 def upload_query(opts: Options) -> str:
-    """Raw-body uploads carry the fields in the query string; env is a JSON string there."""
+    """Raw-body uploads carry the fields in the query string; env and artifacts are JSON there."""
     fields = submission_fields(opts)
-    if "env" in fields:
-        fields["env"] = json.dumps(fields["env"])
+    for key in ("env", "artifacts"):
+        if key in fields:
+            fields[key] = json.dumps(fields[key])
     return urlencode(fields, quote_via=quote)
 
 
@@ -682,7 +693,63 @@ def run(opts: Options, state: Run, out: BinaryIO) -> int:
     code = exit_code_for(final)
     detail = f" ({final['error']})" if final.get("error") else ""
     say(f"job {state.job_id} ended {status}{detail}, exit code {code}: {state.job_url()}")
+    if opts.download_artifacts is not None:
+        try:
+            count = download_artifacts(state.api, state.job_id, opts.download_artifacts, patience)
+            say(f"{count} artifact(s) unpacked into {opts.download_artifacts}")
+        except ClientError as exc:
+            say(str(exc))
+            return code or exc.code  # a green job whose outputs are missing is not green
     return code
+
+
+# --- artifacts ---------------------------------------------------------------------------------
+
+# What a broken connection looks like while reading a tar.gz off it: worth starting over.
+_CUT_DOWNLOAD = (ConnectionError, TimeoutError, socket.timeout, ssl.SSLError,
+                 http.client.HTTPException, tarfile.ReadError, EOFError)
+
+
+def download_artifacts(api: Api, job_id: str, dest: str, patience: Patience) -> int:
+    """Stream the job's artifacts.tar.gz into `dest`; a cut download starts over."""
+    path = f"/api/jobs/{job_id}/artifacts.tar.gz"
+    while True:
+        try:
+            conn, resp = api.open("GET", path, timeout=FOLLOW_READ_TIMEOUT)
+        except Retryable as exc:
+            patience.failed("downloading the artifacts", str(exc))
+            continue
+        try:
+            if resp.status != 200:
+                reply = Reply(resp.status, resp.headers, resp.read(64 * 1024))
+                raise ClientError(f"the server would not send the artifacts (HTTP {resp.status}): "
+                                  f"{reply.error_text()}", EXIT_ERROR)
+            return unpack_artifacts(resp, dest)
+        except _CUT_DOWNLOAD as exc:
+            patience.failed("downloading the artifacts", f"{type(exc).__name__}: {exc}")
+        except OSError as exc:  # not the network: the download dir itself
+            raise ClientError(f"cannot unpack the artifacts into {dest!r} ({exc}); give "
+                              "--download-artifacts a writable directory", EXIT_ERROR) from None
+        finally:
+            conn.close()
+
+
+def unpack_artifacts(stream: BinaryIO, dest: str) -> int:
+    """Unpack a tar.gz stream member by member: only regular files and directories, only
+    inside `dest` (tarfile's `data` filter where this Python has it, our own check always)."""
+    os.makedirs(dest, exist_ok=True)
+    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    count = 0
+    with tarfile.open(fileobj=stream, mode="r|gz") as tar:
+        for member in tar:
+            parts = member.name.replace("\\", "/").split("/")
+            if not (member.isfile() or member.isdir()) or member.name.startswith("/") or ".." in parts:
+                raise ClientError(f"the artifacts archive holds {member.name!r}, which is not a "
+                                  "plain file inside the download dir; nothing more unpacked",
+                                  EXIT_ERROR)
+            tar.extract(member, dest, **safe)  # type: ignore[arg-type]
+            count += member.isfile()
+    return count
 
 
 def cancel_remote(state: Run) -> None:

@@ -38,6 +38,7 @@ class Settings:
     http_threads: int = 16
     git_allow_file: bool = False
     git_timeout: int = 600
+    max_artifact_mb: int = 1024
     node_name: str = field(default_factory=socket.gethostname)
 
     @property
@@ -47,6 +48,10 @@ class Settings:
     @property
     def uploads_dir(self) -> Path:
         return self.data_dir / "uploads"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
 
     @property
     def redis_dir(self) -> Path:
@@ -140,6 +145,7 @@ _INT_SETTINGS: dict[str, tuple[str, int, int]] = {
     "REMOTE_CI_MAX_FOLLOWERS": ("max_followers", 1, 1000),
     "REMOTE_CI_HTTP_THREADS": ("http_threads", 2, 1000),
     "REMOTE_CI_GIT_TIMEOUT": ("git_timeout", 1, 86400),
+    "REMOTE_CI_MAX_ARTIFACT_MB": ("max_artifact_mb", 1, 10_000_000),
 }
 _PATH_SETTINGS = {
     "REMOTE_CI_WORKSPACE_DIR": "workspace_dir",

@@ -17,6 +17,7 @@ from typing import Any
 import redis
 
 from remoteci import events, histograms, jobs, proctree
+from remoteci.artifact_collector import Limits, collect
 from remoteci.config import Settings
 from remoteci.errors import SourceError
 from remoteci.queue import JobStore
@@ -217,6 +218,11 @@ class Executor:
                 fields.update(extra)
                 self._call_redis(lambda: self.store.set_fields(job_id, extra))
             outcome = self._execute(payload, scratch, log_fd)
+            if payload.get("artifacts"):  # before the scratch dir goes, whatever the outcome
+                kept = collect(scratch, payload["artifacts"], self.settings.artifacts_dir / job_id,
+                               Limits(self.settings.max_artifact_mb * 1024 * 1024))
+                _log_line(log_fd, kept.summary())
+                fields["artifacts"] = str(len(kept.manifest.files))
             _log_line(log_fd, _summary(outcome))
             return outcome
         finally:

@@ -34,9 +34,10 @@ COMPONENT = "api"
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 Headers = list[tuple[str, str]]
 
-_REASONS = {200: "OK", 202: "Accepted", 303: "See Other", 400: "Bad Request", 401: "Unauthorized",
-            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
-            413: "Content Too Large", 500: "Internal Server Error",
+_REASONS = {200: "OK", 202: "Accepted", 206: "Partial Content", 303: "See Other", 400: "Bad Request",
+            401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+            409: "Conflict", 413: "Content Too Large", 416: "Range Not Satisfiable",
+            500: "Internal Server Error",
             503: "Service Unavailable"}
 
 
@@ -100,7 +101,8 @@ class App:
     """The whole HTTP side; one instance per process, shared by waitress' threads."""
 
     def __init__(self, settings: Settings, store: JobStore):
-        from remoteci.page_routes import PageRoutes  # it builds on this module's Request/Response
+        from remoteci.artifact_routes import ArtifactRoutes  # these build on this module's
+        from remoteci.page_routes import PageRoutes  # Request and Response
 
         self.settings = settings
         self.store = store
@@ -108,6 +110,7 @@ class App:
         self.requests = metrics.RequestCounts()
         self.redis_watch = RedisWatch(COMPONENT, store.ping, self.stopping)
         web = PageRoutes(settings, store)
+        artifacts = ArtifactRoutes(settings, self._job)
         self._tokens = [t.encode() for t in settings.tokens]
         self._followers = threading.BoundedSemaphore(settings.max_followers)
         self.routes = [
@@ -120,6 +123,9 @@ class App:
             Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)"), self.get_job, "api"),
             Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)/logs"), self.get_logs, "api"),
             Route("POST", _p(r"/api/jobs/(?P<id>[^/]+)/cancel"), self.cancel_job, "api"),
+            Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)/artifacts"), artifacts.listing, "api"),
+            Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)/artifacts\.tar\.gz"), artifacts.tarball, "api"),
+            Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)/artifacts/(?P<path>.+)"), artifacts.one, "api"),
             Route("GET", _p(r"/api/stats"), self.stats, "api"),
             Route("GET", _p(r"/metrics"), self.metrics, "page"),
             Route("GET", _p(r"/"), web.index, "page"),
@@ -249,7 +255,8 @@ class App:
             **({"name": common.name} if common.name else {}), **(record_extra or {}),
         }
         payload = {"id": job_id, "mode": mode, "script": common.script,
-                   "timeout": common.timeout, "env": common.env, **payload_extra}
+                   "timeout": common.timeout, "env": common.env, **payload_extra,
+                   **({"artifacts": list(common.artifacts)} if common.artifacts else {})}
         try:
             position = self.store.enqueue(record, payload, self.settings.max_queue)
         except QueueFull:

@@ -28,8 +28,9 @@ _OBJECT_FIELDS = (
     "id", "mode", "status", "name", "script", "source", "timeout", "created_at", "started_at",
     "finished_at", "duration", "exit_code", "error", "worker",
 )
-_EXTRA_FIELDS = ("ref", "commit", "cancel_requested")
-_INT_FIELDS = ("timeout", "exit_code")
+# `artifacts`: how many files were kept, once a job that asked for artifacts has ended.
+_EXTRA_FIELDS = ("ref", "commit", "cancel_requested", "artifacts")
+_INT_FIELDS = ("timeout", "exit_code", "artifacts")
 _FLOAT_FIELDS = ("duration",)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from remoteci.artifacts import parse_patterns
 from remoteci.errors import ApiError
 
 MAX_SCRIPT_BYTES = 256 * 1024
@@ -16,7 +17,7 @@ MAX_ENV_VARS = 200
 MAX_ENV_BYTES = 256 * 1024
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RESERVED_ENV = frozenset({"REMOTE_CI_JOB_ID"})
-COMMON_FIELDS = ("script", "timeout", "env", "name")
+COMMON_FIELDS = ("script", "timeout", "env", "name", "artifacts")
 MODE_FIELDS = {"rsync": ("workspace",), "git": ("repo", "ref"), "upload": ()}
 
 
@@ -26,6 +27,7 @@ class Common:
     timeout: int
     name: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    artifacts: tuple[str, ...] = ()  # glob patterns; empty: keep nothing
 
 
 def parse_json_body(body: bytes) -> dict[str, Any]:
@@ -52,12 +54,14 @@ def check_known_fields(data: Mapping[str, Any], mode: str) -> None:
 
 
 def parse_common(data: Mapping[str, Any], max_timeout: int) -> Common:
-    """script, timeout, env and name; strings are accepted for timeout/env (multipart, query)."""
+    """script, timeout, env, name and artifacts; strings are accepted for timeout/env/artifacts
+    (multipart, query)."""
     return Common(
         script=_script(data.get("script")),
         timeout=_timeout(data.get("timeout"), max_timeout),
         name=_name(data.get("name")),
         env=_env(data.get("env")),
+        artifacts=parse_patterns(data.get("artifacts")),
     )
 
 

@@ -180,13 +180,14 @@ class Supervisor:
     # --- housekeeping ----------------------------------------------------------------------
 
     def _sweep(self) -> None:
-        """Delete logs, scratch dirs and uploads older than the retention; prune indexes."""
+        """Delete logs, artifacts, scratch dirs and uploads older than the retention; prune indexes."""
         now = time.time()
         cutoff = now - self.settings.retention_seconds
         # A scratch dir may belong to a job still running: only sweep ones older than any job.
         scratch_cutoff = min(cutoff, now - self.settings.job_timeout - 3600)
         removed = (_remove_older(self.settings.logs_dir, cutoff)
                    + _remove_older(self.settings.uploads_dir, cutoff)
+                   + _remove_older(self.settings.artifacts_dir, cutoff)
                    + _remove_older(self.settings.work_dir, scratch_cutoff))
         try:
             pruned = self.store.prune_indexes()

@@ -211,9 +211,9 @@ def test_housekeeping_at_start_sweeps_old_files_and_expired_index_entries(
         make_server: MakeServer, tmp_path: Path) -> None:
     base = tmp_path / "kept"
     first = make_server(base=base)
-    gone = first.submit("echo old")
+    gone = first.submit("echo old > a.txt", artifacts=["a.txt"])
     first.wait_final(gone["id"])
-    kept = first.submit("echo recent")
+    kept = first.submit("echo recent > a.txt", artifacts=["a.txt"])
     first.wait_final(kept["id"])
     assert first.stop() == 0
     client = redis.Redis.from_url(first.redis_url)
@@ -221,6 +221,8 @@ def test_housekeeping_at_start_sweeps_old_files_and_expired_index_entries(
     eight_days_ago = time.time() - 8 * 86400
     logs = first.data_dir / "logs"
     os.utime(logs / f"{gone['id']}.log", (eight_days_ago, eight_days_ago))
+    artifacts = first.data_dir / "artifacts"
+    os.utime(artifacts / gone["id"], (eight_days_ago, eight_days_ago))
     stale_upload = first.data_dir / "uploads" / "stale.upload"
     stale_upload.write_bytes(b"x")
     os.utime(stale_upload, (eight_days_ago, eight_days_ago))
@@ -233,6 +235,7 @@ def test_housekeeping_at_start_sweeps_old_files_and_expired_index_entries(
     second = make_server(base=base, redis_url=first.redis_url, port=first.port, wait_workers=2)
     wait_until(lambda: not (logs / f"{gone['id']}.log").exists(), 20, "the old log to be swept")
     assert (logs / f"{kept['id']}.log").exists()
+    assert not (artifacts / gone["id"]).exists() and (artifacts / kept["id"]).exists()
     assert not stale_upload.exists() and not stale_scratch.exists() and fresh_scratch.exists()
     wait_until(lambda: client.zscore("rci:index:all", gone["id"]) is None, 20, "the index to be pruned")
     assert [j["id"] for j in second.request("GET", "/api/jobs").json()["jobs"]] == [kept["id"]]
