@@ -89,9 +89,9 @@ def check_workspace(identity: Identity, requested: str, relative: str) -> None:
     if identity.is_admin or tokens.workspace_allowed(identity.workspaces, relative):
         return
     shown = repr(requested) + ("" if requested == relative else f" (resolves to {relative!r})")
-    raise ApiError(403, f"workspace {shown} is not one of token {identity.owner!r}'s "
-                        f"workspaces ({', '.join(identity.workspaces)}); use a matching "
-                        "workspace or ask an operator to widen the token")
+    raise ApiError(403, f"workspace {shown} is not among the workspaces of token "
+                        f"{identity.owner!r} ({', '.join(identity.workspaces)}); use a matching "
+                        "workspace or ask an operator to widen the token's patterns")
 
 
 def require_admin(identity: Identity, what: str) -> None:
