@@ -357,18 +357,15 @@ class JobStore:
 
     def _narrowest_index(self, status: str | None, mode: str | None, owner: str | None) -> str:
         """The smallest index of the filters given: an owner's few jobs, or the few running."""
-        candidates = [key for value, key in (
-            (owner, owner_index(owner or "")), (status, status_index(status or "")),
-            (mode, mode_index(mode or ""))) if value]
-        if not candidates:
-            return INDEX_ALL
-        if len(candidates) == 1:
-            return candidates[0]
+        filters = ((owner_index, owner), (status_index, status), (mode_index, mode))
+        candidates = [index_of(value) for index_of, value in filters if value]
+        if len(candidates) < 2:
+            return candidates[0] if candidates else INDEX_ALL
         pipe = self.r.pipeline(transaction=False)
         for key in candidates:
             pipe.zcard(key)
-        sizes = pipe.execute()
-        return min(zip(sizes, range(len(candidates)), candidates, strict=True))[2]
+        sizes: list[int] = pipe.execute()
+        return candidates[sizes.index(min(sizes))]
 
     def next_queued(self, limit: int) -> list[dict[str, Any]]:
         """The jobs that start next, in the order they will start."""
