@@ -13,7 +13,7 @@ import os
 import secrets
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from remoteci import tokens
@@ -89,21 +89,37 @@ def remove_token(path: Path, name: str) -> None:
     with _locked(path, create=False) as fd:
         text = _read(fd)
         _parse(text, path)
-        kept = [line for line in text.splitlines(keepends=True)
-                if not _names(line, name)]
-        if len(kept) == len(text.splitlines(keepends=True)):
+        lines = text.splitlines(keepends=True)
+        kept = [line for line in lines if not _is_line_of(line, name)]
+        if len(kept) == len(lines):
             raise TokenCommandError(f"no token named {name!r} in {path}")
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        _replace(path, "".join(kept), os.fstat(fd))
+
+
+def _replace(path: Path, text: str, like: os.stat_result) -> None:
+    """Swap in new contents by rename, so the server never reads a half-written file.
+
+    The new file keeps the old one's mode and (when we may) owner: an operator running this
+    as root must not leave a file the server's user can no longer read.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
         try:
-            os.write(out, "".join(kept).encode())
+            os.fchmod(out, like.st_mode & 0o777)
+            with suppress(PermissionError):
+                os.fchown(out, like.st_uid, like.st_gid)
+            os.write(out, text.encode())
             os.fsync(out)
         finally:
             os.close(out)
         os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
-def _names(line: str, name: str) -> bool:
+def _is_line_of(line: str, name: str) -> bool:
     try:
         token = tokens.parse_line(line)
     except ValueError:
