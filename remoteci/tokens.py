@@ -7,9 +7,9 @@ lines are ignored. Only hashes are stored, so the file leaks no usable token.
 A pattern is matched component by component (split on `/`) with fnmatch rules (case
 sensitive, like the filesystem), against the workspace path relative to the root after
 symlinks are resolved: a link named `project-a` pointing at `project-b` is `project-b`.
-`*` never crosses a `/`, so `team-*/web` needs exactly two components. A pattern also covers
-everything below what it matches (`project-a` allows `project-a/backend`): a token owns
-directory trees, and `*` alone allows every workspace.
+`*` never crosses a `/`: `team-*/web` matches `team-a/web`, never `team-a/x/web`. A
+pattern covers everything below what it matches (`project-a` allows `project-a/backend`):
+a token owns directory trees, and `*` alone allows every workspace.
 """
 
 from __future__ import annotations
