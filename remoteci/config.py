@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from remoteci import tokens as project_tokens
+from remoteci.tokens import ProjectToken, TokensFileError, hash_token, load_tokens_file
 
 
 class ConfigError(ValueError):
@@ -42,7 +42,7 @@ class Settings:
     git_timeout: int = 600
     node_name: str = field(default_factory=socket.gethostname)
     tokens_file: Path | None = None
-    project_tokens: tuple[project_tokens.ProjectToken, ...] = ()
+    project_tokens: tuple[ProjectToken, ...] = ()
 
     @property
     def logs_dir(self) -> Path:
@@ -109,15 +109,14 @@ def _tokens(raw: str | None) -> tuple[str, ...]:
     return tokens
 
 
-def load_project_tokens(path: Path, admin_tokens: tuple[str, ...],
-                        ) -> tuple[project_tokens.ProjectToken, ...]:
+def load_project_tokens(path: Path, admin_tokens: tuple[str, ...]) -> tuple[ProjectToken, ...]:
     """The tokens file, checked; at start and again on SIGHUP."""
     try:
-        found = project_tokens.load(path)
-    except project_tokens.TokensFileError as exc:
+        found = load_tokens_file(path)
+    except TokensFileError as exc:
         raise ConfigError(f"REMOTE_CI_TOKENS_FILE: {exc}") from None
     # A token that is both admin and project would make its jobs' owner ambiguous.
-    admin_digests = {project_tokens.hash_token(t.encode()) for t in admin_tokens}
+    admin_digests = {hash_token(t.encode()) for t in admin_tokens}
     for token in found:
         if token.digest in admin_digests:
             raise ConfigError(f"REMOTE_CI_TOKENS_FILE: project token {token.name!r} is also "

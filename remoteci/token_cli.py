@@ -129,7 +129,7 @@ def _is_line_of(line: str, name: str) -> bool:
 
 def list_tokens(path: Path) -> list[tuple[str, str]]:
     try:
-        found = tokens.load(path)
+        found = tokens.load_tokens_file(path)
     except tokens.TokensFileError as exc:
         raise TokenCommandError(str(exc)) from None
     return [(t.name, ",".join(t.workspaces)) for t in found]

@@ -99,7 +99,7 @@ def parse_text(text: str, source: str) -> tuple[ProjectToken, ...]:
     return tuple(found)
 
 
-def load(path: Path) -> tuple[ProjectToken, ...]:
+def load_tokens_file(path: Path) -> tuple[ProjectToken, ...]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
