@@ -21,6 +21,7 @@ from remoteci.artifacts import FILES, Artifact, job_dir, read_manifest
 from remoteci.config import Settings
 from remoteci.errors import ApiError
 from remoteci.http import Headers, Request, Response, json_response
+from remoteci.identity import Identity
 
 CHUNK = 256 * 1024
 # Level 1: artifacts are mostly wheels, jars and archives that compress no further, and the
@@ -72,20 +73,20 @@ class ArtifactRoutes:
     """The three artifact routes; `find_job` raises the API's 404 for a job this request may
     not see or that does not exist."""
 
-    def __init__(self, settings: Settings, find_job: Callable[[str], dict[str, Any]]):
+    def __init__(self, settings: Settings, find_job: Callable[[str, Identity], dict[str, Any]]):
         self.root = settings.artifacts_dir
         self.find_job = find_job
 
     def listing(self, request: Request) -> Response:
         job_id = request.params["id"]
-        self.find_job(job_id)
+        self.find_job(job_id, request.identity)
         manifest = read_manifest(self.root, job_id)
         return json_response(200, {"artifacts": [asdict(f) for f in manifest.files],
                                    "truncated": manifest.truncated})
 
     def one(self, request: Request) -> Response:
         job_id = request.params["id"]
-        self.find_job(job_id)
+        self.find_job(job_id, request.identity)
         wanted = _requested_path(request)
         found = {f.path: f for f in read_manifest(self.root, job_id).files}.get(wanted or "")
         if wanted is None or found is None:
@@ -104,7 +105,7 @@ class ArtifactRoutes:
 
     def tarball(self, request: Request) -> Response:
         job_id = request.params["id"]
-        self.find_job(job_id)
+        self.find_job(job_id, request.identity)
         files = read_manifest(self.root, job_id).files
         headers: Headers = [("Content-Type", "application/gzip"),
                             ("Content-Disposition", content_disposition(f"{job_id}-artifacts.tar.gz"))]

@@ -1,4 +1,4 @@
-"""The command line: serve | api | worker | submit. Server commands import redis lazily, so
+"""The command line: serve | api | worker | submit | token. Server commands import redis lazily, so
 `submit` runs on any CI runner with nothing but the standard library."""
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from remoteci.client import main as submit_main
 
         return submit_main(args_list[1:])
+    if args_list[:1] == ["token"]:  # edits a file only: needs neither a token nor redis
+        from remoteci.token_cli import main as token_main
+
+        return token_main(args_list[1:])
     parser = argparse.ArgumentParser(prog="remoteci.py", description="Remote CI job server")
     sub = parser.add_subparsers(dest="command", required=True)
     _server_parser("serve", "API, executors and (unless REMOTE_CI_REDIS_URL is set) a private "
@@ -41,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _server_parser("worker", "only the supervisor and its executors (needs REMOTE_CI_REDIS_URL)",
                    sub)
     sub.add_parser("submit", help="the CI-side client; see `submit --help`")
+    sub.add_parser("token", help="add, list or remove project tokens; see `token --help`")
     args = parser.parse_args(args_list)
 
     from remoteci.config import ConfigError, load_settings

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from remoteci.tokens import ProjectToken, TokensFileError, hash_token, load_tokens_file
+
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable and the fix."""
@@ -40,6 +42,8 @@ class Settings:
     git_timeout: int = 600
     max_artifact_mb: int = 1024
     node_name: str = field(default_factory=socket.gethostname)
+    tokens_file: Path | None = None
+    project_tokens: tuple[ProjectToken, ...] = ()
 
     @property
     def logs_dir(self) -> Path:
@@ -110,6 +114,21 @@ def _tokens(raw: str | None) -> tuple[str, ...]:
     return tokens
 
 
+def load_project_tokens(path: Path, admin_tokens: tuple[str, ...]) -> tuple[ProjectToken, ...]:
+    """The tokens file, checked; at start and again on SIGHUP."""
+    try:
+        found = load_tokens_file(path)
+    except TokensFileError as exc:
+        raise ConfigError(f"REMOTE_CI_TOKENS_FILE: {exc}") from None
+    # A token that is both admin and project would make its jobs' owner ambiguous.
+    admin_digests = {hash_token(t.encode()) for t in admin_tokens}
+    for token in found:
+        if token.digest in admin_digests:
+            raise ConfigError(f"REMOTE_CI_TOKENS_FILE: project token {token.name!r} is also "
+                              "in REMOTE_CI_TOKEN; give the project its own token")
+    return found
+
+
 def _redis_url(raw: str | None) -> str | None:
     if raw is None or not raw.strip():
         return None
@@ -157,7 +176,8 @@ _PATH_SETTINGS = {
 def load_settings(env: Mapping[str, str], *, require_token: bool = True) -> Settings:
     """Build Settings from an environment mapping; raise ConfigError naming the bad variable."""
     values: dict[str, object] = {}
-    values["tokens"] = _tokens(env.get("REMOTE_CI_TOKEN")) if require_token else ()
+    admin_tokens = _tokens(env.get("REMOTE_CI_TOKEN")) if require_token else ()
+    values["tokens"] = admin_tokens
     values["redis_url"] = _redis_url(env.get("REMOTE_CI_REDIS_URL"))
     host = env.get("REMOTE_CI_HOST", "").strip()
     if host:
@@ -175,6 +195,11 @@ def load_settings(env: Mapping[str, str], *, require_token: bool = True) -> Sett
     node = env.get("REMOTE_CI_NODE_NAME", "").strip()
     if node:
         values["node_name"] = node
+    raw_file = env.get("REMOTE_CI_TOKENS_FILE", "").strip()
+    if raw_file:
+        tokens_file = _path("REMOTE_CI_TOKENS_FILE", raw_file)
+        values["tokens_file"] = tokens_file
+        values["project_tokens"] = load_project_tokens(tokens_file, admin_tokens)
     settings = Settings(**values)  # type: ignore[arg-type]
     _check_consistency(settings)
     return settings

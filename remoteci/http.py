@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
 import re
 import threading
@@ -18,9 +17,10 @@ from urllib.parse import parse_qs
 import redis
 
 from remoteci import events, jobs, logs, metrics, submissions
-from remoteci.config import Settings
+from remoteci.config import ConfigError, Settings
 from remoteci.errors import ApiError
 from remoteci.gitsource import redact_url, validate_git_ref, validate_git_url
+from remoteci.identity import Authenticator, Identity, check_workspace, listing_owner, may_see, require_admin
 from remoteci.queue import JobStore, QueueFull
 from remoteci.redis_watch import RedisWatch
 from remoteci.uploads import receive_upload
@@ -51,6 +51,11 @@ class Request:
     def query(self, name: str) -> str | None:
         values = parse_qs(self.environ.get("QUERY_STRING", ""), keep_blank_values=True).get(name)
         return values[-1] if values else None
+
+    @property
+    def identity(self) -> Identity:
+        """Who sent this request; set by authentication (routes without auth have none)."""
+        return self.environ["remoteci.identity"]  # type: ignore[no-any-return]
 
     def header(self, name: str) -> str:
         return str(self.environ.get("HTTP_" + name.upper().replace("-", "_"), ""))
@@ -111,7 +116,10 @@ class App:
         self.redis_watch = RedisWatch(COMPONENT, store.ping, self.stopping)
         web = PageRoutes(settings, store)
         artifacts = ArtifactRoutes(settings, self._job)
-        self._tokens = [t.encode() for t in settings.tokens]
+        self.auth = Authenticator(settings.tokens, settings.project_tokens)
+        if settings.tokens_file is not None:
+            events.info(COMPONENT, f"{self.auth.project_count} project tokens from "
+                                   f"{settings.tokens_file}")
         self._followers = threading.BoundedSemaphore(settings.max_followers)
         self.routes = [
             Route("GET", _p(r"/api/health"), self.health, "none"),
@@ -168,7 +176,7 @@ class App:
                 allowed.append(route.method)
                 continue
             environ["remoteci.route"] = metrics.route_label(route.pattern.pattern)
-            self._authenticate(environ, route.auth)
+            environ["remoteci.identity"] = self._authenticate(environ, route.auth)
             params = match.groupdict()
             if "id" in params and not jobs.is_valid_job_id(params["id"]):
                 raise ApiError(404, f"no job with id {params['id'][:80]!r}")
@@ -178,9 +186,9 @@ class App:
                            [("Allow", ", ".join(allowed))])
         raise ApiError(404, f"no such route: {method} {path[:200]}")
 
-    def _authenticate(self, environ: dict[str, Any], kind: str) -> None:
+    def _authenticate(self, environ: dict[str, Any], kind: str) -> Identity | None:
         if kind == "none":
-            return
+            return None
         header = str(environ.get("HTTP_AUTHORIZATION", ""))
         scheme, _, credential = header.partition(" ")
         presented: bytes | None = None
@@ -192,19 +200,26 @@ class App:
                 presented = decoded.partition(b":")[2]
             except (binascii.Error, ValueError):
                 presented = None
-        if presented is not None and self._token_ok(presented):
-            return
+        identity = None if presented is None else self.auth.identify(presented)
+        if identity is not None:
+            return identity
         challenge = 'Basic realm="Remote CI"' if kind == "page" else 'Bearer realm="Remote CI"'
         reason = "missing" if not header else "wrong"
         raise ApiError(401, f"{reason} API token; send 'Authorization: Bearer <token>'",
                        [("WWW-Authenticate", challenge)])
 
-    def _token_ok(self, presented: bytes) -> bool:
-        # Compare against every token, always: the time taken says nothing about which matched.
-        ok = False
-        for token in self._tokens:
-            ok |= hmac.compare_digest(presented, token)
-        return ok
+    def reload_tokens(self) -> None:
+        """SIGHUP: take up tokens added or removed since start; a broken file changes nothing."""
+        if self.settings.tokens_file is None:
+            events.info(COMPONENT, "SIGHUP: no REMOTE_CI_TOKENS_FILE to re-read")
+            return
+        try:
+            self.auth.reload(self.settings.tokens_file)
+        except ConfigError as exc:
+            events.error(COMPONENT, f"SIGHUP: kept the project tokens in use: {exc}")
+            return
+        events.info(COMPONENT, f"SIGHUP: {self.auth.project_count} project tokens from "
+                               f"{self.settings.tokens_file}")
 
     # --- submitting ------------------------------------------------------------------------
 
@@ -216,7 +231,8 @@ class App:
             data, "workspace", "a directory under the workspace root, e.g. \"project-a\"")
         path = resolve_workspace(self.settings.workspace_dir, workspace)
         relative = relative_to_root(self.settings.workspace_dir, path)
-        return self._accept("rsync", common, workspace, {"workspace": relative})
+        check_workspace(request.identity, workspace, relative)
+        return self._accept(request, "rsync", common, workspace, {"workspace": relative})
 
     def submit_git(self, request: Request) -> Response:
         data = submissions.parse_json_body(request.body(MAX_JSON_BODY))
@@ -231,7 +247,8 @@ class App:
         ref = validate_git_ref(ref)
         extra_record = {"ref": ref} if ref else {}
         # The record is shown in lists and pages: never with a credential from the URL in it.
-        return self._accept("git", common, redact_url(repo), {"repo": repo, "ref": ref}, extra_record)
+        return self._accept(request, "git", common, redact_url(repo), {"repo": repo, "ref": ref},
+                            extra_record)
 
     def submit_upload(self, request: Request) -> Response:
         fields, archive = receive_upload(request.environ, self.settings.uploads_dir,
@@ -240,18 +257,19 @@ class App:
             fields = {k: v for k, v in fields.items() if k != "code"}
             submissions.check_known_fields(fields, "upload")
             common = submissions.parse_common(fields, self.settings.job_timeout)
-            return self._accept("upload", common, "upload", {"path": str(archive)})
+            return self._accept(request, "upload", common, "upload", {"path": str(archive)})
         except BaseException:
             archive.unlink(missing_ok=True)
             raise
 
-    def _accept(self, mode: str, common: submissions.Common, source: str,
+    def _accept(self, request: Request, mode: str, common: submissions.Common, source: str,
                 payload_extra: dict[str, Any], record_extra: dict[str, str] | None = None,
                 ) -> Response:
         job_id = jobs.new_job_id()
         record = {
             "id": job_id, "mode": mode, "status": jobs.QUEUED, "script": common.script,
             "source": source, "timeout": str(common.timeout), "created_at": jobs.iso_now(),
+            "owner": request.identity.owner,
             **({"name": common.name} if common.name else {}), **(record_extra or {}),
         }
         payload = {"id": job_id, "mode": mode, "script": common.script,
@@ -262,21 +280,18 @@ class App:
         except QueueFull:
             raise ApiError(503, f"the queue is full ({self.settings.max_queue} jobs waiting); "
                                 "retry later", [("Retry-After", "30")]) from None
-        events.info(COMPONENT, f"job {job_id} accepted mode={mode} position={position}")
+        events.info(COMPONENT, f"job {job_id} accepted mode={mode} owner={request.identity.owner} "
+                               f"position={position}")
         obj = jobs.job_object(record, position)
         return json_response(202, obj, [("Location", f"/api/jobs/{job_id}")])
 
     # --- reading ---------------------------------------------------------------------------
 
     def get_job(self, request: Request) -> Response:
-        return json_response(200, self._job(request.params["id"]))
+        return json_response(200, self._job(request.params["id"], request.identity))
 
-    def _job(self, job_id: str) -> dict[str, Any]:
-        job = self.store.get(job_id)
-        if job is None:
-            raise ApiError(404, f"no job with id {job_id!r} (unknown, or older than "
-                                f"{self.settings.retention_days} days)")
-        return job
+    def _job(self, job_id: str, identity: Identity) -> dict[str, Any]:
+        return visible_job(self.store, self.settings, job_id, identity)
 
     def list_jobs(self, request: Request) -> Response:
         status = request.query("status") or None
@@ -285,14 +300,13 @@ class App:
             raise ApiError(400, f"status {status!r} is not one of: {', '.join(jobs.STATUSES)}")
         if mode is not None and mode not in jobs.MODES:
             raise ApiError(400, f"mode {mode!r} is not one of: {', '.join(jobs.MODES)}")
+        owner = listing_owner(request.identity, request.query("owner") or None)
         limit = _int_query(request, "limit", 50, 1, LIST_LIMIT_MAX)
-        return json_response(200, {"jobs": self.store.list_jobs(status, mode, limit)})
+        return json_response(200, {"jobs": self.store.list_jobs(status, mode, limit, owner)})
 
     def get_logs(self, request: Request) -> Response:
         job_id = request.params["id"]
-        status = self.store.status(job_id)
-        if status is None:
-            self._job(job_id)  # raises the 404
+        status = self._job(job_id, request.identity)["status"]
         offset = _int_query(request, "offset", 0, 0, 2**62)
         path = self.settings.logs_dir / f"{job_id}.log"
         headers: Headers = [("Content-Type", "text/plain; charset=utf-8"),
@@ -349,23 +363,34 @@ class App:
 
     def cancel_job(self, request: Request) -> Response:
         job_id = request.params["id"]
+        self._job(job_id, request.identity)  # 404 unless the caller may see it
         outcome = self.store.cancel(job_id, jobs.iso_now())
         if outcome == "missing":
-            self._job(job_id)  # raises the 404
+            self._job(job_id, request.identity)  # expired meanwhile: raises the 404
         if outcome not in ("dequeued", jobs.RUNNING):
             raise ApiError(409, f"job {job_id} already ended with status {outcome!r}; "
                                 "only queued or running jobs can be cancelled")
         events.info(COMPONENT, f"job {job_id} cancel requested (was {outcome})")
-        return json_response(202, self._job(job_id))
+        return json_response(202, self._job(job_id, request.identity))
 
     # --- operators -------------------------------------------------------------------------
 
     def metrics(self, request: Request) -> Response:
+        require_admin(request.identity, "/metrics")
         text = metrics.render(self.store.stats(), self.store.histogram_counts(),
                               self.requests.snapshot())
         data = text.encode()
         return Response(200, [("Content-Type", metrics.CONTENT_TYPE),
                               ("Content-Length", str(len(data)))], [data])
+
+
+def visible_job(store: JobStore, settings: Settings, job_id: str, identity: Identity) -> dict[str, Any]:
+    """The job, or the API's 404: another owner's job gets the very answer an unknown id gets."""
+    job = store.get(job_id)
+    if job is None or not may_see(identity, job):
+        raise ApiError(404, f"no job with id {job_id!r} (unknown, or older than "
+                            f"{settings.retention_days} days)")
+    return job
 
 
 def _never() -> bool:

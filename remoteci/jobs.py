@@ -24,9 +24,10 @@ STATUSES = (QUEUED, RUNNING, *FINAL_STATUSES)
 MODES = ("rsync", "upload", "git")
 
 # The order of keys in the job object, as API.md shows it; optional extras follow.
+# `owner` is the submitting token's name ("admin" for REMOTE_CI_TOKEN; null on older records).
 _OBJECT_FIELDS = (
     "id", "mode", "status", "name", "script", "source", "timeout", "created_at", "started_at",
-    "finished_at", "duration", "exit_code", "error", "worker",
+    "finished_at", "duration", "exit_code", "error", "worker", "owner",
 )
 # `artifacts`: how many files were kept, once a job that asked for artifacts has ended.
 _EXTRA_FIELDS = ("ref", "commit", "cancel_requested", "artifacts")

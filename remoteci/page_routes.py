@@ -10,7 +10,8 @@ from urllib.parse import parse_qs, quote
 from remoteci import csrf, jobs, logs, pages
 from remoteci.config import Settings
 from remoteci.errors import ApiError
-from remoteci.http import Request, Response
+from remoteci.http import Request, Response, visible_job
+from remoteci.identity import Identity, listing_owner
 from remoteci.queue import JobStore
 
 PAGE_SIZE = 50
@@ -30,15 +31,26 @@ class PageRoutes:
         status = _choice(request, "status", jobs.STATUSES)
         mode = _choice(request, "mode", jobs.MODES)
         before = _cursor(request)
-        found, next_before = self.store.list_page(status, mode, PAGE_SIZE, before)
-        listing = pages.Listing(found, status, mode, before, next_before)
-        html = pages.index_page(self.store.stats(), self.store.live_executors(),
-                                self.store.list_jobs(jobs.RUNNING, None, RUNNING_SHOWN),
-                                self.store.next_queued(QUEUE_SHOWN), listing)
+        identity = request.identity
+        owner = listing_owner(identity, request.query("owner") or None)
+        found, next_before = self.store.list_page(status, mode, PAGE_SIZE, before, owner)
+        # Only an admin gets the owner column and filter; a project sees its own jobs only.
+        owners = self.store.owners() if identity.is_admin else None
+        listing = pages.Listing(found, status, mode, before, next_before, owner, owners)
+        stats = self.store.stats()
+        if identity.is_admin:
+            running = self.store.list_jobs(jobs.RUNNING, None, RUNNING_SHOWN)
+            queued, queued_total = self.store.next_queued(QUEUE_SHOWN), stats.queued
+        else:
+            running = self.store.list_jobs(jobs.RUNNING, None, RUNNING_SHOWN, identity.owner)
+            own = self.store.list_jobs(jobs.QUEUED, None, RUNNING_SHOWN, identity.owner)[::-1]
+            queued, queued_total = own[:QUEUE_SHOWN], len(own)
+        html = pages.index_page(stats, self.store.live_executors(), running, queued, listing,
+                                queued_total)
         return html_response(html)
 
     def job(self, request: Request) -> Response:
-        job = self._job(request.params["id"])
+        job = self._job(request.params["id"], request.identity)
         path = self.settings.logs_dir / f"{job['id']}.log"
         size = logs.log_size(path)
         start = max(0, size - pages.LOG_TAIL_BYTES)
@@ -50,9 +62,7 @@ class PageRoutes:
     def job_log(self, request: Request) -> Response:
         """Log bytes from ?offset= for the page's live tail (Basic auth works here, unlike /api)."""
         job_id = request.params["id"]
-        status = self.store.status(job_id)
-        if status is None:
-            self._job(job_id)  # raises the 404
+        status = self._job(job_id, request.identity)["status"]
         raw = request.query("offset") or "0"
         if not raw.isdigit() or len(raw) > 18:
             raise ApiError(400, "query parameter 'offset' must be a whole number >= 0")
@@ -74,19 +84,14 @@ class PageRoutes:
         if not csrf.token_ok(self.csrf_key, _cancel_action(job_id), token):
             raise ApiError(403, "the form's CSRF token is missing, wrong or expired; "
                                 "reload the job page and press the button again")
-        outcome = self.store.cancel(job_id, jobs.iso_now())
-        if outcome == "missing":
-            self._job(job_id)  # raises the 404
+        self._job(job_id, request.identity)  # 404 unless the caller may see it
+        self.store.cancel(job_id, jobs.iso_now())
         # A job that ended meanwhile is no error for a person: the page shows how it ended.
         return Response(303, [("Location", f"/jobs/{quote(job_id, safe='')}"),
                               ("Content-Length", "0")], [b""])
 
-    def _job(self, job_id: str) -> dict[str, object]:
-        job = self.store.get(job_id)
-        if job is None:
-            raise ApiError(404, f"no job with id {job_id!r} (unknown, or older than "
-                                f"{self.settings.retention_days} days)")
-        return job
+    def _job(self, job_id: str, identity: Identity) -> dict[str, object]:
+        return visible_job(self.store, self.settings, job_id, identity)
 
 
 def html_response(text: str) -> Response:

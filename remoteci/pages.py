@@ -83,6 +83,8 @@ class Listing:
     mode: str | None
     before: int | None
     next_before: int | None
+    owner: str | None = None
+    owners: list[str] | None = None  # known owners, for an admin's filter; None hides owners
 
 
 def _page(title: str, body: str, refresh: int | None = None, script: bool = False,
@@ -135,9 +137,11 @@ def _executors(executors: list[dict[str, Any]], running: Mapping[str, dict[str, 
     rows = []
     for e in sorted(executors, key=lambda e: (str(e.get("host")), str(e.get("id")))):
         job = running.get(str(e.get("id")))
+        # A job the viewer may not see (another project's) shows as busy, without its id.
         job_cell = (f"{_job_link(job['id'])} {_text(job.get('name'))} "
                     f"<span class=muted>since {_text(job.get('started_at'))}</span>"
-                    if job else "<span class=muted>idle</span>")
+                    if job else "<span class=muted>busy</span>" if e.get("job")
+                    else "<span class=muted>idle</span>")
         rows.append(f"<tr><td>{_text(e.get('host'))}</td><td class=id>{_text(e.get('id'))}</td>"
                     f"<td>{job_cell}</td></tr>")
     return ("<table><tr><th>host</th><th>executor</th><th>current job</th></tr>"
@@ -158,42 +162,49 @@ def _queue(queued: list[dict[str, Any]], total: int) -> str:
             f"<th>accepted</th></tr>{rows}</table>{more}")
 
 
-def _select(name: str, options: tuple[str, ...], chosen: str | None) -> str:
+def _select(name: str, options: tuple[str, ...] | list[str], chosen: str | None) -> str:
     items = [f"<option value=\"\">any {escape(name)}</option>"] + [
         f"<option{' selected' if o == chosen else ''}>{escape(o)}</option>" for o in options]
     return f"<select name={escape(name)}>{''.join(items)}</select>"
 
 
 def _listing(listing: Listing) -> str:
+    show_owner = listing.owners is not None
+    owner = listing.owner if show_owner else None  # a project's own name is no filter to show
     form = ("<form class=filters method=get action=\"/\">"
             + _select("status", jobs.STATUSES, listing.status)
             + _select("mode", jobs.MODES, listing.mode)
+            + (_select("owner", listing.owners or [], owner) if show_owner else "")
             + "<button>Filter</button>"
-            + ("<a href=\"/\">clear</a>" if listing.status or listing.mode else "")
+            + ("<a href=\"/\">clear</a>" if listing.status or listing.mode or owner else "")
             + "</form>")
     rows = "".join(
         f"<tr><td>{_job_link(j['id'])}</td><td>{_status(j['status'])}</td>"
         f"<td>{_text(j['name'])}</td><td>{_text(j['mode'])}</td><td>{_text(j['source'])}</td>"
-        f"<td>{_text(j['created_at'])}</td><td>{_seconds(j['duration'])}</td></tr>"
-        for j in listing.jobs) or "<tr><td colspan=7 class=muted>No jobs match.</td></tr>"
+        + (f"<td>{_text(j.get('owner'))}</td>" if show_owner else "")
+        + f"<td>{_text(j['created_at'])}</td><td>{_seconds(j['duration'])}</td></tr>"
+        for j in listing.jobs) or (f"<tr><td colspan={8 if show_owner else 7} class=muted>"
+                                   "No jobs match.</td></tr>")
     links = []
     if listing.before is not None:
-        links.append(f"<a href=\"{_query(status=listing.status, mode=listing.mode)}\">"
+        links.append(f"<a href=\"{_query(status=listing.status, mode=listing.mode, owner=owner)}\">"
                      "« newest</a>")
     if listing.next_before is not None:
-        older = _query(status=listing.status, mode=listing.mode, before=listing.next_before)
+        older = _query(status=listing.status, mode=listing.mode, owner=owner,
+                       before=listing.next_before)
         links.append(f"<a rel=next href=\"{older}\">older »</a>")
     return (form + "<table><tr><th>id</th><th>status</th><th>name</th><th>mode</th>"
-            f"<th>source</th><th>accepted</th><th>duration</th></tr>{rows}</table>"
+            + "<th>source</th>" + ("<th>owner</th>" if show_owner else "")
+            + f"<th>accepted</th><th>duration</th></tr>{rows}</table>"
             f"<div class=paging>{''.join(links)}</div>")
 
 
 def index_page(stats: Stats, executors: list[dict[str, Any]], running: list[dict[str, Any]],
-               queued: list[dict[str, Any]], listing: Listing) -> str:
+               queued: list[dict[str, Any]], listing: Listing, queued_total: int) -> str:
     by_executor = {str(j["worker"]): j for j in running if j.get("worker")}
     body = (_tiles(stats)
             + "<h2>Executors</h2>" + _executors(executors, by_executor)
-            + "<h2>Queue</h2>" + _queue(queued, stats.queued)
+            + "<h2>Queue</h2>" + _queue(queued, queued_total)
             + "<h2>Jobs</h2>" + _listing(listing))
     # A plain reload keeps the overview current with or without JavaScript.
     return _page("Remote CI", body, refresh=15)

@@ -5,8 +5,9 @@ Keys (all under `rci:`):
   inflight:<executor>   list; a taken job stays here until its final status is written
   job:<id>              hash, the job record; TTL = retention, renewed on every transition
   seq                   counter giving every accepted job its place in FIFO order
-  index:all|status:<s>|mode:<m>
+  index:all|status:<s>|mode:<m>|owner:<token name>
                         sorted sets of job ids scored by seq: listings and queue positions
+  owners                set of every owner name ever used, so pruning finds each owner index
   executors             set of executor ids that registered
   executor:<id>         heartbeat string (JSON) with a short TTL; gone means the executor is dead
   counters              hash of jobs finished per status since the data was created
@@ -32,6 +33,7 @@ QUEUE = P + "queue"
 SEQ = P + "seq"
 INDEX_ALL = P + "index:all"
 EXECUTORS = P + "executors"
+OWNERS = P + "owners"
 COUNTERS = P + "counters"
 HISTOGRAMS = P + "histograms"
 HEARTBEAT_TTL = 15
@@ -58,20 +60,29 @@ def mode_index(mode: str) -> str:
     return f"{P}index:mode:{mode}"
 
 
+def owner_index(owner: str) -> str:
+    return f"{P}index:owner:{owner}"
+
+
 class QueueFull(Exception):
     """The queue holds REMOTE_CI_MAX_QUEUE jobs already."""
 
 
-# KEYS: job, queue, seq, index:all, index:status:queued, index:mode:<m>
-# ARGV: id, payload, ttl, max_queue, then field/value pairs of the record
+# KEYS: job, queue, seq, index:all, index:status:queued, index:mode:<m>, index:owner:<o>, owners
+# ARGV: id, payload, ttl, max_queue, owner, then field/value pairs of the record
+# A record without an owner (written by older code or tests) passes '' for both.
 _ENQUEUE = """
 if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[4]) then return -1 end
 local seq = redis.call('INCR', KEYS[3])
-redis.call('HSET', KEYS[1], 'seq', seq, 'payload', ARGV[2], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], 'seq', seq, 'payload', ARGV[2], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[4], seq, ARGV[1])
 redis.call('ZADD', KEYS[5], seq, ARGV[1])
 redis.call('ZADD', KEYS[6], seq, ARGV[1])
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[7], seq, ARGV[1])
+  redis.call('SADD', KEYS[8], ARGV[5])
+end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 return redis.call('ZCARD', KEYS[5])
 """
@@ -172,10 +183,12 @@ class JobStore:
         job_id = record["id"]
         payload_json = json.dumps(payload, separators=(",", ":"), sort_keys=True)
         fields = [item for pair in record.items() for item in pair]
+        owner = record.get("owner", "")
         keys = [job_key(job_id), QUEUE, SEQ, INDEX_ALL, status_index(jobs.QUEUED),
-                mode_index(record["mode"])]
+                mode_index(record["mode"]), owner_index(owner) if owner else "",
+                OWNERS if owner else ""]
         position = int(self._enqueue(keys=keys, args=[job_id, payload_json, self.ttl, max_queue,
-                                                      *fields]))
+                                                      owner, *fields]))
         if position < 0:
             raise QueueFull()
         return position
@@ -302,18 +315,20 @@ class JobStore:
         raw = self.r.hget(job_key(job_id), "status")
         return None if raw is None else _text(raw)
 
-    def list_jobs(self, status: str | None, mode: str | None, limit: int) -> list[dict[str, Any]]:
-        """Newest first; filters use the narrowest index and check the other on the record."""
-        return self.list_page(status, mode, limit)[0]
+    def list_jobs(self, status: str | None, mode: str | None, limit: int,
+                  owner: str | None = None) -> list[dict[str, Any]]:
+        """Newest first; filters use the narrowest index and check the others on the record."""
+        return self.list_page(status, mode, limit, owner=owner)[0]
 
     def list_page(self, status: str | None, mode: str | None, limit: int,
-                  before: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+                  before: int | None = None, owner: str | None = None,
+                  ) -> tuple[list[dict[str, Any]], int | None]:
         """Newest first below seq `before`, with the cursor of the next page (None: no more).
 
-        Reads the narrowest index by score and checks the other filter on each record, at most
+        Reads the narrowest index by score and checks the other filters on each record, at most
         SCAN_BATCHES batches per page, so a rare filter combination still costs bounded time.
         """
-        index = status_index(status) if status else mode_index(mode) if mode else INDEX_ALL
+        index = self._narrowest_index(status, mode, owner)
         found: list[dict[str, Any]] = []
         high = "+inf" if before is None else f"({before}"
         cursor: int | None = None
@@ -330,7 +345,8 @@ class JobStore:
                 cursor = int(score)
                 record = _decode(raw) if raw else {}
                 if record and (not status or record.get("status") == status) and (
-                        not mode or record.get("mode") == mode):
+                        not mode or record.get("mode") == mode) and (
+                        not owner or record.get("owner") == owner):
                     found.append(jobs.job_object(record, ranks.get(job_id)))
                 if len(found) == limit:
                     return found, cursor
@@ -338,6 +354,18 @@ class JobStore:
                 return found, None
             high = f"({cursor}"
         return found, cursor
+
+    def _narrowest_index(self, status: str | None, mode: str | None, owner: str | None) -> str:
+        """The smallest index of the filters given: an owner's few jobs, or the few running."""
+        filters = ((owner_index, owner), (status_index, status), (mode_index, mode))
+        candidates = [index_of(value) for index_of, value in filters if value]
+        if len(candidates) < 2:
+            return candidates[0] if candidates else INDEX_ALL
+        pipe = self.r.pipeline(transaction=False)
+        for key in candidates:
+            pipe.zcard(key)
+        sizes: list[int] = pipe.execute()
+        return candidates[sizes.index(min(sizes))]
 
     def next_queued(self, limit: int) -> list[dict[str, Any]]:
         """The jobs that start next, in the order they will start."""
@@ -369,6 +397,10 @@ class JobStore:
         return Stats(queued=queued, running=running, workers=len(self.live_executors()),
                      finished=finished)
 
+    def owners(self) -> list[str]:
+        """Every owner that ever submitted a job, for an admin's owner filter."""
+        return sorted(_text(o) for o in self.r.smembers(OWNERS))
+
     def histogram_counts(self) -> dict[str, str]:
         return {_text(k): _text(v) for k, v in self.r.hgetall(HISTOGRAMS).items()}
 
@@ -376,7 +408,8 @@ class JobStore:
         """Drop ids of expired records from the listing indexes; return how many went."""
         removed = 0
         indexes = [INDEX_ALL] + [status_index(s) for s in jobs.STATUSES] + [
-            mode_index(m) for m in jobs.MODES]
+            mode_index(m) for m in jobs.MODES] + [
+            owner_index(_text(o)) for o in self.r.smembers(OWNERS)]
         cursor = 0
         while True:
             ids = [_text(i) for i in self.r.zrange(INDEX_ALL, cursor, cursor + batch - 1)]

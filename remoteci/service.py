@@ -56,7 +56,7 @@ def run_api(settings: Settings) -> int:
     app = App(settings, _store_factory(settings, settings.redis_url))
     server = wsgi_server.create(settings, app, sock)
     signal.signal(signal.SIGTERM, _raise_stop)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, lambda *_: app.reload_tokens())
     notifier = notify.from_env()
     _announce(notifier, app, _banner(settings, server))
     try:
@@ -132,7 +132,7 @@ def _serve_with(settings: Settings, url: str, sock: socket.socket) -> int:
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, lambda *_: app.reload_tokens())
     signal.signal(signal.SIGUSR1, _raise_stop)
     threading.Thread(target=watch_supervisor, name="supervisor-watch", daemon=True).start()
     _announce(notifier, app, _banner(settings, server))

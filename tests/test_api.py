@@ -13,7 +13,7 @@ import pytest
 from tests.helpers import TOKEN, MakeServer, Server, wait_until
 
 JOB_FIELDS = ["id", "mode", "status", "name", "script", "source", "timeout", "created_at",
-              "started_at", "finished_at", "duration", "exit_code", "error", "worker",
+              "started_at", "finished_at", "duration", "exit_code", "error", "worker", "owner",
               "queue_position"]
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
