@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from remoteci.webhooks import MIN_SECRET_CHARS, HostPattern, parse_allowlist
+
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable and the fix."""
@@ -39,6 +41,15 @@ class Settings:
     git_allow_file: bool = False
     git_timeout: int = 600
     node_name: str = field(default_factory=socket.gethostname)
+    webhook_allow: tuple[HostPattern, ...] = ()
+    webhook_secret: str | None = field(default=None, repr=False)  # never in a log line
+    webhook_timeout: int = 5
+    webhook_attempts: int = 6
+    webhook_retry_seconds: float = 20.0
+
+    @property
+    def webhooks_enabled(self) -> bool:
+        return bool(self.webhook_allow and self.webhook_secret)
 
     @property
     def logs_dir(self) -> Path:
@@ -140,6 +151,8 @@ _INT_SETTINGS: dict[str, tuple[str, int, int]] = {
     "REMOTE_CI_MAX_FOLLOWERS": ("max_followers", 1, 1000),
     "REMOTE_CI_HTTP_THREADS": ("http_threads", 2, 1000),
     "REMOTE_CI_GIT_TIMEOUT": ("git_timeout", 1, 86400),
+    "REMOTE_CI_WEBHOOK_TIMEOUT": ("webhook_timeout", 1, 60),
+    "REMOTE_CI_WEBHOOK_ATTEMPTS": ("webhook_attempts", 1, 20),
 }
 _PATH_SETTINGS = {
     "REMOTE_CI_WORKSPACE_DIR": "workspace_dir",
@@ -169,9 +182,34 @@ def load_settings(env: Mapping[str, str], *, require_token: bool = True) -> Sett
     node = env.get("REMOTE_CI_NODE_NAME", "").strip()
     if node:
         values["node_name"] = node
+    values.update(_webhook_values(env))
     settings = Settings(**values)  # type: ignore[arg-type]
     _check_consistency(settings)
     return settings
+
+
+def _webhook_values(env: Mapping[str, str]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    try:
+        values["webhook_allow"] = parse_allowlist(env.get("REMOTE_CI_WEBHOOK_ALLOW"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    secret = env.get("REMOTE_CI_WEBHOOK_SECRET", "").strip()
+    if secret and len(secret) < MIN_SECRET_CHARS:
+        raise ConfigError(f"REMOTE_CI_WEBHOOK_SECRET must be at least {MIN_SECRET_CHARS} "
+                          "characters; receivers verify deliveries with it")
+    values["webhook_secret"] = secret or None
+    raw = env.get("REMOTE_CI_WEBHOOK_RETRY_SECONDS", "").strip()
+    if raw:
+        try:
+            delay = float(raw)
+        except ValueError:
+            raise ConfigError(f"REMOTE_CI_WEBHOOK_RETRY_SECONDS={raw!r} is not a number") from None
+        if not 0.01 <= delay <= 3600:
+            raise ConfigError(f"REMOTE_CI_WEBHOOK_RETRY_SECONDS={raw} is out of range; "
+                              "use 0.01..3600 (the first retry's delay; later ones double)")
+        values["webhook_retry_seconds"] = delay
+    return values
 
 
 def _check_consistency(settings: Settings) -> None:
