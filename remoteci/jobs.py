@@ -28,8 +28,8 @@ _OBJECT_FIELDS = (
     "id", "mode", "status", "name", "script", "source", "timeout", "created_at", "started_at",
     "finished_at", "duration", "exit_code", "error", "worker",
 )
-_EXTRA_FIELDS = ("ref", "commit", "cancel_requested")
-_INT_FIELDS = ("timeout", "exit_code")
+_EXTRA_FIELDS = ("ref", "commit", "cancel_requested", "webhook", "webhook_status", "webhook_attempts")
+_INT_FIELDS = ("timeout", "exit_code", "webhook_attempts")
 _FLOAT_FIELDS = ("duration",)
 
 

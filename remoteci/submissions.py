@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from remoteci.errors import ApiError
+from remoteci.webhooks import HostPattern, validate_webhook
 
 MAX_SCRIPT_BYTES = 256 * 1024
 MAX_NAME_CHARS = 200
@@ -16,7 +17,7 @@ MAX_ENV_VARS = 200
 MAX_ENV_BYTES = 256 * 1024
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RESERVED_ENV = frozenset({"REMOTE_CI_JOB_ID"})
-COMMON_FIELDS = ("script", "timeout", "env", "name")
+COMMON_FIELDS = ("script", "timeout", "env", "name", "webhook")
 MODE_FIELDS = {"rsync": ("workspace",), "git": ("repo", "ref"), "upload": ()}
 
 
@@ -26,6 +27,7 @@ class Common:
     timeout: int
     name: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    webhook: str | None = None
 
 
 def parse_json_body(body: bytes) -> dict[str, Any]:
@@ -51,13 +53,17 @@ def check_known_fields(data: Mapping[str, Any], mode: str) -> None:
                             f"the fields are: {', '.join(sorted(allowed))}")
 
 
-def parse_common(data: Mapping[str, Any], max_timeout: int) -> Common:
-    """script, timeout, env and name; strings are accepted for timeout/env (multipart, query)."""
+def parse_common(data: Mapping[str, Any], max_timeout: int,
+                 webhook_allow: tuple[HostPattern, ...] = (), webhook_signed: bool = False,
+                 ) -> Common:
+    """script, timeout, env, name and webhook; strings are accepted for timeout/env (multipart,
+    query)."""
     return Common(
         script=_script(data.get("script")),
         timeout=_timeout(data.get("timeout"), max_timeout),
         name=_name(data.get("name")),
         env=_env(data.get("env")),
+        webhook=validate_webhook(data.get("webhook"), webhook_allow, webhook_signed),
     )
 
 
