@@ -222,3 +222,17 @@ def test_multipart_uploads_take_webhook_as_a_plain_field(hooks: Server, receiver
     job = json.loads(out.stdout)
     [delivery] = receiver.wait_for("/upload")
     assert json.loads(delivery.body)["id"] == job["id"]
+
+
+def test_a_killed_deliverer_is_replaced_and_its_delivery_handed_back(hooks: Server,
+                                                                     receiver: Receiver) -> None:
+    receiver.answer("/deliverer-killed", (200, 3.0))  # holds the attempt while we kill it
+    job = hooks.submit("true", webhook=receiver.url("/deliverer-killed"))
+    [first] = receiver.wait_for("/deliverer-killed")
+    client = redis.Redis.from_url(str(hooks.redis_url))
+    [deliverer] = [m.decode() for m in client.smembers("rci:deliverers")]
+    os.kill(int(deliverer.rpartition(":")[2]), signal.SIGKILL)
+    deliveries = receiver.wait_for("/deliverer-killed", 2)
+    assert deliveries[1].headers["x-remoteci-delivery"] == first.headers["x-remoteci-delivery"]
+    final = wait_webhook_status(hooks, job["id"], "delivered")
+    assert final["webhook_attempts"] == 2
