@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from remoteci.tokens import ProjectToken, TokensFileError, hash_token, load_tokens_file
+from remoteci.webhooks import MIN_SECRET_CHARS, HostPattern, parse_allowlist
 
 
 class ConfigError(ValueError):
@@ -44,6 +45,15 @@ class Settings:
     node_name: str = field(default_factory=socket.gethostname)
     tokens_file: Path | None = None
     project_tokens: tuple[ProjectToken, ...] = ()
+    webhook_allow: tuple[HostPattern, ...] = ()
+    webhook_secret: str | None = field(default=None, repr=False)  # never in a log line
+    webhook_timeout: int = 5
+    webhook_attempts: int = 6
+    webhook_retry_seconds: float = 20.0
+
+    @property
+    def webhooks_enabled(self) -> bool:
+        return bool(self.webhook_allow and self.webhook_secret)
 
     @property
     def logs_dir(self) -> Path:
@@ -165,6 +175,8 @@ _INT_SETTINGS: dict[str, tuple[str, int, int]] = {
     "REMOTE_CI_HTTP_THREADS": ("http_threads", 2, 1000),
     "REMOTE_CI_GIT_TIMEOUT": ("git_timeout", 1, 86400),
     "REMOTE_CI_MAX_ARTIFACT_MB": ("max_artifact_mb", 1, 10_000_000),
+    "REMOTE_CI_WEBHOOK_TIMEOUT": ("webhook_timeout", 1, 60),
+    "REMOTE_CI_WEBHOOK_ATTEMPTS": ("webhook_attempts", 1, 20),
 }
 _PATH_SETTINGS = {
     "REMOTE_CI_WORKSPACE_DIR": "workspace_dir",
@@ -200,9 +212,34 @@ def load_settings(env: Mapping[str, str], *, require_token: bool = True) -> Sett
         tokens_file = _path("REMOTE_CI_TOKENS_FILE", raw_file)
         values["tokens_file"] = tokens_file
         values["project_tokens"] = load_project_tokens(tokens_file, admin_tokens)
+    values.update(_webhook_values(env))
     settings = Settings(**values)  # type: ignore[arg-type]
     _check_consistency(settings)
     return settings
+
+
+def _webhook_values(env: Mapping[str, str]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    try:
+        values["webhook_allow"] = parse_allowlist(env.get("REMOTE_CI_WEBHOOK_ALLOW"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    secret = env.get("REMOTE_CI_WEBHOOK_SECRET", "").strip()
+    if secret and len(secret) < MIN_SECRET_CHARS:
+        raise ConfigError(f"REMOTE_CI_WEBHOOK_SECRET must be at least {MIN_SECRET_CHARS} "
+                          "characters; receivers verify deliveries with it")
+    values["webhook_secret"] = secret or None
+    raw = env.get("REMOTE_CI_WEBHOOK_RETRY_SECONDS", "").strip()
+    if raw:
+        try:
+            delay = float(raw)
+        except ValueError:
+            raise ConfigError(f"REMOTE_CI_WEBHOOK_RETRY_SECONDS={raw!r} is not a number") from None
+        if not 0.01 <= delay <= 3600:
+            raise ConfigError(f"REMOTE_CI_WEBHOOK_RETRY_SECONDS={raw} is out of range; "
+                              "use 0.01..3600 (the first retry's delay; later ones double)")
+        values["webhook_retry_seconds"] = delay
+    return values
 
 
 def _check_consistency(settings: Settings) -> None:

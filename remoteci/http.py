@@ -226,7 +226,7 @@ class App:
     def submit_rsync(self, request: Request) -> Response:
         data = submissions.parse_json_body(request.body(MAX_JSON_BODY))
         submissions.check_known_fields(data, "rsync")
-        common = submissions.parse_common(data, self.settings.job_timeout)
+        common = self._common(data)
         workspace = submissions.required_string(
             data, "workspace", "a directory under the workspace root, e.g. \"project-a\"")
         path = resolve_workspace(self.settings.workspace_dir, workspace)
@@ -237,7 +237,7 @@ class App:
     def submit_git(self, request: Request) -> Response:
         data = submissions.parse_json_body(request.body(MAX_JSON_BODY))
         submissions.check_known_fields(data, "git")
-        common = submissions.parse_common(data, self.settings.job_timeout)
+        common = self._common(data)
         repo = submissions.required_string(data, "repo", "a clone URL such as "
                                            "\"https://host/org/repo.git\"")
         repo = validate_git_url(repo, allow_file=self.settings.git_allow_file)
@@ -256,11 +256,15 @@ class App:
         try:
             fields = {k: v for k, v in fields.items() if k != "code"}
             submissions.check_known_fields(fields, "upload")
-            common = submissions.parse_common(fields, self.settings.job_timeout)
+            common = self._common(fields)
             return self._accept(request, "upload", common, "upload", {"path": str(archive)})
         except BaseException:
             archive.unlink(missing_ok=True)
             raise
+
+    def _common(self, data: dict[str, Any]) -> submissions.Common:
+        return submissions.parse_common(data, self.settings.job_timeout, self.settings.webhook_allow,
+                                        self.settings.webhook_secret is not None)
 
     def _accept(self, request: Request, mode: str, common: submissions.Common, source: str,
                 payload_extra: dict[str, Any], record_extra: dict[str, str] | None = None,
@@ -271,6 +275,9 @@ class App:
             "source": source, "timeout": str(common.timeout), "created_at": jobs.iso_now(),
             "owner": request.identity.owner,
             **({"name": common.name} if common.name else {}), **(record_extra or {}),
+            # A `webhook` field is what makes the final transition queue a delivery.
+            **({"webhook": common.webhook, "webhook_status": "pending", "webhook_attempts": "0"}
+               if common.webhook else {}),
         }
         payload = {"id": job_id, "mode": mode, "script": common.script,
                    "timeout": common.timeout, "env": common.env, **payload_extra,

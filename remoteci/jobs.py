@@ -30,8 +30,9 @@ _OBJECT_FIELDS = (
     "finished_at", "duration", "exit_code", "error", "worker", "owner",
 )
 # `artifacts`: how many files were kept, once a job that asked for artifacts has ended.
-_EXTRA_FIELDS = ("ref", "commit", "cancel_requested", "artifacts")
-_INT_FIELDS = ("timeout", "exit_code", "artifacts")
+_EXTRA_FIELDS = ("ref", "commit", "cancel_requested", "artifacts", "webhook", "webhook_status",
+                 "webhook_attempts")
+_INT_FIELDS = ("timeout", "exit_code", "artifacts", "webhook_attempts")
 _FLOAT_FIELDS = ("duration",)
 
 

@@ -12,9 +12,11 @@ Keys (all under `rci:`):
   executor:<id>         heartbeat string (JSON) with a short TTL; gone means the executor is dead
   counters              hash of jobs finished per status since the data was created
   histograms            hash of duration / queue-wait histogram buckets (see histograms.py)
+  webhooks              list of job ids whose webhook is due (see webhook_store.py)
 
 Every status change is one Lua script, so it is one atomic transaction, and conditional:
-a job is claimed only while `queued`, finished only while `running`.
+a job is claimed only while `queued`, finished only while `running`. The script that makes a job
+final also queues its webhook, so no final status can miss its delivery.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ EXECUTORS = P + "executors"
 OWNERS = P + "owners"
 COUNTERS = P + "counters"
 HISTOGRAMS = P + "histograms"
+WEBHOOKS = P + "webhooks"
 HEARTBEAT_TTL = 15
 SCAN_BATCHES = 20  # bound on index batches one listing page reads when a second filter is rare
 
@@ -103,7 +106,7 @@ redis.call('ZADD', KEYS[4], seq, ARGV[1])
 return 'running'
 """
 
-# KEYS: job, inflight, index:status:<from>, index:status:<to>, counters, histograms
+# KEYS: job, inflight, index:status:<from>, index:status:<to>, counters, histograms, webhooks
 # ARGV: id, payload, from_status, to_status, ttl, n, then n histogram field/increment pairs,
 #       then field/value pairs
 # Ends a job that is in <from>; anything else only drops the payload from the in-flight list.
@@ -119,10 +122,11 @@ local seq = redis.call('HGET', KEYS[1], 'seq')
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[4], seq, ARGV[1])
 redis.call('HINCRBY', KEYS[5], ARGV[4], 1)
+if redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then redis.call('LPUSH', KEYS[7], ARGV[1]) end
 return 'ok'
 """
 
-# KEYS: job, queue, index:status:queued, index:status:cancelled, counters
+# KEYS: job, queue, index:status:queued, index:status:cancelled, counters, webhooks
 # ARGV: id, finished_at, ttl
 _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -136,6 +140,7 @@ if status == 'queued' then
   redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('ZADD', KEYS[4], seq, ARGV[1])
   redis.call('HINCRBY', KEYS[5], 'cancelled', 1)
+  if redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then redis.call('LPUSH', KEYS[6], ARGV[1]) end
   return 'dequeued'
 end
 if status == 'running' then
@@ -223,7 +228,7 @@ class JobStore:
         flat = [item for pair in fields.items() for item in pair]
         observed = [item for pair in (observations or {}).items() for item in pair]
         keys = [job_key(job_id), inflight, status_index(from_status), status_index(status),
-                COUNTERS, HISTOGRAMS]
+                COUNTERS, HISTOGRAMS, WEBHOOKS]
         result = self._transition(keys=keys, args=[job_id, payload, from_status, status,
                                                    self.ttl, len(observed) // 2, *observed,
                                                    *flat])
@@ -241,7 +246,7 @@ class JobStore:
         """Cancel: 'dequeued' (it was queued), 'running' (its executor stops it), 'missing', or
         the final status it already had."""
         keys = [job_key(job_id), QUEUE, status_index(jobs.QUEUED), status_index(jobs.CANCELLED),
-                COUNTERS]
+                COUNTERS, WEBHOOKS]
         return _text(self._cancel(keys=keys, args=[job_id, finished_at, self.ttl]))
 
     # --- executors -------------------------------------------------------------------------

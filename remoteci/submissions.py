@@ -10,6 +10,7 @@ from typing import Any
 
 from remoteci.artifacts import parse_patterns
 from remoteci.errors import ApiError
+from remoteci.webhooks import HostPattern, validate_webhook
 
 MAX_SCRIPT_BYTES = 256 * 1024
 MAX_NAME_CHARS = 200
@@ -17,7 +18,7 @@ MAX_ENV_VARS = 200
 MAX_ENV_BYTES = 256 * 1024
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RESERVED_ENV = frozenset({"REMOTE_CI_JOB_ID"})
-COMMON_FIELDS = ("script", "timeout", "env", "name", "artifacts")
+COMMON_FIELDS = ("script", "timeout", "env", "name", "artifacts", "webhook")
 MODE_FIELDS = {"rsync": ("workspace",), "git": ("repo", "ref"), "upload": ()}
 
 
@@ -28,6 +29,7 @@ class Common:
     name: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     artifacts: tuple[str, ...] = ()  # glob patterns; empty: keep nothing
+    webhook: str | None = None
 
 
 def parse_json_body(body: bytes) -> dict[str, Any]:
@@ -53,15 +55,18 @@ def check_known_fields(data: Mapping[str, Any], mode: str) -> None:
                             f"the fields are: {', '.join(sorted(allowed))}")
 
 
-def parse_common(data: Mapping[str, Any], max_timeout: int) -> Common:
-    """script, timeout, env, name and artifacts; strings are accepted for timeout/env/artifacts
-    (multipart, query)."""
+def parse_common(data: Mapping[str, Any], max_timeout: int,
+                 webhook_allow: tuple[HostPattern, ...] = (), webhook_signed: bool = False,
+                 ) -> Common:
+    """script, timeout, env, name, artifacts and webhook; strings are accepted for
+    timeout/env/artifacts (multipart, query)."""
     return Common(
         script=_script(data.get("script")),
         timeout=_timeout(data.get("timeout"), max_timeout),
         name=_name(data.get("name")),
         env=_env(data.get("env")),
         artifacts=parse_patterns(data.get("artifacts")),
+        webhook=validate_webhook(data.get("webhook"), webhook_allow, webhook_signed),
     )
 
 

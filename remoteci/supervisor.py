@@ -19,6 +19,8 @@ from remoteci.notify import Notifier
 from remoteci.queue import HEARTBEAT_TTL, JobStore
 from remoteci.redis_watch import RedisWatch
 from remoteci.wakeup import SignalWakeup
+from remoteci.webhook_store import WebhookStore
+from remoteci.webhook_worker import DELIVERER_SLOT, STOP_GRACE, deliverer_main
 
 COMPONENT = "supervisor"
 LOST_SCAN_EVERY = 10.0  # seconds between looks for executors whose heartbeat expired (any host)
@@ -34,6 +36,7 @@ class Supervisor:
         self.redis = RedisWatch(COMPONENT)
         self.make_store = make_store
         self.store = make_store()
+        self.webhooks = WebhookStore(self.store.r)
         self.executors: dict[int, int] = {}  # pid -> slot
         self.failures: dict[int, int] = {}  # slot -> quick deaths in a row
         self.suspects: dict[str, float] = {}  # executor id -> when its heartbeat was first missed
@@ -53,9 +56,15 @@ class Supervisor:
         events.info(COMPONENT, f"starting {self.settings.concurrency} executors on "
                                f"{self.settings.node_name}")
         self._reap_lost_executors()
+        self._reap_lost_deliverers()
         self._sweep()
         for slot in range(self.settings.concurrency):
             self._spawn(slot)
+        if self.settings.webhooks_enabled:
+            self._spawn(DELIVERER_SLOT)
+        else:
+            events.info(COMPONENT, "no webhook deliverer on this host (set REMOTE_CI_WEBHOOK_ALLOW "
+                                   "and REMOTE_CI_WEBHOOK_SECRET to start one)")
         self.notifier.ready(f"{self.settings.concurrency} executors started")
         next_scan = time.monotonic() + LOST_SCAN_EVERY
         next_sweep = time.monotonic() + SWEEP_EVERY
@@ -67,6 +76,7 @@ class Supervisor:
             if now >= next_scan:
                 next_scan = now + LOST_SCAN_EVERY
                 self._reap_lost_executors()
+                self._reap_lost_deliverers()
             if now >= next_sweep:
                 next_sweep = now + SWEEP_EVERY
                 self._sweep()
@@ -97,7 +107,8 @@ class Supervisor:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 proctree.die_with_parent(signal.SIGTERM)
-                executor_main(self.settings, self.make_store(), slot)
+                main = deliverer_main if slot == DELIVERER_SLOT else executor_main
+                main(self.settings, self.make_store(), slot)
             except BaseException as exc:
                 events.error("executor", f"crashed: {exc!r}")
                 code = 1
@@ -116,10 +127,15 @@ class Supervisor:
             code = proctree.exit_code(status)
             if self.stopping:
                 continue
-            events.error(COMPONENT, f"executor {executor_id} died (exit code {code}); "
-                                    "restarting it")
-            self._stop_orphans()
-            self._end_lost_jobs(executor_id, f"executor lost: it died with exit code {code}")
+            if slot == DELIVERER_SLOT:
+                events.error(COMPONENT, f"webhook deliverer {executor_id} died (exit code {code}); "
+                                        "restarting it")
+                self._hand_back_deliveries(executor_id)
+            else:
+                events.error(COMPONENT, f"executor {executor_id} died (exit code {code}); "
+                                        "restarting it")
+                self._stop_orphans()
+                self._end_lost_jobs(executor_id, f"executor lost: it died with exit code {code}")
             self.failures[slot] = self.failures.get(slot, 0) + 1
             delay = min(RESTART_BACKOFF_MAX, 0.5 * 2 ** (self.failures[slot] - 1))
             if self.failures[slot] > 1:
@@ -177,6 +193,33 @@ class Supervisor:
                 self._end_lost_jobs(executor_id, "executor lost: its heartbeat stopped "
                                                  "(host or process died)")
 
+    def _hand_back_deliveries(self, deliverer_id: str) -> None:
+        try:
+            count = self.webhooks.hand_back(deliverer_id)
+        except redis.RedisError as exc:
+            events.error(COMPONENT, f"cannot hand back deliveries of {deliverer_id} ({exc}); "
+                                    "the next scan retries")
+            return
+        if count:
+            events.warning(COMPONENT, f"{count} webhook deliveries of {deliverer_id} requeued")
+
+    def _reap_lost_deliverers(self) -> None:
+        """Deliverers whose heartbeat expired hand their in-flight deliveries back.
+
+        Unlike a job, a delivery may safely happen twice (receivers dedupe by delivery id), so
+        a deliverer that only looked dead during a Redis outage costs a duplicate, not a job.
+        """
+        try:
+            dead = self.webhooks.dead_deliverers()
+        except redis.RedisError:
+            return  # _reap_lost_executors reports the outage
+        for deliverer_id in dead:
+            node, _, pid_text = deliverer_id.rpartition(":")
+            if node == self.settings.node_name and pid_text.isdigit() and (
+                    int(pid_text) in self.executors or _pid_alive(int(pid_text))):
+                continue  # ours and alive; its heartbeat is only late
+            self._hand_back_deliveries(deliverer_id)
+
     # --- housekeeping ----------------------------------------------------------------------
 
     def _sweep(self) -> None:
@@ -203,13 +246,14 @@ class Supervisor:
     def _drain(self) -> int:
         events.info(COMPONENT, f"stopping: running jobs may finish for up to "
                                f"{self.settings.drain_timeout} s")
-        proctree.signal_all(self.executors, signal.SIGTERM)
+        deliverers = [pid for pid, slot in self.executors.items() if slot == DELIVERER_SLOT]
+        proctree.signal_all([pid for pid in self.executors if pid not in deliverers],
+                            signal.SIGTERM)
         deadline = time.monotonic() + self.settings.drain_timeout + DRAIN_KILL_GRACE + 10
-        while self.executors and time.monotonic() < deadline:
-            self.wakeup.wait(0.5)
-            reaped, _ = proctree.reap_children()
-            for pid in reaped:
-                self.executors.pop(pid, None)
+        self._await_exits(deliverers, deadline)
+        # Jobs the drain ended have queued their webhooks: the deliverer sends them, then stops.
+        proctree.signal_all(deliverers, signal.SIGTERM)
+        self._await_exits([], time.monotonic() + STOP_GRACE + self.settings.webhook_timeout + 5)
         if self.executors:
             events.error(COMPONENT, "executors did not stop in time; killing them")
             proctree.signal_all(self.executors, signal.SIGKILL)
@@ -218,6 +262,14 @@ class Supervisor:
             self.wakeup.wait(0.05)
         events.info(COMPONENT, "stopped")
         return 0
+
+    def _await_exits(self, keep: list[int], deadline: float) -> None:
+        """Reap children until only `keep` are left or the deadline passes."""
+        while set(self.executors) - set(keep) and time.monotonic() < deadline:
+            self.wakeup.wait(0.5)
+            reaped, _ = proctree.reap_children()
+            for pid in reaped:
+                self.executors.pop(pid, None)
 
 
 def _remove_older(directory: Path, cutoff: float) -> int:
