@@ -34,6 +34,7 @@ def _make_server(settings: Settings, app: App) -> waitress.server.BaseWSGIServer
         app, host=settings.host, port=settings.port, threads=settings.http_threads,
         connection_limit=200, channel_timeout=120, asyncore_use_poll=True,
         channel_request_lookahead=1,  # lets a log follower notice that its client hung up
+        recv_bytes=256 * 1024,  # upload bodies arrive in large reads, not 8 KB ones
         send_bytes=1,  # send each chunk now: a followed log line must not wait for a buffer
         max_request_body_size=(settings.max_upload_mb + 1) * 1024 * 1024,
         clear_untrusted_proxy_headers=True, ident="remote-ci",
