@@ -33,6 +33,17 @@ def _pid_args(server: servers.Server) -> list[str]:
     return [a for pid in server.root_pids for a in ("--pid", str(pid))]
 
 
+def _median_logs(server: servers.Server, runs: int = 3) -> dict[str, Any]:
+    """One 200 MB job takes ~0.4 s, so writeback and other load swing a single ratio by
+    ±30%: run it a few times and keep the run with the median ratio (all ratios kept)."""
+    docs = [peer_bench.run(server, "logs", "--bytes", "200000000") for _ in range(runs)]
+    ok = [d for d in docs if d.get("ratio_server_over_local") is not None]
+    if not ok:
+        return docs[0]
+    ok.sort(key=lambda d: d["ratio_server_over_local"])
+    return {**ok[len(ok) // 2], "all_ratios": [d["ratio_server_over_local"] for d in ok]}
+
+
 def main_scenarios(server: servers.Server, only: set[str], ours: bool) -> dict[str, Any]:
     """Everything that runs on one long-lived instance, lightest first."""
     steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
@@ -42,7 +53,7 @@ def main_scenarios(server: servers.Server, only: set[str], ours: bool) -> dict[s
         ("throughput", lambda: peer_bench.run(server, "throughput", "-n", "300")),
         ("api", lambda: peer_bench.run(server, "api", "--duration", "10")),
         ("stats", lambda: scenarios.stats_time(server, 50 if ours else 3)),
-        ("logs", lambda: peer_bench.run(server, "logs", "--bytes", "200000000")),
+        ("logs", lambda: _median_logs(server)),
         ("upload", lambda: scenarios.upload(server) if ours else {"skipped": "not measured"}),
         ("rsync", lambda: scenarios.rsync_copy(server)),
     ]
