@@ -139,6 +139,31 @@ return status or 'missing'
 """
 
 
+# KEYS: index:status:queued, then job keys;  ARGV: none
+# Each record comes back as one JSON string (false when gone), without its payload and with
+# `queue_rank` when queued: redis-py's pure-Python reply parser then reads one element per job
+# instead of two per field, which was most of the time of a listing and of GET /api/jobs/<id>.
+_RECORDS = """
+local out = {}
+for i = 2, #KEYS do
+  local flat = redis.call('HGETALL', KEYS[i])
+  if #flat == 0 then
+    out[i - 1] = false
+  else
+    local rec = {}
+    for j = 1, #flat, 2 do
+      if flat[j] ~= 'payload' then rec[flat[j]] = flat[j + 1] end
+    end
+    if rec['status'] == 'queued' and rec['id'] then
+      rec['queue_rank'] = redis.call('ZRANK', KEYS[1], rec['id'])
+    end
+    out[i - 1] = cjson.encode(rec)
+  end
+end
+return out
+"""
+
+
 @dataclass(frozen=True)
 class Stats:
     queued: int
@@ -158,6 +183,7 @@ class JobStore:
         self._transition = client.register_script(_TRANSITION)
         self._cancel = client.register_script(_CANCEL)
         self._requeue = client.register_script(_REQUEUE_UNCLAIMED)
+        self._records = client.register_script(_RECORDS)
 
     # --- accepting -------------------------------------------------------------------------
 
@@ -270,13 +296,21 @@ class JobStore:
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The job object with its queue position, or None when unknown or expired."""
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hgetall(job_key(job_id))
-        pipe.zrank(status_index(jobs.QUEUED), job_id)
-        record, rank = pipe.execute()
-        if not record:
-            return None
-        return jobs.job_object(_decode(record), None if rank is None else rank + 1)
+        found = self._fetch([job_id])[0]
+        return None if found is None else jobs.job_object(*found)
+
+    def _fetch(self, ids: list[str]) -> list[tuple[dict[str, str], int | None] | None]:
+        """The records (and queue positions) of `ids` in one round trip; None for gone ones."""
+        raw = self._records(keys=[status_index(jobs.QUEUED), *map(job_key, ids)])
+        out: list[tuple[dict[str, str], int | None] | None] = []
+        for item in raw:
+            if not item:
+                out.append(None)
+                continue
+            record = json.loads(item)
+            rank = record.pop("queue_rank", None)
+            out.append((record, None if not isinstance(rank, int) else rank + 1))
+        return out
 
     def status(self, job_id: str) -> str | None:
         raw = self.r.hget(job_key(job_id), "status")
@@ -293,32 +327,17 @@ class JobStore:
             if not ids:
                 break
             start += page
-            pipe = self.r.pipeline(transaction=False)
-            for job_id in ids:
-                pipe.hgetall(job_key(job_id))
-            records = pipe.execute()
-            queued_ranks = self._queued_ranks(ids, records)
-            for job_id, raw in zip(ids, records, strict=True):
-                if not raw:
+            for fetched in self._fetch(ids):
+                if fetched is None:
                     continue  # expired; housekeeping prunes the index
-                record = _decode(raw)
+                record, position = fetched
                 if (status and record.get("status") != status) or (
                         mode and record.get("mode") != mode):
                     continue
-                found.append(jobs.job_object(record, queued_ranks.get(job_id)))
+                found.append(jobs.job_object(record, position))
                 if len(found) == limit:
                     break
         return found
-
-    def _queued_ranks(self, ids: list[str], records: list[Any]) -> dict[str, int]:
-        queued = [i for i, rec in zip(ids, records, strict=True)
-                  if rec and rec.get(b"status") == jobs.QUEUED.encode()]
-        if not queued:
-            return {}
-        pipe = self.r.pipeline(transaction=False)
-        for job_id in queued:
-            pipe.zrank(status_index(jobs.QUEUED), job_id)
-        return {j: r + 1 for j, r in zip(queued, pipe.execute(), strict=True) if r is not None}
 
     def stats(self) -> Stats:
         pipe = self.r.pipeline(transaction=False)
@@ -358,10 +377,6 @@ class JobStore:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _decode(record: Mapping[bytes, bytes]) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in record.items()}
 
 
 def connect(url: str) -> redis.Redis:
