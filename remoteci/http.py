@@ -160,6 +160,13 @@ class App:
                           environ.get("REQUEST_METHOD", ""), response.status)
         write = start_response(f"{response.status} {_REASONS.get(response.status, 'Status')}",
                                response.headers)
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            # waitress sends whatever the app returns, even to HEAD: a body there would be read
+            # by a keep-alive client as the start of its next response.
+            close = getattr(response.body, "close", None)
+            if close is not None:
+                close()
+            return []
         if response.streamed:
             write(b"")  # waitress sends headers on the first non-empty chunk unless told now
         return response.body

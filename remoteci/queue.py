@@ -161,6 +161,31 @@ return status or 'missing'
 """
 
 
+# KEYS: index:status:queued, then job keys;  ARGV: none
+# Each record comes back as one JSON string (false when gone), without its payload and with
+# `queue_rank` when queued: redis-py's pure-Python reply parser then reads one element per job
+# instead of two per field, which was most of the time of a listing and of GET /api/jobs/<id>.
+_RECORDS = """
+local out = {}
+for i = 2, #KEYS do
+  local flat = redis.call('HGETALL', KEYS[i])
+  if #flat == 0 then
+    out[i - 1] = false
+  else
+    local rec = {}
+    for j = 1, #flat, 2 do
+      if flat[j] ~= 'payload' then rec[flat[j]] = flat[j + 1] end
+    end
+    if rec['status'] == 'queued' and rec['id'] then
+      rec['queue_rank'] = redis.call('ZRANK', KEYS[1], rec['id'])
+    end
+    out[i - 1] = cjson.encode(rec)
+  end
+end
+return out
+"""
+
+
 @dataclass(frozen=True)
 class Stats:
     queued: int
@@ -180,6 +205,7 @@ class JobStore:
         self._transition = client.register_script(_TRANSITION)
         self._cancel = client.register_script(_CANCEL)
         self._requeue = client.register_script(_REQUEUE_UNCLAIMED)
+        self._records = client.register_script(_RECORDS)
 
     # --- accepting -------------------------------------------------------------------------
 
@@ -308,13 +334,21 @@ class JobStore:
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The job object with its queue position, or None when unknown or expired."""
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hgetall(job_key(job_id))
-        pipe.zrank(status_index(jobs.QUEUED), job_id)
-        record, rank = pipe.execute()
-        if not record:
-            return None
-        return jobs.job_object(_decode(record), None if rank is None else rank + 1)
+        found = self._fetch([job_id])[0]
+        return None if found is None else jobs.job_object(*found)
+
+    def _fetch(self, ids: list[str]) -> list[tuple[dict[str, str], int | None] | None]:
+        """The records (and queue positions) of `ids` in one round trip; None for gone ones."""
+        raw = self._records(keys=[status_index(jobs.QUEUED), *map(job_key, ids)])
+        out: list[tuple[dict[str, str], int | None] | None] = []
+        for item in raw:
+            if not item:
+                out.append(None)
+                continue
+            record = json.loads(item)
+            rank = record.pop("queue_rank", None)
+            out.append((record, None if not isinstance(rank, int) else rank + 1))
+        return out
 
     def status(self, job_id: str) -> str | None:
         raw = self.r.hget(job_key(job_id), "status")
@@ -340,19 +374,16 @@ class JobStore:
         for _ in range(SCAN_BATCHES):
             batch: list[tuple[bytes, float]] = self.r.zrevrangebyscore(  # type: ignore[assignment]
                 index, high, "-inf", start=0, num=limit, withscores=True)
-            ids = [_text(member) for member, _ in batch]
-            pipe = self.r.pipeline(transaction=False)
-            for job_id in ids:
-                pipe.hgetall(job_key(job_id))
-            records = pipe.execute() if ids else []
-            ranks = self._queued_ranks(ids, records)
-            for job_id, (_, score), raw in zip(ids, batch, records, strict=True):
+            fetched = self._fetch([_text(member) for member, _ in batch]) if batch else []
+            for (_, score), found_record in zip(batch, fetched, strict=True):
                 cursor = int(score)
-                record = _decode(raw) if raw else {}
-                if record and (not status or record.get("status") == status) and (
+                if found_record is None:
+                    continue  # expired; housekeeping prunes the index
+                record, position = found_record
+                if (not status or record.get("status") == status) and (
                         not mode or record.get("mode") == mode) and (
                         not owner or record.get("owner") == owner):
-                    found.append(jobs.job_object(record, ranks.get(job_id)))
+                    found.append(jobs.job_object(record, position))
                 if len(found) == limit:
                     return found, cursor
             if len(batch) < limit:
@@ -375,22 +406,7 @@ class JobStore:
     def next_queued(self, limit: int) -> list[dict[str, Any]]:
         """The jobs that start next, in the order they will start."""
         ids = [_text(i) for i in self.r.zrange(status_index(jobs.QUEUED), 0, limit - 1)]
-        pipe = self.r.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hgetall(job_key(job_id))
-        records = pipe.execute() if ids else []
-        return [jobs.job_object(_decode(raw), position)
-                for position, raw in enumerate(records, 1) if raw]
-
-    def _queued_ranks(self, ids: list[str], records: list[Any]) -> dict[str, int]:
-        queued = [i for i, rec in zip(ids, records, strict=True)
-                  if rec and rec.get(b"status") == jobs.QUEUED.encode()]
-        if not queued:
-            return {}
-        pipe = self.r.pipeline(transaction=False)
-        for job_id in queued:
-            pipe.zrank(status_index(jobs.QUEUED), job_id)
-        return {j: r + 1 for j, r in zip(queued, pipe.execute(), strict=True) if r is not None}
+        return [jobs.job_object(*found) for found in self._fetch(ids) if found] if ids else []
 
     def stats(self) -> Stats:
         pipe = self.r.pipeline(transaction=False)
@@ -438,10 +454,6 @@ class JobStore:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _decode(record: Mapping[bytes, bytes]) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in record.items()}
 
 
 def connect(url: str) -> redis.Redis:

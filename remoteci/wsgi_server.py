@@ -65,6 +65,7 @@ def create(settings: Settings, app: Any, sock: socket.socket) -> Any:
         # them from the Content-Length alone, before reading them.
         max_request_body_size=max_request_bytes(settings.max_upload_mb * 1024 * 1024),
         channel_request_lookahead=1,  # lets a log follower notice that its client hung up
+        recv_bytes=256 * 1024,  # upload bodies arrive in large reads, not 8 KB ones
         send_bytes=1,  # send each chunk now: a followed log line must not wait for a buffer
         clear_untrusted_proxy_headers=True, ident="remote-ci",
     )

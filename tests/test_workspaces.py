@@ -96,3 +96,52 @@ def test_copy_of_a_vanished_workspace_is_a_source_error(tmp_path: Path) -> None:
     dest.mkdir()
     with pytest.raises(SourceError, match="gone"):
         copy_workspace(tmp_path / "nope", dest, timeout=30)
+
+
+def test_small_copy_matches_cp_a(tmp_path: Path) -> None:
+    """The in-process copy of a small workspace gives what `cp -a` gives."""
+    import subprocess
+
+    from remoteci import workspaces
+
+    src = tmp_path / "src"
+    (src / "sub" / "deep").mkdir(parents=True)
+    (src / "run.sh").write_text("echo hi\n")
+    (src / "run.sh").chmod(0o751)
+    (src / "sub" / "deep" / "data").write_bytes(b"\0" * 5000)
+    (src / "sub" / "link").symlink_to("../run.sh")
+    (src / "dangling").symlink_to("nowhere")
+    (src / "sub").chmod(0o710)
+    for p in [src / "run.sh", src / "sub" / "deep", src / "sub", src]:
+        os.utime(p, ns=(1_600_000_000_123_456_789, 1_500_000_000_987_654_321))
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    ours.mkdir(mode=0o700)
+    theirs.mkdir(mode=0o700)
+    assert workspaces._copy_small(src, ours)
+    subprocess.run(["cp", "-a", "--", f"{src}/.", f"{theirs}/"], check=True)
+
+    def snapshot(root: Path) -> dict[str, tuple[int, int, str | bytes]]:
+        out = {}
+        for path in [root, *sorted(root.rglob("*"))]:
+            st = path.lstat()
+            body = os.readlink(path) if path.is_symlink() else (
+                path.read_bytes() if path.is_file() else b"")
+            out[str(path.relative_to(root))] = (st.st_mode, st.st_mtime_ns, body)
+        return out
+
+    assert snapshot(ours) == snapshot(theirs)
+
+
+def test_large_workspace_is_left_to_cp(tmp_path: Path) -> None:
+    from remoteci import workspaces
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(workspaces.SMALL_ENTRIES + 1):
+        (src / f"f{i}").write_text("x")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    assert not workspaces._copy_small(src, dest)
+    assert list(dest.iterdir()) == []
+    copy_workspace(src, dest, timeout=30)
+    assert len(list(dest.iterdir())) == workspaces.SMALL_ENTRIES + 1
