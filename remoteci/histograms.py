@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 INF = "+Inf"
 
@@ -47,12 +46,13 @@ def increments(hist: Histogram, value: float) -> dict[str, float]:
             f"{hist.name}:count": 1}
 
 
-def finish_observations(job: Mapping[str, Any] | None, duration: float | None) -> dict[str, float]:
+def finish_observations(created_at: str | None, started_at: str | None,
+                        duration: float | None) -> dict[str, float]:
     """What a finished job adds: its run time, and how long it queued (started_at - created_at)."""
     observed: dict[str, float] = {}
     if duration is not None:
         observed.update(increments(DURATION, duration))
-    wait = seconds_between((job or {}).get("created_at"), (job or {}).get("started_at"))
+    wait = seconds_between(created_at, started_at)
     if wait is not None:
         observed.update(increments(QUEUE_WAIT, wait))
     return observed

@@ -287,6 +287,7 @@ class App:
                if common.webhook else {}),
         }
         payload = {"id": job_id, "mode": mode, "script": common.script,
+                   "created_at": record["created_at"],
                    "timeout": common.timeout, "env": common.env, **payload_extra,
                    **({"artifacts": list(common.artifacts)} if common.artifacts else {})}
         try:
