@@ -23,6 +23,7 @@ from remoteci.gitsource import redact_url, validate_git_ref, validate_git_url
 from remoteci.identity import Authenticator, Identity, check_workspace, listing_owner, may_see, require_admin
 from remoteci.queue import JobStore, QueueFull
 from remoteci.redis_watch import RedisWatch
+from remoteci.sources import discard_source
 from remoteci.uploads import receive_upload
 from remoteci.workspaces import relative_to_root, resolve_workspace
 
@@ -379,7 +380,7 @@ class App:
     def cancel_job(self, request: Request) -> Response:
         job_id = request.params["id"]
         self._job(job_id, request.identity)  # 404 unless the caller may see it
-        outcome = self.store.cancel(job_id, jobs.iso_now())
+        outcome = cancel(self.store, job_id)
         if outcome == "missing":
             self._job(job_id, request.identity)  # expired meanwhile: raises the 404
         if outcome not in ("dequeued", jobs.RUNNING):
@@ -406,6 +407,17 @@ def visible_job(store: JobStore, settings: Settings, job_id: str, identity: Iden
         raise ApiError(404, f"no job with id {job_id!r} (unknown, or older than "
                             f"{settings.retention_days} days)")
     return job
+
+
+def cancel(store: JobStore, job_id: str) -> str:
+    """Cancel a job (see JobStore.cancel); a queued upload's archive goes at once, since no
+    executor will ever take the job and discard it."""
+    outcome = store.cancel(job_id, jobs.iso_now())
+    if outcome == "dequeued":
+        payload = store.payload(job_id)
+        if payload is not None:
+            discard_source(payload)
+    return outcome
 
 
 def _never() -> bool:

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, quote
 from remoteci import csrf, jobs, logs, pages
 from remoteci.config import Settings
 from remoteci.errors import ApiError
-from remoteci.http import Request, Response, visible_job
+from remoteci.http import Request, Response, cancel, visible_job
 from remoteci.identity import Identity, listing_owner
 from remoteci.queue import JobStore
 
@@ -85,7 +85,7 @@ class PageRoutes:
             raise ApiError(403, "the form's CSRF token is missing, wrong or expired; "
                                 "reload the job page and press the button again")
         self._job(job_id, request.identity)  # 404 unless the caller may see it
-        self.store.cancel(job_id, jobs.iso_now())
+        cancel(self.store, job_id)
         # A job that ended meanwhile is no error for a person: the page shows how it ended.
         return Response(303, [("Location", f"/jobs/{quote(job_id, safe='')}"),
                               ("Content-Length", "0")], [b""])

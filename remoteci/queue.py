@@ -275,6 +275,10 @@ class JobStore:
                 COUNTERS, WEBHOOKS]
         return _text(self._cancel(keys=keys, args=[job_id, finished_at, self.ttl]))
 
+    def payload(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.r.hget(job_key(job_id), "payload")
+        return None if raw is None else dict(json.loads(raw))
+
     # --- executors -------------------------------------------------------------------------
 
     def heartbeat(self, executor_id: str, info: Mapping[str, Any]) -> None:

@@ -210,3 +210,14 @@ def test_credentials_in_a_git_url_are_never_shown(upload_server: Server) -> None
     assert final["status"] == "error"
     assert "hunter2secret" not in json.dumps(final)
     assert b"hunter2secret" not in upload_server.log(final["id"])
+
+
+def test_cancelling_a_queued_upload_deletes_its_archive(make_server: MakeServer, tmp_path: Path) -> None:
+    srv = make_server(env={"REMOTE_CI_CONCURRENCY": "1"}, wait_workers=1)
+    blocker = srv.submit("sleep 60")
+    srv.wait_status(blocker["id"], ("running",))
+    archive = make_tarball(tmp_path / "code.tar.gz", {"a.txt": b"a"})
+    code, job = curl("-F", f"code=@{archive}", "-F", "script=true", f"{srv.url}/api/jobs/upload")
+    assert code == 202 and len(uploads_left(srv)) == 1
+    assert srv.request("POST", f"/api/jobs/{job['id']}/cancel").status == 202
+    assert uploads_left(srv) == []
