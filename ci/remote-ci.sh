@@ -344,6 +344,7 @@ send_upload() {  # streams tar's output as the body: no temp file, whatever the 
   : > "$TMP/submit.hdr"
   tar -C "$SOURCE" -czf - ${excludes[@]+"${excludes[@]}"} . </dev/null 2>"$TMP/tar.err" \
     | curl -sS -X POST -T - -H @"$TMP/auth" -H 'Content-Type: application/gzip' -H 'Expect:' \
+      -H "Idempotency-Key: $SUBMISSION_KEY" \
       --connect-timeout 10 --speed-limit 1 --speed-time 120 -D "$TMP/submit.hdr" \
       -o "$TMP/submit.body" -w '%{http_code}' "$SERVER/api/jobs/upload?$(upload_query)" \
       >"$TMP/submit.code" 2>"$TMP/submit.err" &
@@ -354,14 +355,24 @@ send_upload() {  # streams tar's output as the body: no temp file, whatever the 
   read_code submit
 }
 
+new_key() {  # one per submission, sent again on every retry: a lost reply never runs a job twice
+  if [ -r /proc/sys/kernel/random/uuid ]; then
+    cat /proc/sys/kernel/random/uuid
+  else
+    od -An -tx1 -N16 /dev/urandom | tr -d ' \n'
+  fi
+}
+
 submit() {
   local hint
+  SUBMISSION_KEY=$(new_key)
   while :; do
     if [ "$MODE" = upload ]; then
       send_upload
     else
       json_body > "$TMP/request.json"
       curl_call submit POST "/api/jobs/$MODE" --max-time 60 -H 'Content-Type: application/json' \
+        -H "Idempotency-Key: $SUBMISSION_KEY" \
         --data-binary @"$TMP/request.json"
     fi
     retryable || break

@@ -20,6 +20,7 @@ import sys
 import tarfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
@@ -515,13 +516,18 @@ def upload_query(opts: Options) -> str:
 
 
 def submit(api: Api, opts: Options, patience: Patience) -> dict[str, Any]:
-    """POST the job; a 4xx is final (exit 2), a network error or 503 is retried."""
+    """POST the job; a 4xx is final (exit 2), a network error or 503 is retried.
+
+    Every retry carries the same Idempotency-Key, so a reply lost on the way back never makes
+    the server run the job twice.
+    """
     source = opts.source
+    key = {"Idempotency-Key": str(uuid.uuid4())}
     if source.mode == "upload":
         def send() -> Reply:
             return api.call("POST", "/api/jobs/upload?" + upload_query(opts),
                             body=tar_gz_stream(source.value, opts.include_git),
-                            headers={"Content-Type": "application/gzip"}, timeout=300)
+                            headers={"Content-Type": "application/gzip", **key}, timeout=300)
     else:
         payload = submission_fields(opts)
         if source.mode == "git":
@@ -532,7 +538,7 @@ def submit(api: Api, opts: Options, patience: Patience) -> dict[str, Any]:
 
         def send() -> Reply:
             return api.call("POST", f"/api/jobs/{source.mode}", body=data,
-                            headers={"Content-Type": "application/json"})
+                            headers={"Content-Type": "application/json", **key})
     reply = with_retries(patience, "submitting the job", send)
     if reply.status == 202 and isinstance(reply.json().get("id"), str):
         return dict(reply.json())

@@ -21,7 +21,7 @@ from remoteci.config import ConfigError, Settings
 from remoteci.errors import ApiError
 from remoteci.gitsource import redact_url, validate_git_ref, validate_git_url
 from remoteci.identity import Authenticator, Identity, check_workspace, listing_owner, may_see, require_admin
-from remoteci.queue import JobStore, QueueFull
+from remoteci.queue import AlreadySubmitted, JobStore, QueueFull
 from remoteci.redis_watch import RedisWatch
 from remoteci.sources import discard_source
 from remoteci.uploads import receive_upload
@@ -291,11 +291,20 @@ class App:
                    "created_at": record["created_at"],
                    "timeout": common.timeout, "env": common.env, **payload_extra,
                    **({"artifacts": list(common.artifacts)} if common.artifacts else {})}
+        key = submissions.parse_idempotency_key(request.header("Idempotency-Key"))
         try:
-            position = self.store.enqueue(record, payload, self.settings.max_queue)
+            position = self.store.enqueue(record, payload, self.settings.max_queue, key)
         except QueueFull:
             raise ApiError(503, f"the queue is full ({self.settings.max_queue} jobs waiting); "
                                 "retry later", [("Retry-After", "30")]) from None
+        except AlreadySubmitted as earlier:
+            # A retry of a submission whose reply was lost: answer with the job it created.
+            discard_source(payload)  # a re-sent upload is not needed twice
+            events.info(COMPONENT, f"job {earlier.job_id} submitted again with the same "
+                                   "Idempotency-Key; no new job")
+            return json_response(202, self._job(earlier.job_id, request.identity),
+                                 [("Location", f"/api/jobs/{earlier.job_id}"),
+                                  ("Idempotent-Replayed", "true")])
         events.info(COMPONENT, f"job {job_id} accepted mode={mode} owner={request.identity.owner} "
                                f"position={position}")
         obj = jobs.job_object(record, position)

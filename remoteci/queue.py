@@ -63,6 +63,11 @@ def mode_index(mode: str) -> str:
     return f"{P}index:mode:{mode}"
 
 
+def idempotency_index(owner: str, key: str) -> str:
+    """Scoped by owner: one project can neither see nor collide with another's keys."""
+    return f"{P}idem:{owner}:{key}"
+
+
 def owner_index(owner: str) -> str:
     return f"{P}index:owner:{owner}"
 
@@ -71,11 +76,27 @@ class QueueFull(Exception):
     """The queue holds REMOTE_CI_MAX_QUEUE jobs already."""
 
 
-# KEYS: job, queue, seq, index:all, index:status:queued, index:mode:<m>, index:owner:<o>, owners
+class AlreadySubmitted(Exception):
+    """This idempotency key already created a job; `job_id` is that job."""
+
+    def __init__(self, job_id: str):
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
+# KEYS: job, queue, seq, index:all, index:status:queued, index:mode:<m>, index:owner:<o> or '',
+#       owners or '', idempotency key or ''
+# Returns the queue position, -1 when the queue is full, or (a string) the id of the job an
+# earlier request with the same idempotency key created.
 # ARGV: id, payload, ttl, max_queue, owner, then field/value pairs of the record
 # A record without an owner (written by older code or tests) passes '' for both.
 _ENQUEUE = """
+if KEYS[9] ~= '' then
+  local earlier = redis.call('GET', KEYS[9])
+  if earlier then return earlier end
+end
 if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[4]) then return -1 end
+if KEYS[9] ~= '' then redis.call('SET', KEYS[9], ARGV[1], 'EX', ARGV[3]) end
 local seq = redis.call('INCR', KEYS[3])
 redis.call('HSET', KEYS[1], 'seq', seq, 'payload', ARGV[2], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -209,20 +230,28 @@ class JobStore:
 
     # --- accepting -------------------------------------------------------------------------
 
-    def enqueue(self, record: Mapping[str, str], payload: Mapping[str, Any], max_queue: int) -> int:
-        """Store the record and push the payload in one step; return the queue position."""
+    def enqueue(self, record: Mapping[str, str], payload: Mapping[str, Any], max_queue: int,
+                idempotency_key: str | None = None) -> int:
+        """Store the record and push the payload in one step; return the queue position.
+
+        With an idempotency key, a repeat of the same submission (a client retrying after a
+        lost reply) raises AlreadySubmitted instead of creating a second job.
+        """
         job_id = record["id"]
         payload_json = json.dumps(payload, separators=(",", ":"), sort_keys=True)
         fields = [item for pair in record.items() for item in pair]
         owner = record.get("owner", "")
         keys = [job_key(job_id), QUEUE, SEQ, INDEX_ALL, status_index(jobs.QUEUED),
                 mode_index(record["mode"]), owner_index(owner) if owner else "",
-                OWNERS if owner else ""]
-        position = int(self._enqueue(keys=keys, args=[job_id, payload_json, self.ttl, max_queue,
-                                                      owner, *fields]))
-        if position < 0:
+                OWNERS if owner else "",
+                idempotency_index(owner, idempotency_key) if idempotency_key else ""]
+        result = self._enqueue(keys=keys, args=[job_id, payload_json, self.ttl, max_queue,
+                                                owner, *fields])
+        if isinstance(result, bytes):
+            raise AlreadySubmitted(result.decode())
+        if int(result) < 0:
             raise QueueFull()
-        return position
+        return int(result)
 
     # --- executing -------------------------------------------------------------------------
 

@@ -148,3 +148,16 @@ def _env(value: Any) -> dict[str, str]:
     if size > MAX_ENV_BYTES:
         raise ApiError(400, f"field 'env' is larger than {MAX_ENV_BYTES // 1024} KB")
     return dict(value)
+
+
+IDEMPOTENCY_KEY_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+def parse_idempotency_key(raw: str) -> str | None:
+    """The `Idempotency-Key` header: a client's name for one submission, reused on retries."""
+    if not raw:
+        return None
+    if not IDEMPOTENCY_KEY_RE.fullmatch(raw):
+        raise ApiError(400, "header Idempotency-Key must be 1-128 characters of A-Z a-z 0-9 _ . : - "
+                            "(a UUID is a good choice)")
+    return raw

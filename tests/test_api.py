@@ -406,3 +406,27 @@ def test_metrics_are_prometheus_text(server: Server) -> None:
     sample = r'[a-z_]+(\{[a-z]+="[^"\\]*"(,[a-z]+="[^"\\]*")*\})? -?\d+(\.\d+)?(e[+-]?\d+)?'
     assert all(re.fullmatch(sample, line) for line in lines), lines
     assert server.request("GET", "/metrics", token=None).status == 401
+
+
+def test_a_retried_submission_with_the_same_idempotency_key_makes_one_job(make_server: MakeServer) -> None:
+    srv = make_server()
+    srv.make_workspace("proj")
+    body = {"workspace": "proj", "script": "echo once"}
+    first = srv.request("POST", "/api/jobs/rsync", body, headers={"Idempotency-Key": "ci-run-42.1"})
+    again = srv.request("POST", "/api/jobs/rsync", body, headers={"Idempotency-Key": "ci-run-42.1"})
+    assert first.status == again.status == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.headers["location"] == f"/api/jobs/{first.json()['id']}"
+    other = srv.request("POST", "/api/jobs/rsync", body, headers={"Idempotency-Key": "ci-run-43"})
+    assert other.json()["id"] != first.json()["id"]
+    assert len(srv.request("GET", "/api/jobs").json()["jobs"]) == 2
+
+
+@pytest.mark.parametrize("key", ["has space", "x" * 129, "ünï"])
+def test_a_malformed_idempotency_key_is_400(server: Server, key: str) -> None:
+    server.make_workspace("proj")
+    resp = server.request("POST", "/api/jobs/rsync", {"workspace": "proj", "script": "true"},
+                          headers={"Idempotency-Key": key.encode().decode("latin-1")})
+    assert resp.status == 400
+    assert "Idempotency-Key" in resp.json()["error"]

@@ -221,3 +221,20 @@ def test_cancelling_a_queued_upload_deletes_its_archive(make_server: MakeServer,
     assert code == 202 and len(uploads_left(srv)) == 1
     assert srv.request("POST", f"/api/jobs/{job['id']}/cancel").status == 202
     assert uploads_left(srv) == []
+
+
+def test_a_retried_upload_keeps_one_archive_and_one_job(upload_server: Server, tmp_path: Path) -> None:
+    archive = make_tarball(tmp_path / "code.tar.gz", {"a.txt": b"a"})
+    before = {j["id"] for j in upload_server.request("GET", "/api/jobs?limit=500").json()["jobs"]}
+    ids = set()
+    for _ in range(2):
+        code, job = curl("-H", "Idempotency-Key: upload-retry-1", "--data-binary", f"@{archive}",
+                         "-H", "Content-Type: application/gzip",
+                         f"{upload_server.url}/api/jobs/upload?script=cat%20a.txt")
+        assert code == 202
+        ids.add(str(job["id"]))
+    assert len(ids) == 1
+    assert upload_server.wait_final(ids.pop())["status"] == "success"
+    after = {j["id"] for j in upload_server.request("GET", "/api/jobs?limit=500").json()["jobs"]}
+    assert len(after - before) == 1
+    assert uploads_left(upload_server) == []

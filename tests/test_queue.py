@@ -153,3 +153,16 @@ def test_stats_count_queued_running_and_finished(store: JobStore) -> None:
     store.finish("ex1", "a", payload, "success", {})
     stats = store.stats()
     assert (stats.queued, stats.running, stats.finished["success"]) == (1, 0, 1)
+
+
+def test_the_same_idempotency_key_returns_the_first_job(store: JobStore, redis_client: redis.Redis) -> None:
+    from remoteci.queue import AlreadySubmitted
+
+    record = {"id": "a", "mode": "rsync", "status": "queued", "owner": "admin"}
+    store.enqueue(record, {"id": "a"}, 100, "key-1")
+    with pytest.raises(AlreadySubmitted) as info:
+        store.enqueue({**record, "id": "b"}, {"id": "b"}, 100, "key-1")
+    assert info.value.job_id == "a"
+    assert store.get("b") is None and redis_client.llen(QUEUE) == 1
+    store.enqueue({**record, "id": "c", "owner": "project-x"}, {"id": "c"}, 100, "key-1")
+    assert store.get("c") is not None  # keys are per owner
