@@ -20,10 +20,11 @@ from urllib.parse import quote
 from remoteci.artifacts import FILES, Artifact, job_dir, read_manifest
 from remoteci.config import Settings
 from remoteci.errors import ApiError
-from remoteci.http import Headers, Request, Response, json_response
+from remoteci.http import Headers, Request, Response, StreamSlots, json_response
 from remoteci.identity import Identity
 
 CHUNK = 256 * 1024
+LARGE_DOWNLOAD = 4 * 1024 * 1024  # bytes; smaller files are sent in moments, without a slot
 # Level 1: artifacts are mostly wheels, jars and archives that compress no further, and the
 # stream must keep up with the network rather than squeeze the last percent.
 GZIP_LEVEL = 1
@@ -73,9 +74,11 @@ class ArtifactRoutes:
     """The three artifact routes; `find_job` raises the API's 404 for a job this request may
     not see or that does not exist."""
 
-    def __init__(self, settings: Settings, find_job: Callable[[str, Identity], dict[str, Any]]):
+    def __init__(self, settings: Settings, find_job: Callable[[str, Identity], dict[str, Any]],
+                 streams: StreamSlots):
         self.root = settings.artifacts_dir
         self.find_job = find_job
+        self.streams = streams
 
     def listing(self, request: Request) -> Response:
         job_id = request.params["id"]
@@ -98,7 +101,10 @@ class ArtifactRoutes:
             raise ApiError(404, f"artifact {found.path!r} of job {job_id} is gone "
                                 "(swept with the job)") from None
         try:
-            return _file_response(request, fd, found)
+            response = _file_response(request, fd, found)
+            if found.size > LARGE_DOWNLOAD:  # a big file holds its thread a while: take a slot
+                response.body = self.streams.hold(response.body, "retry in a few seconds")
+            return response
         except BaseException:
             os.close(fd)
             raise
@@ -109,7 +115,9 @@ class ArtifactRoutes:
         files = read_manifest(self.root, job_id).files
         headers: Headers = [("Content-Type", "application/gzip"),
                             ("Content-Disposition", content_disposition(f"{job_id}-artifacts.tar.gz"))]
-        return Response(200, headers, tar_gz(job_dir(self.root, job_id) / FILES, files))
+        body = self.streams.hold(tar_gz(job_dir(self.root, job_id) / FILES, files),
+                                 "retry in a few seconds, or fetch files one by one")
+        return Response(200, headers, body)
 
 
 def _requested_path(request: Request) -> str | None:

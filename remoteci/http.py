@@ -8,7 +8,7 @@ import json
 import re
 import threading
 import traceback
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,12 +116,12 @@ class App:
         self.requests = metrics.RequestCounts()
         self.redis_watch = RedisWatch(COMPONENT, store.ping, self.stopping)
         web = PageRoutes(settings, store)
-        artifacts = ArtifactRoutes(settings, self._job)
+        self.streams = StreamSlots(settings.max_followers)
+        artifacts = ArtifactRoutes(settings, self._job, self.streams)
         self.auth = Authenticator(settings.tokens, settings.project_tokens)
         if settings.tokens_file is not None:
             events.info(COMPONENT, f"{self.auth.project_count} project tokens from "
                                    f"{settings.tokens_file}")
-        self._followers = threading.BoundedSemaphore(settings.max_followers)
         self.routes = [
             Route("GET", _p(r"/api/health"), self.health, "none"),
             Route("GET", _p(r"/ci/remote-ci\.sh"), self.client_script, "none"),
@@ -344,11 +344,6 @@ class App:
 
     def _follow(self, environ: dict[str, Any], job_id: str, path: Path, offset: int,
                 headers: Headers) -> Response:
-        if not self._followers.acquire(blocking=False):
-            raise ApiError(503, f"too many log followers (REMOTE_CI_MAX_FOLLOWERS="
-                                f"{self.settings.max_followers}); poll with ?offset= instead",
-                           [("Retry-After", "5")])
-
         def is_final() -> bool:
             try:
                 return self.store.status(job_id) not in (jobs.QUEUED, jobs.RUNNING)
@@ -359,8 +354,8 @@ class App:
         # waitress tells whether the client hung up, so a quiet job does not pin a slot.
         disconnected = environ.get("waitress.client_disconnected") or _never
         stream = logs.follow(path, offset, is_final, self.stopping, disconnected)
-        return Response(200, [*headers, ("X-Log-Offset", str(offset))],
-                        _ReleasingStream(stream, self._followers.release), streamed=True)
+        body = self.streams.hold(stream, "poll with ?offset= instead")
+        return Response(200, [*headers, ("X-Log-Offset", str(offset))], body, streamed=True)
 
     def stats(self, request: Request) -> Response:
         s = self.store.stats()
@@ -451,23 +446,42 @@ def _int_query(request: Request, name: str, default: int, low: int, high: int) -
     return value
 
 
+class StreamSlots:
+    """Long responses (log follows, large downloads) hold a waitress thread each, so they are
+    capped below the thread count (REMOTE_CI_MAX_FOLLOWERS) and can never starve the API."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._free = threading.BoundedSemaphore(limit)
+
+    def hold(self, body: Iterable[bytes], instead: str) -> Iterable[bytes]:
+        """`body`, holding a slot until the server closes it; a 503 saying `instead` if none is free."""
+        if not self._free.acquire(blocking=False):
+            raise ApiError(503, f"too many log followers and downloads at once "
+                                f"(REMOTE_CI_MAX_FOLLOWERS={self.limit}); {instead}",
+                           [("Retry-After", "5")])
+        return _ReleasingStream(body, self._free.release)
+
+
 class _ReleasingStream:
-    """A streamed body that gives its follower slot back when the server closes it.
+    """A streamed body that gives its slot back when the server closes it.
 
     WSGI servers call close() whatever happened, even when the client left before the first
     chunk, when a generator's own `finally` would never run.
     """
 
-    def __init__(self, gen: Generator[bytes, None, None], release: Callable[[], None]):
-        self._gen = gen
+    def __init__(self, body: Iterable[bytes], release: Callable[[], None]):
+        self._body = body
         self._release: Callable[[], None] | None = release
 
     def __iter__(self) -> Iterator[bytes]:
-        return self._gen
+        return iter(self._body)
 
     def close(self) -> None:
         try:
-            self._gen.close()
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
         finally:
             if self._release is not None:
                 self._release()

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ROOT, TOKEN, RedisServer, Server
+from tests.helpers import ROOT, TOKEN, MakeServer, RedisServer, Server, wait_until
 
 PAYLOAD = bytes(range(256)) * 1200  # 300 KB, every byte value
 REPORT = b"<testsuite tests='1'/>\n"
@@ -240,3 +240,22 @@ def test_a_failed_download_turns_a_green_job_red(srv: Server, tmp_path: Path, cl
          "--artifacts", "*.bin", "--download-artifacts", str(blocker / "sub")],
         capture_output=True, timeout=60, env={"PATH": os.environ["PATH"], "REMOTE_CI_TOKEN": TOKEN})
     assert done.returncode == 1, done.stderr
+
+
+def test_large_downloads_share_the_stream_cap_with_log_followers(make_server: MakeServer) -> None:
+    import http.client
+
+    srv = make_server(env={"REMOTE_CI_MAX_FOLLOWERS": "1", "REMOTE_CI_HTTP_THREADS": "4"})
+    done = srv.submit("mkdir -p out && echo hi > out/a.txt", artifacts=["out/*"])
+    srv.wait_final(done["id"])
+    quiet = srv.submit("sleep 30")
+    follower = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    follower.request("GET", f"/api/jobs/{quiet['id']}/logs?follow=1",
+                     headers={"Authorization": f"Bearer {TOKEN}"})
+    assert follower.getresponse().status == 200  # holds the only slot
+    busy = srv.request("GET", f"/api/jobs/{done['id']}/artifacts.tar.gz")
+    assert busy.status == 503 and "REMOTE_CI_MAX_FOLLOWERS=1" in busy.json()["error"]
+    assert srv.request("GET", f"/api/jobs/{done['id']}/artifacts/out/a.txt").body == b"hi\n"  # small: no slot
+    follower.close()
+    wait_until(lambda: srv.request("GET", f"/api/jobs/{done['id']}/artifacts.tar.gz").status == 200,
+               10, "the slot to come back")
