@@ -113,7 +113,7 @@ class Executor:
             except redis.RedisError as exc:
                 events.warning(COMPONENT, f"cannot register with redis ({exc}); retrying")
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 2.0)  # a returning Redis is used within 2 s
 
     def _info(self) -> dict[str, Any]:
         return {"id": self.id, "host": self.settings.node_name, "pid": os.getpid(),
@@ -201,7 +201,7 @@ class Executor:
                     return None
                 events.warning(COMPONENT, f"redis write failed ({exc}); retrying in {delay:.1f} s")
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 2.0)  # a returning Redis is used within 2 s
 
     def _run(self, payload: dict[str, Any], fields: dict[str, str]) -> Outcome:
         job_id = payload["id"]
