@@ -22,7 +22,7 @@ final also queues its webhook, so no final status can miss its delivery.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +70,26 @@ def idempotency_index(owner: str, key: str) -> str:
 
 def owner_index(owner: str) -> str:
     return f"{P}index:owner:{owner}"
+
+
+def beat(r: redis.Redis, members: str, member: str, key: str, value: str) -> None:
+    """Heartbeat and membership in one transaction: a member without a heartbeat is dead.
+
+    Membership is renewed too, so a process declared dead during a network split is counted
+    again once it is heard from.
+    """
+    pipe = r.pipeline(transaction=True)
+    pipe.set(key, value, ex=HEARTBEAT_TTL)
+    pipe.sadd(members, member)
+    pipe.execute()
+
+
+def heartbeats(r: redis.Redis, members: str, key_of: Callable[[str], str]) -> list[tuple[str, Any]]:
+    """Every registered member with its heartbeat (None: expired, so the member is dead)."""
+    names = sorted(_text(m) for m in r.smembers(members))  # type: ignore[union-attr]
+    if not names:
+        return []
+    return list(zip(names, r.mget([key_of(m) for m in names]), strict=True))
 
 
 class QueueFull(Exception):
@@ -311,29 +331,13 @@ class JobStore:
     # --- executors -------------------------------------------------------------------------
 
     def heartbeat(self, executor_id: str, info: Mapping[str, Any]) -> None:
-        """Heartbeat and membership in one transaction: a member without a heartbeat is dead.
-
-        Membership is renewed too, so an executor declared dead during a network split is
-        counted again once it is heard from.
-        """
-        pipe = self.r.pipeline(transaction=True)
-        pipe.set(heartbeat_key(executor_id), json.dumps(dict(info)), ex=HEARTBEAT_TTL)
-        pipe.sadd(EXECUTORS, executor_id)
-        pipe.execute()
+        beat(self.r, EXECUTORS, executor_id, heartbeat_key(executor_id), json.dumps(dict(info)))
 
     def live_executors(self) -> list[dict[str, Any]]:
-        members = sorted(_text(m) for m in self.r.smembers(EXECUTORS))
-        if not members:
-            return []
-        beats = self.r.mget([heartbeat_key(m) for m in members])
-        return [json.loads(b) for b in beats if b is not None]
+        return [json.loads(b) for _, b in heartbeats(self.r, EXECUTORS, heartbeat_key) if b is not None]
 
     def dead_executors(self) -> list[str]:
-        members = sorted(_text(m) for m in self.r.smembers(EXECUTORS))
-        if not members:
-            return []
-        beats = self.r.mget([heartbeat_key(m) for m in members])
-        return [m for m, b in zip(members, beats, strict=True) if b is None]
+        return [m for m, b in heartbeats(self.r, EXECUTORS, heartbeat_key) if b is None]
 
     def inflight(self, executor_id: str) -> list[str]:
         return [_text(p) for p in self.r.lrange(inflight_key(executor_id), 0, -1)]
@@ -355,8 +359,7 @@ class JobStore:
             if self._finish_from(jobs.RUNNING, "", job_id, payload, jobs.ERROR,
                                  {"error": reason, "finished_at": finished_at}):
                 ended.append(job_id)
-        self.r.delete(heartbeat_key(executor_id))
-        self.r.srem(EXECUTORS, executor_id)
+        self.unregister_executor(executor_id)
         return ended
 
     def unregister_executor(self, executor_id: str) -> None:

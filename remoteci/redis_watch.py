@@ -27,10 +27,6 @@ class RedisWatch:
         self._lock = threading.Lock()
         self._lost = False
 
-    @property
-    def is_lost(self) -> bool:
-        return self._lost
-
     def lost(self, exc: Exception) -> None:
         with self._lock:
             if self._lost:

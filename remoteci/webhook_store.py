@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from remoteci.queue import HEARTBEAT_TTL, WEBHOOKS, P, job_key
+from remoteci.queue import WEBHOOKS, P, beat, heartbeats, job_key
 
 RETRY = P + "webhooks:retry"
 DELIVERERS = P + "deliverers"
@@ -111,17 +111,10 @@ class WebhookStore:
                      args=[job_id, due, *_flat(fields)])
 
     def heartbeat(self, deliverer_id: str) -> None:
-        pipe = self.r.pipeline(transaction=True)
-        pipe.set(heartbeat_key(deliverer_id), "1", ex=HEARTBEAT_TTL)
-        pipe.sadd(DELIVERERS, deliverer_id)
-        pipe.execute()
+        beat(self.r, DELIVERERS, deliverer_id, heartbeat_key(deliverer_id), "1")
 
     def dead_deliverers(self) -> list[str]:
-        members = sorted(m.decode() for m in self.r.smembers(DELIVERERS))  # type: ignore[union-attr]
-        if not members:
-            return []
-        beats = self.r.mget([heartbeat_key(m) for m in members])
-        return [m for m, b in zip(members, beats, strict=True) if b is None]
+        return [m for m, b in heartbeats(self.r, DELIVERERS, heartbeat_key) if b is None]
 
     def hand_back(self, deliverer_id: str) -> int:
         """Forget a deliverer, putting its unfinished deliveries back on the queue."""
