@@ -10,6 +10,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -49,8 +50,12 @@ class Request:
     path: str
     params: dict[str, str]  # from the path pattern
 
+    @cached_property
+    def _query(self) -> dict[str, list[str]]:
+        return parse_qs(self.environ.get("QUERY_STRING", ""), keep_blank_values=True)
+
     def query(self, name: str) -> str | None:
-        values = parse_qs(self.environ.get("QUERY_STRING", ""), keep_blank_values=True).get(name)
+        values = self._query.get(name)
         return values[-1] if values else None
 
     @property
