@@ -1,4 +1,4 @@
-"""The command line: serve | api | worker | submit | token. Server commands import redis lazily, so
+"""The command line: serve | api | worker | submit | token. Server modules are imported lazily, so
 `submit` runs on any CI runner with nothing but the standard library."""
 
 from __future__ import annotations

@@ -8,9 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
-import redis
-
 from remoteci import events, proctree
+from remoteci.redis_client import Address, Redis, RedisError
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 20.0
@@ -59,7 +58,7 @@ class EmbeddedRedis:
             preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + START_TIMEOUT
-        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=2)
+        client = Redis(Address(unix_path=str(self.socket)), socket_timeout=2)
         while True:
             if self.proc.poll() is not None:
                 raise EmbeddedRedisError(f"redis-server exited at start; see "
@@ -67,7 +66,7 @@ class EmbeddedRedis:
             try:
                 client.ping()
                 break
-            except redis.RedisError:
+            except RedisError:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise EmbeddedRedisError("redis-server did not answer within "

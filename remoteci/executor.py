@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from remoteci import events, histograms, jobs, proctree
 from remoteci.artifact_collector import Limits, collect
 from remoteci.config import Settings
 from remoteci.errors import SourceError
 from remoteci.queue import JobStore
+from remoteci.redis_client import RedisError
 from remoteci.sources import discard_source, prepare_source
 from remoteci.wakeup import SignalWakeup
 
@@ -79,7 +78,7 @@ class Executor:
         while not self.stopping:
             try:
                 payload = self.store.take(self.id, TAKE_TIMEOUT)
-            except redis.RedisError as exc:
+            except RedisError as exc:
                 self._redis_trouble(exc)
                 continue
             if payload is not None:
@@ -88,7 +87,7 @@ class Executor:
             self._beating = False
             try:
                 self.store.unregister_executor(self.id)
-            except redis.RedisError:
+            except RedisError:
                 pass  # the heartbeat expires by itself
         events.info(COMPONENT, f"executor {self.id} stopped")
 
@@ -110,7 +109,7 @@ class Executor:
             try:
                 self.store.heartbeat(self.id, self._info())
                 return
-            except redis.RedisError as exc:
+            except RedisError as exc:
                 events.warning(COMPONENT, f"cannot register with redis ({exc}); retrying")
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)  # a returning Redis is used within 2 s
@@ -132,7 +131,7 @@ class Executor:
                 if not healthy:
                     events.info(COMPONENT, "redis is reachable again")
                 healthy = True
-            except redis.RedisError as exc:
+            except RedisError as exc:
                 if healthy:
                     events.error(COMPONENT, f"heartbeat failed, redis unreachable: {exc}")
                 healthy = False
@@ -195,7 +194,7 @@ class Executor:
         while True:
             try:
                 return action()
-            except redis.RedisError as exc:
+            except RedisError as exc:
                 if self.stopping and time.monotonic() > self.drain_deadline + DRAIN_KILL_GRACE:
                     events.error(COMPONENT, f"giving up on a redis write while stopping: {exc}")
                     return None
@@ -329,7 +328,7 @@ class JobWatch:
     def _cancel_requested(self) -> bool:
         try:
             return self.ex.store.cancel_requested(self.job_id)
-        except redis.RedisError:
+        except RedisError:
             return False  # an outage must not kill the job; the next poll asks again
 
     def _stop(self, reason: str, kill_at: float) -> None:

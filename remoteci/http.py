@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import redis
-
 from remoteci import events, jobs, logs, metrics, submissions
 from remoteci.config import ConfigError, Settings
 from remoteci.errors import ApiError
 from remoteci.gitsource import redact_url, validate_git_ref, validate_git_url
 from remoteci.identity import Authenticator, Identity, check_workspace, listing_owner, may_see, require_admin
 from remoteci.queue import AlreadySubmitted, JobStore, QueueFull
+from remoteci.redis_client import RedisError
 from remoteci.redis_watch import RedisWatch
 from remoteci.sources import discard_source
 from remoteci.uploads import receive_upload
@@ -155,7 +154,7 @@ class App:
             response = self._dispatch(environ)
         except ApiError as exc:
             response = error_response(exc.status, exc.message, exc.headers)
-        except redis.RedisError as exc:
+        except RedisError as exc:
             self.redis_watch.lost(exc)  # logs once per outage, not per request
             response = error_response(503, "the job store (Redis) is unreachable; "
                                            "retry in a few seconds", [("Retry-After", "5")])
@@ -352,7 +351,7 @@ class App:
         def is_final() -> bool:
             try:
                 return self.store.status(job_id) not in (jobs.QUEUED, jobs.RUNNING)
-            except redis.RedisError:
+            except RedisError:
                 return False  # keep following; the outage shows in /api/health
 
         # In a stream, X-Log-Offset is where it starts: add the bytes received to resume.
@@ -371,7 +370,7 @@ class App:
     def health(self, request: Request) -> Response:
         try:
             self.store.ping()
-        except redis.RedisError as exc:
+        except RedisError as exc:
             self.redis_watch.lost(exc)
             return json_response(503, {"status": "error", "redis": "unreachable",
                                        "error": f"redis unreachable: {exc}"})

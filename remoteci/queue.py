@@ -26,9 +26,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from remoteci import jobs
+from remoteci.redis_client import Redis
 
 P = "rci:"
 QUEUE = P + "queue"
@@ -72,7 +71,7 @@ def owner_index(owner: str) -> str:
     return f"{P}index:owner:{owner}"
 
 
-def beat(r: redis.Redis, members: str, member: str, key: str, value: str) -> None:
+def beat(r: Redis, members: str, member: str, key: str, value: str) -> None:
     """Heartbeat and membership in one transaction: a member without a heartbeat is dead.
 
     Membership is renewed too, so a process declared dead during a network split is counted
@@ -84,7 +83,7 @@ def beat(r: redis.Redis, members: str, member: str, key: str, value: str) -> Non
     pipe.execute()
 
 
-def heartbeats(r: redis.Redis, members: str, key_of: Callable[[str], str]) -> list[tuple[str, Any]]:
+def heartbeats(r: Redis, members: str, key_of: Callable[[str], str]) -> list[tuple[str, Any]]:
     """Every registered member with its heartbeat (None: expired, so the member is dead)."""
     names = sorted(_text(m) for m in r.smembers(members))  # type: ignore[union-attr]
     if not names:
@@ -238,7 +237,7 @@ class Stats:
 class JobStore:
     """All Redis access of the server goes through here; one method per transition."""
 
-    def __init__(self, client: redis.Redis, retention_seconds: int):
+    def __init__(self, client: Redis, retention_seconds: int):
         self.r = client
         self.ttl = retention_seconds
         self._enqueue = client.register_script(_ENQUEUE)
@@ -492,8 +491,6 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def connect(url: str) -> redis.Redis:
+def connect(url: str) -> Redis:
     """A client with bounded waits: a dead Redis is an error in seconds, not a hang."""
-    return redis.Redis.from_url(
-        url, socket_connect_timeout=3, socket_timeout=10, health_check_interval=30,
-    )
+    return Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)

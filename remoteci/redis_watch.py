@@ -5,9 +5,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-import redis
-
 from remoteci import events
+from remoteci.redis_client import RedisError
 
 PROBE_EVERY = 2.0  # seconds between pings while Redis is lost
 
@@ -48,7 +47,7 @@ class RedisWatch:
         while not self._stop.wait(PROBE_EVERY):
             try:
                 self._ping()
-            except redis.RedisError:
+            except RedisError:
                 continue
             self.back()
             return

@@ -10,13 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from remoteci import events, jobs, proctree
 from remoteci.config import Settings
 from remoteci.executor import DRAIN_KILL_GRACE, executor_main
 from remoteci.notify import Notifier
 from remoteci.queue import HEARTBEAT_TTL, JobStore
+from remoteci.redis_client import RedisError
 from remoteci.redis_watch import RedisWatch
 from remoteci.wakeup import SignalWakeup
 from remoteci.webhook_store import WebhookStore
@@ -153,7 +152,7 @@ class Supervisor:
     def _end_lost_jobs(self, executor_id: str, reason: str) -> None:
         try:
             ended = self.store.reap_executor(executor_id, reason, jobs.iso_now())
-        except redis.RedisError as exc:
+        except RedisError as exc:
             events.error(COMPONENT, f"cannot record lost jobs of {executor_id} ({exc}); "
                                     "the next scan retries")
             return
@@ -170,7 +169,7 @@ class Supervisor:
         """
         try:
             dead = self.store.dead_executors()
-        except redis.RedisError as exc:
+        except RedisError as exc:
             self.redis.lost(exc)
             self.suspects.clear()
             return
@@ -196,7 +195,7 @@ class Supervisor:
     def _hand_back_deliveries(self, deliverer_id: str) -> None:
         try:
             count = self.webhooks.hand_back(deliverer_id)
-        except redis.RedisError as exc:
+        except RedisError as exc:
             events.error(COMPONENT, f"cannot hand back deliveries of {deliverer_id} ({exc}); "
                                     "the next scan retries")
             return
@@ -211,7 +210,7 @@ class Supervisor:
         """
         try:
             dead = self.webhooks.dead_deliverers()
-        except redis.RedisError:
+        except RedisError:
             return  # _reap_lost_executors reports the outage
         for deliverer_id in dead:
             node, _, pid_text = deliverer_id.rpartition(":")
@@ -234,7 +233,7 @@ class Supervisor:
                    + _remove_older(self.settings.work_dir, scratch_cutoff))
         try:
             pruned = self.store.prune_indexes()
-        except redis.RedisError as exc:
+        except RedisError as exc:
             events.warning(COMPONENT, f"index pruning skipped, redis unreachable ({exc})")
             pruned = 0
         if removed or pruned:

@@ -19,9 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import redis
-
 from remoteci.queue import WEBHOOKS, P, beat, heartbeats, job_key
+from remoteci.redis_client import Redis
 
 RETRY = P + "webhooks:retry"
 DELIVERERS = P + "deliverers"
@@ -79,7 +78,7 @@ return #ids
 class WebhookStore:
     """All Redis access of webhook delivery; one method per step."""
 
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: Redis):
         self.r = client
         self._update = client.register_script(_UPDATE)
         self._settle = client.register_script(_SETTLE)

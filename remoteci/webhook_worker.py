@@ -16,11 +16,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import redis
-
 from remoteci import events, webhook_send
 from remoteci.config import Settings
 from remoteci.queue import JobStore
+from remoteci.redis_client import RedisError
 from remoteci.webhook_store import WebhookStore
 from remoteci.webhooks import (
     Reply,
@@ -69,11 +68,11 @@ class Deliverer:
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + HEARTBEAT_EVERY
                     self.store.heartbeat(self.id)
-            except redis.RedisError:
+            except RedisError:
                 pass  # the executors' heartbeat thread reports the outage; we just try again
         try:
             self.store.hand_back(self.id)  # nothing should be left; if something is, it is not lost
-        except redis.RedisError:
+        except RedisError:
             pass  # the heartbeat expires and a supervisor hands the entries back
         events.info(COMPONENT, f"deliverer {self.id} stopped")
 
@@ -86,7 +85,7 @@ class Deliverer:
         while time.monotonic() < self.stop_deadline:
             try:
                 job_id = self.store.take(self.id, 0.2 if self.stopping else TAKE_TIMEOUT)
-            except redis.RedisError:
+            except RedisError:
                 time.sleep(1.0)
                 continue
             if job_id is not None:
@@ -151,7 +150,7 @@ class Deliverer:
         while True:
             try:
                 return action()
-            except redis.RedisError as exc:
+            except RedisError as exc:
                 if self.stopping and time.monotonic() > self.stop_deadline:
                     return None
                 events.warning(COMPONENT, f"redis write failed ({exc}); retrying in {delay:.1f} s")

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import redis
 
+from remoteci.queue import connect
+from remoteci.redis_client import Redis
 from tests.helpers import RedisServer, Server, running_server
 
 
@@ -23,6 +25,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client = redis_server.client()
     client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def store_client(redis_client: redis.Redis, redis_server: RedisServer) -> Iterator[Redis]:
+    """The server's own client, on the flushed redis that `redis_client` (redis-py) reads."""
+    client = connect(redis_server.url)
     yield client
     client.close()
 

@@ -10,7 +10,7 @@ from html import unescape
 
 import pytest
 
-from remoteci.queue import JobStore
+from remoteci.queue import JobStore, connect
 from tests.helpers import TOKEN, Server, wait_until
 
 BASIC = {"Authorization": "Basic " + base64.b64encode(f"ci:{TOKEN}".encode()).decode()}
@@ -172,7 +172,7 @@ def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
     base = tmp_path_factory.mktemp("crowded")
     rs = RedisServer(base / "redis").start()
-    store = JobStore(rs.client(), 3600)
+    store = JobStore(connect(rs.url), 3600)
     for n in range(SEEDED):
         mode = MODES[n % 3]
         store.enqueue({"id": f"seed{n:05d}", "mode": mode, "status": "queued", "script": "true",

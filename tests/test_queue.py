@@ -10,13 +10,14 @@ import redis
 
 from remoteci import jobs
 from remoteci.queue import QUEUE, JobStore, QueueFull, inflight_key, job_key
+from remoteci.redis_client import Redis
 
 TTL = 7 * 86400
 
 
 @pytest.fixture
-def store(redis_client: redis.Redis) -> JobStore:
-    return JobStore(redis_client, TTL)
+def store(store_client: Redis) -> JobStore:
+    return JobStore(store_client, TTL)
 
 
 def submit(store: JobStore, job_id: str, mode: str = "rsync", max_queue: int = 100) -> str:

@@ -13,6 +13,7 @@ from remoteci.config import ConfigError, load_settings
 from remoteci.errors import ApiError
 from remoteci.identity import ADMIN, Authenticator, Identity, listing_owner
 from remoteci.queue import JobStore, owner_index
+from remoteci.redis_client import Redis
 
 HASH = hashlib.sha256(b"a-project-token").hexdigest()
 
@@ -109,8 +110,9 @@ def test_settings_refuse_a_missing_file_and_an_admin_token_reused(tmp_path: Path
         load_settings({"REMOTE_CI_TOKEN": "a-project-token", "REMOTE_CI_TOKENS_FILE": str(path)})
 
 
-def test_owner_index_is_written_on_enqueue_and_pruned(redis_client: redis.Redis) -> None:
-    store = JobStore(redis_client, 3600)
+def test_owner_index_is_written_on_enqueue_and_pruned(redis_client: redis.Redis,
+                                                     store_client: Redis) -> None:
+    store = JobStore(store_client, 3600)
     for n, owner in enumerate(["web", "api", "web"]):
         store.enqueue({"id": f"j{n}", "mode": "rsync", "status": "queued", "script": "true",
                        "source": "s", "timeout": "60", "created_at": "2026-11-28T00:00:00.000Z",
