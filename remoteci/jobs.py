@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -38,7 +38,7 @@ _FLOAT_FIELDS = ("duration",)
 
 def new_job_id() -> str:
     """A short, unguessable, time-ordered id: sortable by eye in logs and directory listings."""
-    return f"{int(time.time() * 1000):011x}{secrets.token_hex(5)}"
+    return f"{int(time.time() * 1000):011x}{os.urandom(5).hex()}"
 
 
 def is_valid_job_id(value: str) -> bool:

@@ -9,12 +9,15 @@ import threading
 from types import FrameType
 from typing import Any
 
-from remoteci import events, notify, proctree, wsgi_server
+from remoteci import events, listener, notify, proctree
 from remoteci.config import Settings
 from remoteci.embedded_redis import EmbeddedRedis
-from remoteci.http import App
 from remoteci.queue import JobStore, connect
-from remoteci.supervisor import supervisor_main
+
+# Each side imports its own modules: the web side (remoteci.http, wsgi_server, waitress) in
+# _api(), the supervisor side (supervisor, executor, sources) in _supervise(). `serve` forks
+# its supervisor before either, so no process holds the other side's modules (every MB counts
+# several times: each executor is a fork of the supervisor).
 
 
 def _store_factory(settings: Settings, url: str) -> JobStore:
@@ -37,7 +40,22 @@ def _banner(settings: Settings, server: Any) -> str:
     return url
 
 
-def _announce(notifier: notify.Notifier, app: App, url: str) -> None:
+def _api(settings: Settings, url: str, sock: socket.socket) -> tuple[Any, Any]:
+    """The WSGI app and its (not yet running) waitress server on the bound socket."""
+    from remoteci import wsgi_server
+    from remoteci.http import App
+
+    app = App(settings, _store_factory(settings, url))
+    return app, wsgi_server.create(settings, app, sock)
+
+
+def _supervise(settings: Settings, url: str, notifier: notify.Notifier | None = None) -> int:
+    from remoteci.supervisor import supervisor_main
+
+    return supervisor_main(settings, lambda: _store_factory(settings, url), notifier)
+
+
+def _announce(notifier: notify.Notifier, app: Any, url: str) -> None:
     # The socket already listens (create_server binds it), so a client told "ready" is served.
     notifier.ready(f"listening on {url}")
     notify.start_watchdog(notifier, app.stopping)
@@ -51,10 +69,9 @@ def run_api(settings: Settings) -> int:
     if settings.redis_url is None:
         events.error("api", "REMOTE_CI_REDIS_URL is required for `api` (only `serve` embeds redis)")
         return 2
-    sock = wsgi_server.bind(settings)
+    sock = listener.bind(settings)
     _prepare_dirs(settings)
-    app = App(settings, _store_factory(settings, settings.redis_url))
-    server = wsgi_server.create(settings, app, sock)
+    app, server = _api(settings, settings.redis_url, sock)
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGHUP, lambda *_: app.reload_tokens())
     notifier = notify.from_env()
@@ -76,12 +93,12 @@ def run_worker(settings: Settings) -> int:
         return 2
     _prepare_dirs(settings)
     url = settings.redis_url
-    return supervisor_main(settings, lambda: _store_factory(settings, url), notify.from_env())
+    return _supervise(settings, url, notify.from_env())
 
 
 def run_serve(settings: Settings) -> int:
     """API in this process, the supervisor in a forked child, and redis if none is configured."""
-    sock = wsgi_server.bind(settings)
+    sock = listener.bind(settings)
     _prepare_dirs(settings)
     embedded: EmbeddedRedis | None = None
     url = settings.redis_url
@@ -103,12 +120,11 @@ def _serve_with(settings: Settings, url: str, sock: socket.socket) -> int:
         try:
             sock.close()  # the API's socket is not the supervisor's to hold open
             proctree.die_with_parent(signal.SIGTERM)
-            code = supervisor_main(settings, lambda: _store_factory(settings, url))
+            code = _supervise(settings, url)
         finally:
             os._exit(code)
 
-    app = App(settings, _store_factory(settings, url))
-    server = wsgi_server.create(settings, app, sock)
+    app, server = _api(settings, url, sock)
     result = {"code": 0}
     stop_requested = threading.Event()
     notifier = notify.from_env()  # this process is systemd's main pid; the supervisor stays silent

@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from remoteci.archives import extract_archive
 from remoteci.config import Settings
 from remoteci.errors import SourceError
-from remoteci.gitsource import clone_git
 from remoteci.workspaces import copy_workspace, recheck_workspace
+
+# archives (tarfile, zlib) and gitsource are imported by the first job that needs them: the
+# executors fork from the supervisor and stay small until an upload or git job arrives.
 
 
 def prepare_source(payload: dict[str, Any], scratch: Path, settings: Settings,
@@ -22,11 +23,15 @@ def prepare_source(payload: dict[str, Any], scratch: Path, settings: Settings,
         copy_workspace(workspace, scratch, timeout=payload["timeout"])
         return {}
     if mode == "upload":
+        from remoteci.archives import extract_archive
+
         extract_archive(Path(payload["path"]), scratch,
                         max_bytes=settings.max_extract_mb * 1024 * 1024,
                         max_members=settings.max_archive_members)
         return {}
     if mode == "git":
+        from remoteci.gitsource import clone_git
+
         commit = clone_git(payload["repo"], payload.get("ref"), scratch,
                            timeout=min(settings.git_timeout, payload["timeout"]),
                            allow_file=settings.git_allow_file, log_fd=log_fd)

@@ -12,11 +12,10 @@ import os
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from remoteci import events, webhook_send
+from remoteci import events
 from remoteci.config import Settings
 from remoteci.queue import JobStore
 from remoteci.redis_client import RedisError
@@ -109,7 +108,7 @@ class Deliverer:
         if not url:  # expired meanwhile, or never had one
             self._redis(lambda: self.store.settle(self.id, job_id, {}, None))
             return
-        delivery_id = record.get("webhook_delivery") or str(uuid.uuid4())
+        delivery_id = record.get("webhook_delivery") or _new_delivery_id()
         attempts = int(record.get("webhook_attempts") or 0) + 1
         # Counted before the attempt, so a deliverer dying mid-attempt still shows it.
         self._redis(lambda: self.store.update(job_id, {"webhook_delivery": delivery_id,
@@ -141,6 +140,8 @@ class Deliverer:
             return Reply(None, f"{target.host}:{target.port} is not in REMOTE_CI_WEBHOOK_ALLOW "
                                f"on {self.settings.node_name}", retryable=False)
         secret = self.settings.webhook_secret or ""
+        from remoteci import webhook_send  # see _new_delivery_id
+
         return webhook_send.post(target, url, body, delivery_headers(body, secret, delivery_id),
                                  self.settings.webhook_timeout)
 
@@ -169,3 +170,11 @@ def _origin(url: str) -> str:
 def deliverer_main(settings: Settings, store: JobStore, slot: int) -> None:
     del slot
     Deliverer(settings, WebhookStore(store.r), f"{settings.node_name}:{os.getpid()}").run_forever()
+
+
+def _new_delivery_id() -> str:
+    # uuid, and webhook_send's http.client and ssl, are imported by the deliverer only: the
+    # supervisor imports this module, and its executors would carry them too (~10 MB each).
+    import uuid
+
+    return str(uuid.uuid4())
