@@ -27,6 +27,7 @@ from remoteci.redis_watch import RedisWatch
 from remoteci.sources import discard_source
 from remoteci.uploads import receive_upload
 from remoteci.workspaces import relative_to_root, resolve_workspace
+from remoteci.wsgi_server import SEND_NOW
 
 MAX_JSON_BODY = 1024 * 1024
 LIST_LIMIT_MAX = 500
@@ -181,6 +182,11 @@ class App:
             if close is not None:
                 close()
             return []
+        if response.streamed or isinstance(response.body, _ReleasingStream):
+            # A long answer: its chunks go out as they come, and a hang-up is noticed.
+            send_now = environ.get(SEND_NOW)
+            if send_now is not None:
+                send_now()
         if response.streamed:
             write(b"")  # waitress sends headers on the first non-empty chunk unless told now
         return response.body

@@ -3,17 +3,33 @@
 waitress answers some requests itself before the app sees them (a body over the limit, a
 malformed request line); its stock answer is plain text. API.md promises JSON errors, so its
 error task is replaced by one that says the same thing as `{"error": ...}`.
+
+Short answers and long ones want different channel settings. A short answer is best written
+in one send() once complete, and its connection need not be read while the app runs. A long
+one (a log follow, a large download) must send each chunk as it comes, and must keep reading
+its connection so that a hang-up is noticed (waitress' channel lookahead) and a quiet
+follower gives its thread back. Doing the latter for every request cost a send() per header
+block and per body chunk from the worker thread (about 100 µs of CPU per short answer), so
+channels start with the short settings and the app switches a request's channel to the long
+ones when it starts a long answer (SEND_NOW in the environ), until that request ends.
+
+waitress' `send_bytes` (how much output to buffer before sending) is deprecated as an
+argument, with 1 as its default, which is what long answers want; it is set on the
+adjustments object instead. Should a later waitress drop it, every answer is sent as written:
+slower, never wrong.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import socket
 from typing import Any
 
 import waitress
+from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
-from waitress.task import ErrorTask
+from waitress.task import ErrorTask, WSGITask
 
 from remoteci.config import Settings
 from remoteci.uploads import max_request_bytes
@@ -33,8 +49,43 @@ class _JsonErrorTask(ErrorTask):  # type: ignore[misc]
         self.write(body)
 
 
-class _JsonErrorChannel(HTTPChannel):  # type: ignore[misc]
+SEND_NOW = "remoteci.send_now"  # environ: call before a long answer's first write
+# A short answer's headers and body are buffered and leave in one send() once the app returns
+# (waitress' former default); a chunk this large is sent at once.
+SHORT_SEND_BYTES = 18000
+
+
+class _Task(WSGITask):  # type: ignore[misc]
+    """A request's task; it can put its channel in streaming mode for its own duration."""
+
+    def get_environment(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environment()
+        environ[SEND_NOW] = self._send_now
+        return environ
+
+    def _send_now(self) -> None:
+        # Read by the main loop too (readable/handle_write): either settings object is valid
+        # at any moment, and swapping a reference is atomic.
+        self.channel.adj = self.channel.stream_adj
+
+    def service(self) -> None:
+        try:
+            super().service()
+        finally:
+            self.channel.adj = self.channel.server.adj  # the next request starts short
+
+
+class _Channel(HTTPChannel):  # type: ignore[misc]
+    task_class = _Task
     error_task_class = _JsonErrorTask
+    stream_adj: Adjustments  # set on the class by create()
+
+
+def _stream_adjustments(adj: Adjustments) -> Adjustments:
+    stream = copy.copy(adj)
+    stream.send_bytes = 1  # send each chunk now: a followed log line must not wait for a buffer
+    stream.channel_request_lookahead = 1  # keep reading: a follower notices its client hung up
+    return stream
 
 
 def bind(settings: Settings) -> socket.socket:
@@ -64,10 +115,13 @@ def create(settings: Settings, app: Any, sock: socket.socket) -> Any:
         # waitress spools bodies to a temp file before calling the app: over this, it refuses
         # them from the Content-Length alone, before reading them.
         max_request_body_size=max_request_bytes(settings.max_upload_mb * 1024 * 1024),
-        channel_request_lookahead=1,  # lets a log follower notice that its client hung up
         recv_bytes=256 * 1024,  # upload bodies arrive in large reads, not 8 KB ones
-        send_bytes=1,  # send each chunk now: a followed log line must not wait for a buffer
+        # channel_request_lookahead stays 0 (a channel is not read while its request runs)
+        # and send_bytes is set below; long answers switch to _stream_adjustments.
         clear_untrusted_proxy_headers=True, ident="remote-ci",
     )
-    server.channel_class = _JsonErrorChannel
+    server.adj.send_bytes = SHORT_SEND_BYTES
+    # A class per server, since it carries this server's stream settings.
+    server.channel_class = type("Channel", (_Channel,), {
+        "stream_adj": _stream_adjustments(server.adj)})
     return server
