@@ -13,6 +13,12 @@ block and per body chunk from the worker thread (about 100 µs of CPU per short 
 channels start with the short settings and the app switches a request's channel to the long
 ones when it starts a long answer (SEND_NOW in the environ), until that request ends.
 
+Threads follow the same split. REMOTE_CI_HTTP_THREADS is the most there will be: the server
+keeps that minus REMOTE_CI_MAX_FOLLOWERS for short answers, and a long answer adds a thread
+for its own duration (it holds one). Short answers so always have the same threads free, and
+fewer threads contend for the GIL: with 16 connections, 16 threads cost ~720 µs of CPU per
+GET /api/jobs/<id>, 8 threads ~600 µs.
+
 waitress' `send_bytes` (how much output to buffer before sending) is deprecated as an
 argument, with 1 as its default, which is what long answers want; it is set on the
 adjustments object instead. Should a later waitress drop it, every answer is sent as written:
@@ -24,13 +30,16 @@ from __future__ import annotations
 import copy
 import json
 import socket
+import threading
+import time
 from typing import Any
 
 import waitress
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
-from waitress.task import ErrorTask, WSGITask
+from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
 
+from remoteci import events
 from remoteci.config import Settings
 from remoteci.uploads import max_request_bytes
 
@@ -55,8 +64,58 @@ SEND_NOW = "remoteci.send_now"  # environ: call before a long answer's first wri
 SHORT_SEND_BYTES = 18000
 
 
+QUEUE_WARN_SECONDS = 60.0
+
+
+class _Dispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
+    """waitress' thread pool, with a thread added for each long answer while it lasts."""
+
+    def __init__(self, short_threads: int):
+        super().__init__()
+        self._short = short_threads
+        self._lent = 0
+        self._closed = False
+        self._count_lock = threading.Lock()
+        self._warned_at = -QUEUE_WARN_SECONDS
+        self.set_thread_count(short_threads)
+
+    def lend(self) -> None:
+        """A long answer starts holding its thread: start one in its place."""
+        self._resize(+1)
+
+    def give_back(self) -> None:
+        self._resize(-1)
+
+    def _resize(self, change: int) -> None:
+        with self._count_lock:
+            self._lent += change
+            if not self._closed:  # no thread starts again once the server shuts down
+                self.set_thread_count(self._short + self._lent)
+
+    def shutdown(self, cancel_pending: bool = True, timeout: int = 5) -> bool:
+        with self._count_lock:
+            self._closed = True
+        return bool(super().shutdown(cancel_pending, timeout))
+
+    def add_task(self, task: Any) -> None:
+        # As waitress' own, but a queue is normal under load with few threads: waitress warns
+        # on every task that finds no idle thread (thousands of lines a second); this warns
+        # once a minute, and only when the queue is deep.
+        with self.lock:
+            self.queue.append(task)
+            self.queue_cv.notify()
+            depth = len(self.queue)
+        if depth > 4 * self._short and time.monotonic() - self._warned_at > QUEUE_WARN_SECONDS:
+            self._warned_at = time.monotonic()
+            events.warning("api", f"{depth} requests wait for an API thread "
+                                  "(REMOTE_CI_HTTP_THREADS minus REMOTE_CI_MAX_FOLLOWERS are "
+                                  "for short answers)")
+
+
 class _Task(WSGITask):  # type: ignore[misc]
-    """A request's task; it can put its channel in streaming mode for its own duration."""
+    """A request's task; it can switch to a long answer for its own duration."""
+
+    _long = False
 
     def get_environment(self) -> dict[str, Any]:
         environ: dict[str, Any] = super().get_environment()
@@ -64,6 +123,10 @@ class _Task(WSGITask):  # type: ignore[misc]
         return environ
 
     def _send_now(self) -> None:
+        if self._long:
+            return
+        self._long = True
+        self.channel.server.task_dispatcher.lend()
         # Read by the main loop too (readable/handle_write): either settings object is valid
         # at any moment, and swapping a reference is atomic.
         self.channel.adj = self.channel.stream_adj
@@ -72,7 +135,9 @@ class _Task(WSGITask):  # type: ignore[misc]
         try:
             super().service()
         finally:
-            self.channel.adj = self.channel.server.adj  # the next request starts short
+            if self._long:
+                self.channel.adj = self.channel.server.adj  # the next request starts short
+                self.channel.server.task_dispatcher.give_back()
 
 
 class _Channel(HTTPChannel):  # type: ignore[misc]
@@ -109,8 +174,9 @@ def create(settings: Settings, app: Any, sock: socket.socket) -> Any:
     server = waitress.create_server(
         app, sockets=[sock],
         # One thread per request; log followers are capped below the thread count (config
-        # checks), so streams can never starve the API.
-        threads=settings.http_threads,
+        # checks) and each brings its own, so streams can never starve the API.
+        threads=settings.http_threads,  # the most; see _Dispatcher
+        _dispatcher=_Dispatcher(settings.http_threads - settings.max_followers),
         connection_limit=200, channel_timeout=120, asyncore_use_poll=True,
         # waitress spools bodies to a temp file before calling the app: over this, it refuses
         # them from the Content-Length alone, before reading them.
