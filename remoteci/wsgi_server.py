@@ -16,8 +16,10 @@ ones when it starts a long answer (SEND_NOW in the environ), until that request 
 Threads follow the same split. REMOTE_CI_HTTP_THREADS is the most there will be: the server
 keeps that minus REMOTE_CI_MAX_FOLLOWERS for short answers, and a long answer adds a thread
 for its own duration (it holds one). Short answers so always have the same threads free, and
-fewer threads contend for the GIL: with 16 connections, 16 threads cost ~720 µs of CPU per
-GET /api/jobs/<id>, 8 threads ~600 µs.
+few threads contend for the GIL. GET /api/jobs/<id> under wrk with 16 connections, CPU per
+request (and context switches) by threads for short answers: 8: ~685 µs (14), 4: ~570 µs (9),
+2: ~520 µs (5). The default is 4 (12 - 8): an upload being stored or a stalled Redis holds a
+short-answer thread for seconds, and 2 would leave too little room beside it.
 
 waitress' `send_bytes` (how much output to buffer before sending) is deprecated as an
 argument, with 1 as its default, which is what long answers want; it is set on the
