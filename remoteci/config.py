@@ -38,7 +38,7 @@ class Settings:
     max_log_mb: int = 2048
     max_queue: int = 10_000
     max_followers: int = 8
-    http_threads: int = 16
+    http_threads: int = 12
     git_allow_file: bool = False
     git_timeout: int = 600
     max_artifact_mb: int = 1024

@@ -9,7 +9,7 @@ import re
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from remoteci.redis_watch import RedisWatch
 from remoteci.sources import discard_source
 from remoteci.uploads import receive_upload
 from remoteci.workspaces import relative_to_root, resolve_workspace
+from remoteci.wsgi_server import SEND_NOW
 
 MAX_JSON_BODY = 1024 * 1024
 LIST_LIMIT_MAX = 500
@@ -86,8 +87,12 @@ class Response:
     streamed: bool = False  # headers go out at once, before the first (maybe late) chunk
 
 
+# One encoder for every response: json.dumps with any option builds a new one per call.
+_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 def json_response(status: int, obj: Any, headers: Headers | None = None) -> Response:
-    data = json.dumps(obj, separators=(",", ":")).encode()
+    data = _JSON.encode(obj).encode()
     return Response(status, [("Content-Type", "application/json"),
                              ("Content-Length", str(len(data))), *(headers or [])], [data])
 
@@ -105,6 +110,10 @@ class Route:
     pattern: re.Pattern[str]
     handler: Handler
     auth: str  # "none", "api" (Bearer) or "page" (Bearer or Basic)
+    label: str = field(init=False)  # the route in request metrics: /api/jobs/{id}
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label", metrics.route_label(self.pattern.pattern))
 
 
 class App:
@@ -172,6 +181,11 @@ class App:
             if close is not None:
                 close()
             return []
+        if response.streamed or isinstance(response.body, _ReleasingStream):
+            # A long answer: its chunks go out as they come, and a hang-up is noticed.
+            send_now = environ.get(SEND_NOW)
+            if send_now is not None:
+                send_now()
         if response.streamed:
             write(b"")  # waitress sends headers on the first non-empty chunk unless told now
         return response.body
@@ -187,7 +201,7 @@ class App:
             if route.method != method and not (method == "HEAD" and route.method == "GET"):
                 allowed.append(route.method)
                 continue
-            environ["remoteci.route"] = metrics.route_label(route.pattern.pattern)
+            environ["remoteci.route"] = route.label
             environ["remoteci.identity"] = self._authenticate(environ, route.auth)
             params = match.groupdict()
             if "id" in params and not jobs.is_valid_job_id(params["id"]):

@@ -3,18 +3,45 @@
 waitress answers some requests itself before the app sees them (a body over the limit, a
 malformed request line); its stock answer is plain text. API.md promises JSON errors, so its
 error task is replaced by one that says the same thing as `{"error": ...}`.
+
+Short answers and long ones want different channel settings. A short answer is best written
+in one send() once complete, and its connection need not be read while the app runs. A long
+one (a log follow, a large download) must send each chunk as it comes, and must keep reading
+its connection so that a hang-up is noticed (waitress' channel lookahead) and a quiet
+follower gives its thread back. Doing the latter for every request cost a send() per header
+block and per body chunk from the worker thread (about 100 µs of CPU per short answer), so
+channels start with the short settings and the app switches a request's channel to the long
+ones when it starts a long answer (SEND_NOW in the environ), until that request ends.
+
+Threads follow the same split. REMOTE_CI_HTTP_THREADS is the most there will be: the server
+keeps that minus REMOTE_CI_MAX_FOLLOWERS for short answers, and a long answer adds a thread
+for its own duration (it holds one). Short answers so always have the same threads free, and
+few threads contend for the GIL. GET /api/jobs/<id> under wrk with 16 connections, CPU per
+request (and context switches) by threads for short answers: 8: ~685 µs (14), 4: ~570 µs (9),
+2: ~520 µs (5). The default is 4 (12 - 8): an upload being stored or a stalled Redis holds a
+short-answer thread for seconds, and 2 would leave too little room beside it.
+
+waitress' `send_bytes` (how much output to buffer before sending) is deprecated as an
+argument, with 1 as its default, which is what long answers want; it is set on the
+adjustments object instead. Should a later waitress drop it, every answer is sent as written:
+slower, never wrong.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import socket
+import threading
+import time
 from typing import Any
 
 import waitress
+from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
-from waitress.task import ErrorTask
+from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
 
+from remoteci import events
 from remoteci.config import Settings
 from remoteci.uploads import max_request_bytes
 
@@ -33,8 +60,99 @@ class _JsonErrorTask(ErrorTask):  # type: ignore[misc]
         self.write(body)
 
 
-class _JsonErrorChannel(HTTPChannel):  # type: ignore[misc]
+SEND_NOW = "remoteci.send_now"  # environ: call before a long answer's first write
+# A short answer's headers and body are buffered and leave in one send() once the app returns
+# (waitress' former default); a chunk this large is sent at once.
+SHORT_SEND_BYTES = 18000
+
+
+QUEUE_WARN_SECONDS = 60.0
+
+
+class _Dispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
+    """waitress' thread pool, with a thread added for each long answer while it lasts."""
+
+    def __init__(self, short_threads: int):
+        super().__init__()
+        self._short = short_threads
+        self._lent = 0
+        self._closed = False
+        self._count_lock = threading.Lock()
+        self._warned_at = -QUEUE_WARN_SECONDS
+        self.set_thread_count(short_threads)
+
+    def lend(self) -> None:
+        """A long answer starts holding its thread: start one in its place."""
+        self._resize(+1)
+
+    def give_back(self) -> None:
+        self._resize(-1)
+
+    def _resize(self, change: int) -> None:
+        with self._count_lock:
+            self._lent += change
+            if not self._closed:  # no thread starts again once the server shuts down
+                self.set_thread_count(self._short + self._lent)
+
+    def shutdown(self, cancel_pending: bool = True, timeout: int = 5) -> bool:
+        with self._count_lock:
+            self._closed = True
+        return bool(super().shutdown(cancel_pending, timeout))
+
+    def add_task(self, task: Any) -> None:
+        # As waitress' own, but a queue is normal under load with few threads: waitress warns
+        # on every task that finds no idle thread (thousands of lines a second); this warns
+        # once a minute, and only when the queue is deep.
+        with self.lock:
+            self.queue.append(task)
+            self.queue_cv.notify()
+            depth = len(self.queue)
+        if depth > 4 * self._short and time.monotonic() - self._warned_at > QUEUE_WARN_SECONDS:
+            self._warned_at = time.monotonic()
+            events.warning("api", f"{depth} requests wait for an API thread "
+                                  "(REMOTE_CI_HTTP_THREADS minus REMOTE_CI_MAX_FOLLOWERS are "
+                                  "for short answers)")
+
+
+class _Task(WSGITask):  # type: ignore[misc]
+    """A request's task; it can switch to a long answer for its own duration."""
+
+    _long = False
+
+    def get_environment(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environment()
+        environ[SEND_NOW] = self._send_now
+        return environ
+
+    def _send_now(self) -> None:
+        if self._long:
+            return
+        self._long = True
+        self.channel.server.task_dispatcher.lend()
+        # Read by the main loop too (readable/handle_write): either settings object is valid
+        # at any moment, and swapping a reference is atomic.
+        self.channel.adj = self.channel.stream_adj
+
+    def service(self) -> None:
+        try:
+            super().service()
+        finally:
+            if self._long:
+                self.channel.adj = self.channel.server.adj  # the next request starts short
+                self.channel.server.task_dispatcher.give_back()
+
+
+class _Channel(HTTPChannel):  # type: ignore[misc]
+    task_class = _Task
     error_task_class = _JsonErrorTask
+    stream_adj: Adjustments  # set on the class by create()
+
+
+def _stream_adjustments(adj: Adjustments) -> Adjustments:
+    stream = copy.copy(adj)
+    stream.send_bytes = 1  # send each chunk now: a followed log line must not wait for a buffer
+    stream.channel_request_lookahead = 1  # keep reading: a follower notices its client hung up
+    return stream
 
 
 def create(settings: Settings, app: Any, sock: socket.socket) -> Any:
@@ -42,16 +160,20 @@ def create(settings: Settings, app: Any, sock: socket.socket) -> Any:
     server = waitress.create_server(
         app, sockets=[sock],
         # One thread per request; log followers are capped below the thread count (config
-        # checks), so streams can never starve the API.
-        threads=settings.http_threads,
+        # checks) and each brings its own, so streams can never starve the API.
+        threads=settings.http_threads,  # the most; see _Dispatcher
+        _dispatcher=_Dispatcher(settings.http_threads - settings.max_followers),
         connection_limit=200, channel_timeout=120, asyncore_use_poll=True,
         # waitress spools bodies to a temp file before calling the app: over this, it refuses
         # them from the Content-Length alone, before reading them.
         max_request_body_size=max_request_bytes(settings.max_upload_mb * 1024 * 1024),
-        channel_request_lookahead=1,  # lets a log follower notice that its client hung up
         recv_bytes=256 * 1024,  # upload bodies arrive in large reads, not 8 KB ones
-        send_bytes=1,  # send each chunk now: a followed log line must not wait for a buffer
+        # channel_request_lookahead stays 0 (a channel is not read while its request runs)
+        # and send_bytes is set below; long answers switch to _stream_adjustments.
         clear_untrusted_proxy_headers=True, ident="remote-ci",
     )
-    server.channel_class = _JsonErrorChannel
+    server.adj.send_bytes = SHORT_SEND_BYTES
+    # A class per server, since it carries this server's stream settings.
+    server.channel_class = type("Channel", (_Channel,), {
+        "stream_adj": _stream_adjustments(server.adj)})
     return server

@@ -256,6 +256,19 @@ def test_follow_streams_until_the_job_ends(server: Server) -> None:
     assert streamed == server.log(job["id"])
 
 
+def test_follow_sends_each_line_as_it_comes(server: Server) -> None:
+    # Short answers go out in one send once complete; a follow must not wait for its end.
+    job = server.submit("echo first; sleep 30")
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+    conn.request("GET", f"/api/jobs/{job['id']}/logs?follow=1",
+                 headers={"Authorization": f"Bearer {TOKEN}"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.readline() == b"first\n"  # while the job still sleeps
+    conn.close()
+    server.request("POST", f"/api/jobs/{job['id']}/cancel")
+
+
 def test_follow_from_an_offset_resumes_without_duplicates(server: Server) -> None:
     job = server.submit("echo first; sleep 0.5; echo second")
     wait_until(lambda: server.log(job["id"]).startswith(b"first\n"), 10, "first line")
