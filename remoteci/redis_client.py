@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import select
 import socket
-import threading
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -261,8 +261,9 @@ class Redis(_Commands):
         self.connect_timeout = socket_connect_timeout
         self.timeout = socket_timeout
         self.max_idle = max_idle
-        self._idle: list[_Connection] = []
-        self._lock = threading.Lock()
+        # A deque's append and pop are atomic: threads share the idle connections without a
+        # lock, and a child forked while another thread held one cannot inherit it held.
+        self._idle: deque[_Connection] = deque()
         self._pid = os.getpid()
 
     @classmethod
@@ -292,8 +293,7 @@ class Redis(_Commands):
         return Pipeline(self, transaction)
 
     def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
+        idle, self._idle = self._idle, deque()
         for conn in idle:
             conn.close()
 
@@ -306,27 +306,25 @@ class Redis(_Commands):
     def _acquire(self) -> _Connection:
         if self._pid != os.getpid():
             self._forget_parent_connections()
-        with self._lock:
-            while self._idle:
+        while True:
+            try:
                 conn = self._idle.pop()
-                if not conn.closed_by_server():
-                    return conn
-                conn.close()
-        return _Connection(self.address, self.connect_timeout, self.timeout)
+            except IndexError:
+                return _Connection(self.address, self.connect_timeout, self.timeout)
+            if not conn.closed_by_server():
+                return conn
+            conn.close()
 
     def _release(self, conn: _Connection) -> None:
-        with self._lock:
-            if len(self._idle) < self.max_idle and self._pid == os.getpid():
-                self._idle.append(conn)
-                return
-        conn.close()
+        if len(self._idle) < self.max_idle and self._pid == os.getpid():
+            self._idle.append(conn)  # racing releases may go a little over max_idle: harmless
+        else:
+            conn.close()
 
     def _forget_parent_connections(self) -> None:
         # The parent keeps using these sockets: sharing one would interleave two processes'
-        # commands. Closing our copy of the descriptor leaves the parent's connection open. The
-        # lock is new too: another thread of the parent may have held it at the fork.
-        inherited, self._idle = self._idle, []
-        self._lock = threading.Lock()
+        # commands. Closing our copy of the descriptor leaves the parent's connection open.
+        inherited, self._idle = self._idle, deque()
         self._pid = os.getpid()
         for conn in inherited:
             conn.close()
