@@ -85,20 +85,24 @@ def _copy_small(source: Path, dest: Path) -> bool:
     entries = _small_tree(source)
     if entries is None:
         return False
+    # Plain strings and os calls: pathlib and shutil.copyfile's checks cost more than the
+    # copy of a few small files.
+    src_root, dest_root = os.fspath(source), os.fspath(dest)
     try:
         for rel, st in entries:
-            src, dst = source / rel, dest / rel
+            src, dst = os.path.join(src_root, rel), os.path.join(dest_root, rel)
             if stat.S_ISDIR(st.st_mode):
                 os.mkdir(dst, 0o700)
             elif stat.S_ISLNK(st.st_mode):
                 os.symlink(os.readlink(src), dst)
             else:
-                shutil.copyfile(src, dst, follow_symlinks=False)
+                _copy_bytes(src, dst)
             _preserve(src, dst, st)
-        # Directory times last: filling a directory changes its mtime. `.` is the dest itself.
-        for rel, st in [*reversed(entries), (Path("."), os.lstat(source))]:
+        # Directory times last: filling a directory changes its mtime.
+        for rel, st in reversed(entries):
             if stat.S_ISDIR(st.st_mode):
-                _preserve(source / rel, dest / rel, st)
+                _preserve(os.path.join(src_root, rel), os.path.join(dest_root, rel), st)
+        _preserve(src_root, dest_root, os.lstat(source))
     except OSError:
         for child in list(os.scandir(dest)):  # let cp redo it and word any error
             if child.is_dir(follow_symlinks=False):
@@ -109,19 +113,33 @@ def _copy_small(source: Path, dest: Path) -> bool:
     return True
 
 
-def _small_tree(source: Path) -> list[tuple[Path, os.stat_result]] | None:
+def _copy_bytes(src: str, dst: str) -> None:
+    """shutil.copyfile for a file just listed as regular: the bytes, created 0o666 & ~umask."""
+    fin = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        try:
+            while os.sendfile(fout, fin, None, SMALL_BYTES):
+                pass
+        finally:
+            os.close(fout)
+    finally:
+        os.close(fin)
+
+
+def _small_tree(source: Path) -> list[tuple[str, os.stat_result]] | None:
     """Every entry below `source` (parents first), or None past the limits or on a special
     file or a hard link (cp -a keeps those; this path does not try to)."""
-    found: list[tuple[Path, os.stat_result]] = []
+    found: list[tuple[str, os.stat_result]] = []
     total = 0
-    stack = [Path(".")]
+    stack = [""]
     try:
         while stack:
             rel = stack.pop()
-            with os.scandir(source / rel) as it:
+            with os.scandir(os.path.join(source, rel)) as it:
                 for entry in it:
                     st = entry.stat(follow_symlinks=False)
-                    path = rel / entry.name
+                    path = os.path.join(rel, entry.name)
                     if stat.S_ISDIR(st.st_mode):
                         stack.append(path)
                     elif stat.S_ISREG(st.st_mode):
@@ -138,7 +156,7 @@ def _small_tree(source: Path) -> list[tuple[Path, os.stat_result]] | None:
     return found
 
 
-def _preserve(src: Path, dst: Path, st: os.stat_result) -> None:
+def _preserve(src: str, dst: str, st: os.stat_result) -> None:
     """What `cp -a` keeps: owner (when we may), mode, times and extended attributes."""
     link = stat.S_ISLNK(st.st_mode)
     try:
