@@ -385,6 +385,10 @@ class JobStore:
             out.append((record, None if not isinstance(rank, int) else rank + 1))
         return out
 
+    def running_ids(self) -> frozenset[str]:
+        """Every job running now, on any host."""
+        return frozenset(_text(i) for i in self.r.zrange(status_index(jobs.RUNNING), 0, -1))
+
     def status(self, job_id: str) -> str | None:
         raw = self.r.hget(job_key(job_id), "status")
         return None if raw is None else _text(raw)

@@ -225,16 +225,19 @@ class Supervisor:
         """Delete logs, artifacts, scratch dirs and uploads older than the retention; prune indexes."""
         now = time.time()
         cutoff = now - self.settings.retention_seconds
-        # A scratch dir may belong to a job still running: only sweep ones older than any job.
-        scratch_cutoff = min(cutoff, now - self.settings.job_timeout - 3600)
         removed = (_remove_older(self.settings.logs_dir, cutoff)
                    + _remove_older(self.settings.uploads_dir, cutoff)
-                   + _remove_older(self.settings.artifacts_dir, cutoff)
-                   + _remove_older(self.settings.work_dir, scratch_cutoff))
+                   + _remove_older(self.settings.artifacts_dir, cutoff))
         try:
+            # A scratch dir takes its workspace's mtime (a copy keeps it), and a job may set it
+            # to anything: its age says nothing while the job runs, so running jobs are skipped.
+            running = self.store.running_ids()
+            scratch_cutoff = min(cutoff, now - self.settings.job_timeout - 3600)
+            removed += _remove_older(self.settings.work_dir, scratch_cutoff, keep=running)
             pruned = self.store.prune_indexes()
         except RedisError as exc:
-            events.warning(COMPONENT, f"index pruning skipped, redis unreachable ({exc})")
+            events.warning(COMPONENT, f"scratch sweep and index pruning skipped, redis "
+                                      f"unreachable ({exc})")
             pruned = 0
         if removed or pruned:
             events.info(COMPONENT, f"housekeeping removed {removed} old files, "
@@ -271,13 +274,15 @@ class Supervisor:
                 self.executors.pop(pid, None)
 
 
-def _remove_older(directory: Path, cutoff: float) -> int:
+def _remove_older(directory: Path, cutoff: float, keep: frozenset[str] = frozenset()) -> int:
     removed = 0
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
         return 0
     for entry in entries:
+        if entry.name in keep:
+            continue
         try:
             if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
                 continue

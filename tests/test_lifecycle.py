@@ -241,6 +241,31 @@ def test_housekeeping_at_start_sweeps_old_files_and_expired_index_entries(
     assert [j["id"] for j in second.request("GET", "/api/jobs").json()["jobs"]] == [kept["id"]]
 
 
+def test_the_sweep_spares_a_running_jobs_scratch_dir_whatever_its_age(
+        make_server: MakeServer, tmp_path: Path) -> None:
+    base = tmp_path / "shared"
+    first = make_server(base=base)
+    workspace = first.workspace_dir / "old-tree"
+    workspace.mkdir(parents=True)
+    (workspace / "input.txt").write_text("still here\n")
+    long_ago = time.time() - 30 * 86400
+    os.utime(workspace, (long_ago, long_ago))  # the copy keeps this mtime
+    resp = first.request("POST", "/api/jobs/rsync", {
+        "workspace": "old-tree", "script": "touch started; while [ ! -e go ]; do sleep 0.05; done; "
+                                           "cat input.txt"})
+    job_id = resp.json()["id"]
+    scratch = first.work_dir / job_id
+    wait_until(lambda: (scratch / "started").exists(), 20, "the job to start")
+    os.utime(scratch, (long_ago, long_ago))
+    # A second host sharing the work dir sweeps at its start, before its executors register.
+    make_server("worker", base=base, redis_url=first.redis_url, wait_workers=0)
+    wait_until(lambda: first.request("GET", "/api/stats").json()["workers"] == 4, 20,
+               "the second host's executors")
+    (scratch / "go").touch()
+    final = first.wait_final(job_id)
+    assert final["status"] == "success" and "still here" in first.log(job_id).decode()
+
+
 def test_cancel_reaches_an_executor_on_another_host(
         make_server: MakeServer, make_redis: MakeRedis, tmp_path: Path) -> None:
     rs = make_redis()
