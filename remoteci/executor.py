@@ -179,6 +179,9 @@ class Executor:
                                                   outcome.duration)
         recorded = self._call_redis(lambda: self.store.finish(self.id, job_id, payload_json,
                                                               outcome.status, fields, observed))
+        # The scratch dir goes after the final status is written: a waiting client need not
+        # wait for the removal too (a crash in between leaves it to the sweep).
+        shutil.rmtree(self.settings.work_dir / job_id, ignore_errors=True)
         duration = f"{outcome.duration:.3f}s" if outcome.duration is not None else "-"
         events.info(COMPONENT, f"job {job_id} finished status={outcome.status} "
                                f"exit_code={outcome.exit_code} duration={duration}"
@@ -229,7 +232,6 @@ class Executor:
         finally:
             os.close(log_fd)
             discard_source(payload)
-            shutil.rmtree(scratch, ignore_errors=True)
 
     def _execute(self, payload: dict[str, Any], scratch: Path, log_fd: int) -> Outcome:
         job_id = payload["id"]

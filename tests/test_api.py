@@ -338,7 +338,7 @@ def test_job_runs_in_a_private_copy_that_is_removed(server: Server) -> None:
     assert "stdin-not-a-tty" in log and "stdin-empty" in log
     assert (ws / "src/app.txt").read_text() == "original\n"
     assert (ws / "run.sh").exists() and not (ws / "new").exists()
-    assert not scratch.exists()
+    wait_until(lambda: not scratch.exists(), 10, "the scratch dir to go (just after the final status)")
 
 
 def test_workspace_deleted_while_queued_ends_error(make_server: MakeServer) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TOKEN, MakeServer, Server, running_server
+from tests.helpers import TOKEN, MakeServer, Server, running_server, wait_until
 from tests.test_gitsource import git
 
 
@@ -136,7 +136,8 @@ def test_gzip_bomb_ends_error_without_filling_the_disk(upload_server: Server, tm
     assert code == 202
     final = upload_server.wait_final(str(job["id"]))
     assert final["status"] == "error" and "expands beyond" in final["error"]
-    assert not (upload_server.work_dir / str(job["id"])).exists()
+    scratch = upload_server.work_dir / str(job["id"])
+    wait_until(lambda: not scratch.exists(), 10, "the scratch dir to go (just after the final status)")
 
 
 # --- git ---------------------------------------------------------------------------------------
