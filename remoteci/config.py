@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from remoteci.redis_client import parse_url
 from remoteci.tokens import ProjectToken, TokensFileError, hash_token, load_tokens_file
 from remoteci.webhooks import MIN_SECRET_CHARS, HostPattern, parse_allowlist
 
@@ -143,10 +144,10 @@ def _redis_url(raw: str | None) -> str | None:
     if raw is None or not raw.strip():
         return None
     url = raw.strip()
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(
-            f"REMOTE_CI_REDIS_URL={url!r} must start with redis://, rediss:// or unix://"
-        )
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"REMOTE_CI_REDIS_URL: {exc}") from None
     return url
 
 

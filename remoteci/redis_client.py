@@ -73,9 +73,9 @@ def parse_url(url: str) -> Address:
             db = int(path) if path else int(query.get("db", ["0"])[0])
             return Address(host=parts.hostname or "127.0.0.1", port=parts.port or 6379, db=db,
                            username=username, password=password, tls=parts.scheme == "rediss")
-    except ValueError as exc:
-        raise ValueError(f"bad redis URL {url!r}: {exc}") from None
-    raise ValueError(f"bad redis URL {url!r}: it must start with redis://, rediss:// or unix://")
+    except ValueError as exc:  # the URL may hold a password: it is not repeated
+        raise ValueError(f"bad redis URL: {exc} (e.g. redis://host:6379/0)") from None
+    raise ValueError("bad redis URL: it must start with redis://, rediss:// or unix://")
 
 
 class _Connection:

@@ -43,6 +43,7 @@ def test_several_tokens_comma_separated() -> None:
     ("REMOTE_CI_CONCURRENCY", "0", "REMOTE_CI_CONCURRENCY=0 is out of range"),
     ("REMOTE_CI_JOB_TIMEOUT", "-5", "out of range"),
     ("REMOTE_CI_REDIS_URL", "localhost:6379", "must start with redis://"),
+    ("REMOTE_CI_REDIS_URL", "redis://:secret@h:6379/zero", "bad redis URL: .*zero"),
     ("REMOTE_CI_GIT_ALLOW_FILE", "maybe", "not a boolean"),
     ("REMOTE_CI_DATA_DIR", " ", "empty"),
 ])
@@ -50,6 +51,12 @@ def test_bad_values_name_the_variable(name: str, value: str, fragment: str) -> N
     with pytest.raises(ConfigError, match=fragment) as info:
         load_settings({**TOKEN, name: value})
     assert name in str(info.value)
+
+
+def test_a_bad_redis_url_is_refused_without_repeating_its_password() -> None:
+    with pytest.raises(ConfigError, match="bad redis URL") as info:
+        load_settings({**TOKEN, "REMOTE_CI_REDIS_URL": "redis://:hunter2@h:6379/zero"})
+    assert "hunter2" not in str(info.value)
 
 
 def test_followers_must_leave_threads_for_the_api() -> None:
