@@ -56,7 +56,7 @@ def _supervise(settings: Settings, url: str, notifier: notify.Notifier | None = 
 
 
 def _announce(notifier: notify.Notifier, app: Any, url: str) -> None:
-    # The socket already listens (create_server binds it), so a client told "ready" is served.
+    # The socket already listens (listener.bind came first), so a client told "ready" is served.
     notifier.ready(f"listening on {url}")
     notify.start_watchdog(notifier, app.stopping)
 
