@@ -20,7 +20,7 @@ MODE="" SOURCE="" GIT_REF="" SCRIPT="" TIMEOUT="" NAME=""
 MAX_WAIT=1500 FAIL_ON_WAIT_TIMEOUT=0 RETRY_FOR=300
 RSYNC_TO="" SOURCE_DIR=. INCLUDE_GIT=0
 ENV_KEYS=() ENV_VALUES=()
-ARTIFACTS=() DOWNLOAD_DIR=""
+ARTIFACTS=() DOWNLOAD_DIR="" WEBHOOK=""
 TMP="" JOB_ID="" CHILD_PID=""
 LAST_OK=0 DELAY=1
 
@@ -33,7 +33,7 @@ usage() {
 usage: remote-ci.sh --server URL (--workspace W | --rsync-to DEST | --upload DIR | --git [URL] [--ref R])
                     --script S [--timeout SEC] [--name N] [--env K=V ...] [--max-wait SEC]
                     [--fail-on-wait-timeout] [--retry-for SEC] [--source-dir DIR] [--include-git]
-                    [--artifacts GLOB ...] [--download-artifacts DIR]
+                    [--artifacts GLOB ...] [--download-artifacts DIR] [--webhook URL]
 The token comes from $REMOTE_CI_TOKEN (or --token), the server from $REMOTE_CI_SERVER.
 Exit: 0 success, the script's code, 124 timeout, 1 error/cancelled, 2 refused, 130/143 interrupted.
 See ci/README.md.
@@ -57,7 +57,7 @@ parse_args() {
     esac
     case $flag in
       --server|--token|--workspace|--upload|--ref|--script|--timeout|--name|--env|--max-wait|\
-      --retry-for|--rsync-to|--source-dir|--artifacts|--download-artifacts)
+      --retry-for|--rsync-to|--source-dir|--artifacts|--download-artifacts|--webhook)
         if [ $has_value = 0 ]; then
           [ $# -gt 0 ] || refuse "$flag needs a value; see --help"
           value=$1; shift
@@ -85,6 +85,7 @@ parse_args() {
       --include-git) INCLUDE_GIT=1 ;;
       --artifacts) ARTIFACTS+=("$value") ;;
       --download-artifacts) DOWNLOAD_DIR=$value ;;
+      --webhook) WEBHOOK=$value ;;
       -h|--help) usage; exit 0 ;;
       *) refuse "unknown argument '$arg'; see --help" ;;
     esac
@@ -198,6 +199,7 @@ json_body() {  # the JSON submission for rsync and git jobs
   [ -z "$NAME" ] || out+=",\"name\":$(json_string "$NAME")"
   [ ${#ENV_KEYS[@]} = 0 ] || out+=",\"env\":$(env_json)"
   [ ${#ARTIFACTS[@]} = 0 ] || out+=",\"artifacts\":$(artifacts_json)"
+  [ -z "$WEBHOOK" ] || out+=",\"webhook\":$(json_string "$WEBHOOK")"
   if [ "$MODE" = git ]; then
     out+=",\"repo\":$(json_string "$SOURCE")"
     [ -z "$GIT_REF" ] || out+=",\"ref\":$(json_string "$GIT_REF")"
@@ -214,6 +216,7 @@ upload_query() {  # a raw-body upload carries its fields in the query string; en
   [ -z "$NAME" ] || out+="&name=$(urlencode "$NAME")"
   [ ${#ENV_KEYS[@]} = 0 ] || out+="&env=$(urlencode "$(env_json)")"
   [ ${#ARTIFACTS[@]} = 0 ] || out+="&artifacts=$(urlencode "$(artifacts_json)")"
+  [ -z "$WEBHOOK" ] || out+="&webhook=$(urlencode "$WEBHOOK")"
   printf '%s' "$out"
 }
 

@@ -92,6 +92,7 @@ class Options:
     include_git: bool = False
     artifacts: tuple[str, ...] = ()
     download_artifacts: str | None = None
+    webhook: str | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "when the job ends; repeatable")
     parser.add_argument("--download-artifacts", metavar="DIR",
                         help="after the job ends, download its artifacts and unpack them into DIR")
+    parser.add_argument("--webhook", metavar="URL",
+                        help="the server POSTs the job's final state to URL (a signed JSON body); "
+                             "its host must be in the server's REMOTE_CI_WEBHOOK_ALLOW")
     return parser
 
 
@@ -165,7 +169,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> Options:
         max_wait=args.max_wait, fail_on_wait_timeout=args.fail_on_wait_timeout,
         retry_for=args.retry_for, rsync_to=args.rsync_to, source_dir=args.source_dir,
         include_git=args.include_git, artifacts=tuple(args.artifacts),
-        download_artifacts=args.download_artifacts)
+        download_artifacts=args.download_artifacts, webhook=args.webhook)
 
 
 def _source(args: argparse.Namespace, environ: Mapping[str, str]) -> Source:
@@ -503,6 +507,8 @@ def submission_fields(opts: Options) -> dict[str, Any]:
         fields["env"] = opts.env
     if opts.artifacts:
         fields["artifacts"] = list(opts.artifacts)
+    if opts.webhook:
+        fields["webhook"] = opts.webhook
     return fields
 
 

@@ -272,6 +272,29 @@ def test_rsync_to_copies_the_dir_then_runs_in_that_workspace(cli: list[str], srv
     assert out.splitlines()[:2] == [client.IGNORE_FILE.encode(), b"main.c"]
 
 
+def test_webhook_is_refused_by_a_server_without_an_allowlist(cli: list[str], srv: Server) -> None:
+    code, _, err = run(cli, srv, "--workspace", "proj", "--webhook", "http://127.0.0.1:9/hook",
+                       "--script", "true")
+    assert code == 2 and "field 'webhook' is refused" in err, err
+
+
+@needs_upload
+@pytest.mark.parametrize("source", ["--workspace", "--upload"])
+def test_webhook_reaches_the_job_in_json_and_in_a_raw_upload(
+        cli: list[str], own_server: Callable[..., Server], tmp_path: Path,
+        request: pytest.FixtureRequest, source: str) -> None:
+    hook_port = free_port()
+    server = own_server(env={"REMOTE_CI_WEBHOOK_ALLOW": f"127.0.0.1:{hook_port}",
+                             "REMOTE_CI_WEBHOOK_SECRET": "s" * 32}, wait_workers=2)
+    server.make_workspace("proj", {"data.txt": "x\n"})
+    (tmp_path / "src").mkdir()
+    url = f"http://127.0.0.1:{hook_port}/hook?from=ci"
+    code, _, err = run(cli, server, source, "proj" if source == "--workspace" else str(tmp_path / "src"),
+                       "--name", unique(request), "--webhook", url, "--script", "true")
+    assert code == 0, err
+    assert job_named(server, unique(request))["webhook"] == url
+
+
 @needs_upload
 def test_upload_sends_the_dir_honouring_remoteciignore(cli: list[str], srv: Server,
                                                        tmp_path: Path) -> None:
