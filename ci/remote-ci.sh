@@ -21,7 +21,7 @@ MAX_WAIT=1500 FAIL_ON_WAIT_TIMEOUT=0 RETRY_FOR=300
 RSYNC_TO="" SOURCE_DIR=. INCLUDE_GIT=0
 ENV_KEYS=() ENV_VALUES=()
 ARTIFACTS=() DOWNLOAD_DIR="" WEBHOOK=""
-TMP="" JOB_ID="" CHILD_PID=""
+TMP="" JOB_ID="" CHILD_PID="" SUBMITTING=0 PENDING_SIGNAL=""
 LAST_OK=0 DELAY=1
 
 say() { printf '%s: %s\n' "$PROG" "$*" >&2; }
@@ -253,10 +253,18 @@ header() {  # header NAME FILE: the last value of a response header in a curl -D
 run_bg() {
   "$@" &
   CHILD_PID=$!
-  wait "$CHILD_PID"
-  local rc=$?
+  wait_child
+}
+
+wait_child() {  # wait for CHILD_PID; a signal deferred by on_signal wakes `wait` early, not us
+  local rc
+  while :; do
+    wait "$CHILD_PID"
+    rc=$?
+    if [ "$rc" -le 128 ] || ! kill -0 "$CHILD_PID" 2>/dev/null; then break; fi
+  done
   CHILD_PID=""
-  return $rc
+  return "$rc"
 }
 
 # curl_call OUT METHOD PATH [curl args...]: body to $TMP/OUT.body, headers to $TMP/OUT.hdr,
@@ -352,9 +360,8 @@ send_upload() {  # streams tar's output as the body: no temp file, whatever the 
       -o "$TMP/submit.body" -w '%{http_code}' "$SERVER/api/jobs/upload?$(upload_query)" \
       >"$TMP/submit.code" 2>"$TMP/submit.err" &
   CHILD_PID=$!
-  wait "$CHILD_PID"
+  wait_child
   CURL_RC=$?
-  CHILD_PID=""
   read_code submit
 }
 
@@ -369,6 +376,9 @@ new_key() {  # one per submission, sent again on every retry: a lost reply never
 submit() {
   local hint
   SUBMISSION_KEY=$(new_key)
+  # A signal now is held until the server answers (see on_signal): the job may be accepted
+  # already, and only its id lets us cancel it.
+  SUBMITTING=1
   while :; do
     if [ "$MODE" = upload ]; then
       send_upload
@@ -378,13 +388,17 @@ submit() {
         -H "Idempotency-Key: $SUBMISSION_KEY" \
         --data-binary @"$TMP/request.json"
     fi
-    retryable || break
+    if ! retryable || [ -n "$PENDING_SIGNAL" ]; then break; fi
     backoff "submitting the job" "$(why submit)"
   done
+  SUBMITTING=0
   mark_ok
   JOB_ID=$(header Location "$TMP/submit.hdr")
   JOB_ID=${JOB_ID##*/}
-  if [ "$HTTP_CODE" = 202 ] && [ -n "$JOB_ID" ]; then return 0; fi
+  [ "$HTTP_CODE" = 202 ] || JOB_ID=""
+  # shellcheck disable=SC2086  # PENDING_SIGNAL is "NAME CODE"
+  [ -z "$PENDING_SIGNAL" ] || on_signal $PENDING_SIGNAL
+  if [ -n "$JOB_ID" ]; then return 0; fi
   case $HTTP_CODE in
     401) hint=" (check the REMOTE_CI_TOKEN secret)" ;;
     413) hint=" (send less: list build outputs in $IGNORE_FILE)" ;;
@@ -504,6 +518,12 @@ download_artifacts() {  # 0 when the artifacts are unpacked into DOWNLOAD_DIR
 # --- signals and main ---------------------------------------------------------------------------------
 
 on_signal() {  # the public CI cancels the step: cancel the remote job too, bounded, then exit
+  if [ "$SUBMITTING" = 1 ] && [ -z "$PENDING_SIGNAL" ]; then
+    PENDING_SIGNAL="$1 $2"
+    say "got SIG$1: cancelling the job once the server has answered the submission" \
+      "(send it again to stop at once)"
+    return
+  fi
   trap '' INT TERM
   [ -z "$CHILD_PID" ] || kill "$CHILD_PID" 2>/dev/null
   say "got SIG$1: cancelling the remote job"

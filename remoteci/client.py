@@ -484,11 +484,16 @@ class Patience:
         self.delay = min(self.delay * 2, BACKOFF_MAX)
 
 
-def with_retries(patience: Patience, what: str, action: Callable[[], Reply]) -> Reply:
+def with_retries(patience: Patience, what: str, action: Callable[[], Reply],
+                 interrupted: Callable[[], int | None] = lambda: None) -> Reply:
+    """`action` until it answers; a signal held meanwhile (see Run) ends the retries."""
     while True:
         try:
             reply = action()
         except Retryable as exc:
+            signum = interrupted()
+            if signum is not None:
+                raise Interrupted(signum) from None
             patience.failed(what, str(exc))
             continue
         patience.ok()
@@ -521,7 +526,8 @@ def upload_query(opts: Options) -> str:
     return urlencode(fields, quote_via=quote)
 
 
-def submit(api: Api, opts: Options, patience: Patience) -> dict[str, Any]:
+def submit(api: Api, opts: Options, patience: Patience,
+           interrupted: Callable[[], int | None] = lambda: None) -> dict[str, Any]:
     """POST the job; a 4xx is final (exit 2), a network error or 503 is retried.
 
     Every retry carries the same Idempotency-Key, so a reply lost on the way back never makes
@@ -545,7 +551,7 @@ def submit(api: Api, opts: Options, patience: Patience) -> dict[str, Any]:
         def send() -> Reply:
             return api.call("POST", f"/api/jobs/{source.mode}", body=data,
                             headers={"Content-Type": "application/json", **key})
-    reply = with_retries(patience, "submitting the job", send)
+    reply = with_retries(patience, "submitting the job", send, interrupted)
     if reply.status == 202 and isinstance(reply.json().get("id"), str):
         return dict(reply.json())
     hint = {401: " (check the REMOTE_CI_TOKEN secret)",
@@ -676,10 +682,24 @@ def say(message: str) -> None:
 
 @dataclass
 class Run:
-    """What the signal path needs: the job to cancel, if one was created."""
+    """What the signal path needs: the job to cancel, if one was created.
+
+    A signal while the submission is on its way is held (`pending`) until the server answers:
+    the job may be accepted already, and only its id lets us cancel it. A second one stops at once.
+    """
 
     api: Api
     job_id: str | None = None
+    submitting: bool = False
+    pending: int | None = None
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.submitting and self.pending is None:
+            self.pending = signum
+            say(f"got {signal.Signals(signum).name}: cancelling the job once the server has "
+                "answered the submission (send it again to stop at once)")
+            return
+        raise Interrupted(signum)
 
     def job_url(self) -> str:
         return self.api.url(f"/jobs/{self.job_id}")
@@ -689,8 +709,14 @@ def run(opts: Options, state: Run, out: BinaryIO) -> int:
     patience = Patience(time.monotonic() + opts.max_wait, opts.retry_for)
     if opts.rsync_to:
         run_rsync(opts, patience)
-    job = submit(state.api, opts, patience)
+    state.submitting = True
+    try:
+        job = submit(state.api, opts, patience, lambda: state.pending)
+    finally:
+        state.submitting = False
     state.job_id = job["id"]
+    if state.pending is not None:
+        raise Interrupted(state.pending)
     position = f", queue position {job['queue_position']}" if job.get("queue_position") else ""
     say(f"job {state.job_id} {job.get('status', 'queued')}{position}: {state.job_url()}")
     follow_path = f"/api/jobs/{state.job_id}/logs?follow=1"
@@ -787,10 +813,6 @@ def cancel_remote(state: Run) -> None:
     say(f"could not cancel job {state.job_id} ({last}); cancel it at {state.job_url()}")
 
 
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted(signum)
-
-
 def main(argv: Sequence[str]) -> int:
     try:
         opts = parse_args(argv, os.environ)
@@ -798,7 +820,7 @@ def main(argv: Sequence[str]) -> int:
         say(str(exc))
         return exc.code
     state = Run(Api(opts.server, opts.token))
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, state.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return run(opts, state, sys.stdout.buffer)
     except ClientError as exc:

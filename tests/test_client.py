@@ -220,6 +220,20 @@ def test_signal_cancels_the_remote_job(cli: list[str], srv: Server, request: pyt
     assert srv.wait_final(job["id"], 15)["status"] == "cancelled"
 
 
+def test_a_signal_as_the_server_accepts_still_cancels_the_job(
+        cli: list[str], srv: Server, request: pytest.FixtureRequest) -> None:
+    # The signal lands as soon as the job exists: often before the client has read the reply
+    # that names it. The client holds the signal until it has, then cancels the job.
+    for attempt in range(3):
+        name = f"{unique(request)}-{attempt}"
+        proc = start(cli, srv, "--workspace", "proj", "--name", name, "--script", "sleep 30")
+        job = job_named(srv, name)
+        proc.send_signal(signal.SIGTERM)
+        code, _, err = finish(proc)
+        assert code == 143, err
+        assert srv.wait_final(job["id"], 15)["status"] == "cancelled", err
+
+
 @pytest.mark.parametrize(("flags", "expected"), [((), 0), (("--fail-on-wait-timeout",), 1)])
 def test_max_wait_stops_waiting_and_says_where_to_follow(
         cli: list[str], srv: Server, request: pytest.FixtureRequest,
