@@ -202,25 +202,30 @@ return status or 'missing'
 
 
 # KEYS: index:status:queued, then job keys;  ARGV: none
-# Each record comes back as one JSON string (false when gone), without its payload and with
-# `queue_rank` when queued: redis-py's pure-Python reply parser then reads one element per job
-# instead of two per field, which was most of the time of a listing and of GET /api/jobs/<id>.
+# Each record comes back as its flat field/value list (empty when gone) without the payload,
+# and, when queued, its rank in the queue as a last `queue_rank` integer: one round trip for a
+# whole listing page, however many jobs are queued.
 _RECORDS = """
 local out = {}
 for i = 2, #KEYS do
   local flat = redis.call('HGETALL', KEYS[i])
-  if #flat == 0 then
-    out[i - 1] = false
-  else
-    local rec = {}
-    for j = 1, #flat, 2 do
-      if flat[j] ~= 'payload' then rec[flat[j]] = flat[j + 1] end
+  local rec, status, id = {}, nil, nil
+  for j = 1, #flat, 2 do
+    local field, value = flat[j], flat[j + 1]
+    if field ~= 'payload' then
+      rec[#rec + 1] = field
+      rec[#rec + 1] = value
     end
-    if rec['status'] == 'queued' and rec['id'] then
-      rec['queue_rank'] = redis.call('ZRANK', KEYS[1], rec['id'])
-    end
-    out[i - 1] = cjson.encode(rec)
+    if field == 'status' then status = value elseif field == 'id' then id = value end
   end
+  if status == 'queued' and id then
+    local rank = redis.call('ZRANK', KEYS[1], id)
+    if rank then
+      rec[#rec + 1] = 'queue_rank'
+      rec[#rec + 1] = rank
+    end
+  end
+  out[i - 1] = rec
 end
 return out
 """
@@ -376,13 +381,13 @@ class JobStore:
         """The records (and queue positions) of `ids` in one round trip; None for gone ones."""
         raw = self._records(keys=[status_index(jobs.QUEUED), *map(job_key, ids)])
         out: list[tuple[dict[str, str], int | None] | None] = []
-        for item in raw:
-            if not item:
+        for flat in raw:
+            if not flat:
                 out.append(None)
                 continue
-            record = json.loads(item)
+            record = {_text(k): _text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
             rank = record.pop("queue_rank", None)
-            out.append((record, None if not isinstance(rank, int) else rank + 1))
+            out.append((record, None if rank is None else int(rank) + 1))
         return out
 
     def running_ids(self) -> frozenset[str]:
