@@ -374,7 +374,7 @@ new_key() {  # one per submission, sent again on every retry: a lost reply never
 }
 
 submit() {
-  local hint
+  local hint location
   SUBMISSION_KEY=$(new_key)
   # A signal now is held until the server answers (see on_signal): the job may be accepted
   # already, and only its id lets us cancel it.
@@ -391,11 +391,11 @@ submit() {
     if ! retryable || [ -n "$PENDING_SIGNAL" ]; then break; fi
     backoff "submitting the job" "$(why submit)"
   done
-  SUBMITTING=0
   mark_ok
-  JOB_ID=$(header Location "$TMP/submit.hdr")
-  JOB_ID=${JOB_ID##*/}
-  [ "$HTTP_CODE" = 202 ] || JOB_ID=""
+  location=$(header Location "$TMP/submit.hdr")
+  # One assignment, then SUBMITTING=0: a signal never finds half an id.
+  if [ "$HTTP_CODE" = 202 ]; then JOB_ID=${location##*/}; fi
+  SUBMITTING=0
   # shellcheck disable=SC2086  # PENDING_SIGNAL is "NAME CODE"
   [ -z "$PENDING_SIGNAL" ] || on_signal $PENDING_SIGNAL
   if [ -n "$JOB_ID" ]; then return 0; fi
@@ -546,8 +546,11 @@ main() {
   DEADLINE=$((SECONDS + MAX_WAIT))
   TMP=$(mktemp -d "${TMPDIR:-/tmp}/remote-ci.XXXXXX") || die 1 "cannot create a temp dir; set TMPDIR"
   trap cleanup EXIT
-  trap 'on_signal INT 130' INT
-  trap 'on_signal TERM 143' TERM
+  # A trap runs inside whatever command it interrupts, with that command's redirections (curl's
+  # stderr goes to a file while it runs): fd 3 keeps our own stderr for what on_signal says.
+  exec 3>&2
+  trap 'on_signal INT 130 2>&3' INT
+  trap 'on_signal TERM 143 2>&3' TERM
   # The token goes to curl in a private file, never on a command line that `ps` shows.
   (umask 077 && printf 'Authorization: Bearer %s\n' "$TOKEN" > "$TMP/auth")
   mark_ok

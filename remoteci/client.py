@@ -712,9 +712,9 @@ def run(opts: Options, state: Run, out: BinaryIO) -> int:
     state.submitting = True
     try:
         job = submit(state.api, opts, patience, lambda: state.pending)
+        state.job_id = job["id"]  # before submitting ends: a signal never finds the id missing
     finally:
         state.submitting = False
-    state.job_id = job["id"]
     if state.pending is not None:
         raise Interrupted(state.pending)
     position = f", queue position {job['queue_position']}" if job.get("queue_position") else ""
