@@ -275,16 +275,19 @@ class Redis(_Commands):
         return self._command(None, *args)
 
     def _command(self, convert: Convert, *args: Arg) -> Any:
-        reply = self._execute([_pack(args)], 1)[0]
-        if isinstance(reply, ReplyError):
-            raise reply
-        return reply if convert is None else convert(reply)
+        return self._one(convert, args)
 
     def blmove(self, first_list: str, second_list: str, timeout: float,
                src: str = "LEFT", dest: str = "RIGHT") -> Any:
         """Blocks up to `timeout` seconds; the socket waits that long plus the usual timeout."""
-        packed = _pack(("BLMOVE", first_list, second_list, src, dest, timeout))
-        return self._execute([packed], 1, timeout=self.timeout + timeout)[0]
+        return self._one(None, ("BLMOVE", first_list, second_list, src, dest, timeout),
+                         timeout=self.timeout + timeout)
+
+    def _one(self, convert: Convert, args: Sequence[Arg], timeout: float | None = None) -> Any:
+        """One command's reply; an error reply is raised, never returned as a value."""
+        replies = self._execute([_pack(args)], 1, timeout)
+        _raise_first_error(replies)
+        return replies[0] if convert is None else convert(replies[0])
 
     def register_script(self, source: str) -> Script:
         return Script(self, source)

@@ -59,6 +59,9 @@ def test_blmove_waits_its_timeout_then_answers_none(store_client: Redis,
     redis_client.lpush("src", "a", "b")
     assert store_client.blmove("src", "dst", 1, "RIGHT", "LEFT") == b"a"
     assert redis_client.lrange("dst", 0, -1) == [b"a"]
+    redis_client.set("not-a-list", "x")
+    with pytest.raises(ReplyError, match="WRONGTYPE"):
+        store_client.blmove("not-a-list", "dst", 0.1, "RIGHT", "LEFT")
 
 
 def test_a_script_survives_a_script_flush_and_its_errors_leave_the_connection_usable(
