@@ -25,7 +25,7 @@ from remoteci.redis_client import RedisError
 from remoteci.redis_watch import RedisWatch
 from remoteci.sources import discard_source
 from remoteci.uploads import receive_upload
-from remoteci.workspaces import relative_to_root, resolve_workspace
+from remoteci.workspaces import resolve_workspace
 from remoteci.wsgi_server import SEND_NOW
 
 MAX_JSON_BODY = 1024 * 1024
@@ -255,8 +255,7 @@ class App:
         common = self._common(data)
         workspace = submissions.required_string(
             data, "workspace", "a directory under the workspace root, e.g. \"project-a\"")
-        path = resolve_workspace(self.settings.workspace_dir, workspace)
-        relative = relative_to_root(self.settings.workspace_dir, path)
+        relative = resolve_workspace(self.settings.workspace_dir, workspace)
         check_workspace(request.identity, workspace, relative)
         return self._accept(request, "rsync", common, workspace, {"workspace": relative})
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from remoteci.errors import ApiError, SourceError
-from remoteci.workspaces import copy_workspace, recheck_workspace, relative_to_root, resolve_workspace
+from remoteci.workspaces import copy_workspace, recheck_workspace, resolve_workspace
 
 
 @pytest.fixture
@@ -25,11 +25,11 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("requested", ["proj", "proj/sub", "proj/../proj", "to-proj"])
 def test_inside_the_root(root: Path, requested: str) -> None:
-    assert resolve_workspace(root, requested) == (root / requested).resolve()
+    assert root / resolve_workspace(root, requested) == (root / requested).resolve()
 
 
 def test_absolute_path_inside_the_root(root: Path) -> None:
-    assert resolve_workspace(root, str(root / "proj")) == root / "proj"
+    assert resolve_workspace(root, str(root / "proj")) == "proj"
 
 
 @pytest.mark.parametrize("requested", ["..", ".", "", "../ws-evil", "to-outside", "/etc", "proj/../.."])
@@ -47,6 +47,20 @@ def test_common_string_prefix_is_not_containment(root: Path) -> None:
     assert info.value.status == 403
 
 
+def test_a_root_reached_through_a_link_contains_its_directories(root: Path, tmp_path: Path) -> None:
+    (tmp_path / "root-link").symlink_to(root)
+    assert resolve_workspace(tmp_path / "root-link", "proj/sub") == "proj/sub"
+    with pytest.raises(ApiError):
+        resolve_workspace(tmp_path / "root-link", "../ws-evil")
+
+
+def test_the_filesystem_root_as_workspace_root(tmp_path: Path) -> None:
+    assert resolve_workspace(Path("/"), str(tmp_path).lstrip("/")) == str(tmp_path).lstrip("/")
+    for requested in ("/", ".", ".."):
+        with pytest.raises(ApiError):
+            resolve_workspace(Path("/"), requested)
+
+
 @pytest.mark.parametrize("requested", ["missing", "file"])
 def test_missing_or_not_a_directory_is_400(root: Path, requested: str) -> None:
     with pytest.raises(ApiError) as info:
@@ -55,9 +69,9 @@ def test_missing_or_not_a_directory_is_400(root: Path, requested: str) -> None:
 
 
 def test_recheck_catches_a_workspace_swapped_for_a_link(root: Path, tmp_path: Path) -> None:
-    path = resolve_workspace(root, "proj")
-    relative = relative_to_root(root, path)
-    assert recheck_workspace(root, relative) == path
+    relative = resolve_workspace(root, "proj")
+    path = recheck_workspace(root, relative)
+    assert path == root / "proj"
     os.rename(path, tmp_path / "moved")
     path.symlink_to(tmp_path / "outside")
     with pytest.raises(SourceError, match="outside the workspace root"):
@@ -65,7 +79,7 @@ def test_recheck_catches_a_workspace_swapped_for_a_link(root: Path, tmp_path: Pa
 
 
 def test_a_worker_host_finds_the_workspace_below_its_own_root(root: Path, tmp_path: Path) -> None:
-    relative = relative_to_root(root, resolve_workspace(root, "to-proj/sub"))
+    relative = resolve_workspace(root, "to-proj/sub")
     assert relative == "proj/sub"
     other_root = tmp_path / "mounted-elsewhere"
     (other_root / "proj" / "sub").mkdir(parents=True)
