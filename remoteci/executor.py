@@ -18,7 +18,7 @@ from remoteci import events, histograms, jobs, proctree
 from remoteci.artifact_collector import Limits, collect
 from remoteci.config import Settings
 from remoteci.errors import SourceError
-from remoteci.queue import JobStore
+from remoteci.queue import JobStore, Taken
 from remoteci.redis_client import RedisError
 from remoteci.sources import discard_source, prepare_source
 from remoteci.wakeup import SignalWakeup
@@ -77,12 +77,12 @@ class Executor:
         events.info(COMPONENT, f"executor {self.id} started")
         while not self.stopping:
             try:
-                payload = self.store.take(self.id, TAKE_TIMEOUT)
+                taken = self.store.take(self.id, TAKE_TIMEOUT)
             except RedisError as exc:
                 self._redis_trouble(exc)
                 continue
-            if payload is not None:
-                self._handle(payload)
+            if taken is not None:
+                self._handle(taken)
         with self._heartbeat_lock:
             self._beating = False
             try:
@@ -142,20 +142,22 @@ class Executor:
 
     # --- one job ---------------------------------------------------------------------------
 
-    def _handle(self, payload_json: str) -> None:
+    def _handle(self, taken: Taken) -> None:
+        payload_json = taken.payload
         try:
             payload = json.loads(payload_json)
             job_id = payload["id"]
         except (ValueError, KeyError, TypeError):
+            payload = None
+        if payload is None or taken.status == "malformed":
             events.error(COMPONENT, f"dropping a malformed queue entry: {payload_json[:200]!r}")
             self._call_redis(lambda: self.store.drop_inflight(self.id, payload_json))
             return
-        started_at = jobs.iso_now()
-        if not self._call_redis(lambda: self.store.claim(self.id, job_id, payload_json,
-                                                         started_at)):
+        if not taken.claimed:
             discard_source(payload)
-            events.info(COMPONENT, f"job {job_id} was cancelled before it started; skipped")
+            events.info(COMPONENT, f"job {job_id} was {taken.status} before it started; skipped")
             return
+        started_at = taken.started_at
         self.current_job = job_id
         events.info(COMPONENT, f"job {job_id} started mode={payload['mode']}")
         fields: dict[str, str] = {}
@@ -208,8 +210,11 @@ class Executor:
     def _run(self, payload: dict[str, Any], fields: dict[str, str]) -> Outcome:
         job_id = payload["id"]
         scratch = self.settings.work_dir / job_id
-        shutil.rmtree(scratch, ignore_errors=True)  # a leftover of a crash, never a live job
-        scratch.mkdir(mode=0o700, parents=True)
+        try:
+            scratch.mkdir(mode=0o700, parents=True)
+        except FileExistsError:  # a leftover of a crash, never a live job
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir(mode=0o700)
         log_path = self.settings.logs_dir / f"{job_id}.log"
         log_fd = os.open(log_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         try:

@@ -130,20 +130,60 @@ redis.call('LPUSH', KEYS[2], ARGV[2])
 return redis.call('ZCARD', KEYS[5])
 """
 
-# KEYS: job, inflight, index:status:queued, index:status:running
-# ARGV: id, payload, started_at, worker, ttl
-_CLAIM = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'queued' then
-  redis.call('LREM', KEYS[2], 1, ARGV[2])
-  return status or 'missing'
+# ISO-8601 UTC with milliseconds, as jobs.iso_time writes it, from seconds and microseconds
+# (Redis' TIME). Lua has no date library here: days become a civil date by Howard Hinnant's
+# days_from_civil inverse, exact for the proleptic Gregorian calendar.
+_LUA_ISO_TIME = """
+local function iso_time(secs, micros)
+  local days = math.floor(secs / 86400)
+  local s = secs - days * 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+                          - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local day = doy - math.floor((153 * mp + 2) / 5) + 1
+  local month = mp < 10 and mp + 3 or mp - 9
+  local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', year, month, day,
+                       math.floor(s / 3600), math.floor(s % 3600 / 60), s % 60,
+                       math.floor(micros / 1000))
 end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[3], 'worker', ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-local seq = redis.call('HGET', KEYS[1], 'seq')
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZADD', KEYS[4], seq, ARGV[1])
-return 'running'
+"""
+
+# KEYS: inflight, index:status:queued, index:status:running
+# ARGV: job key prefix, worker, ttl
+# Claims the job BLMOVE has just put at the head of the in-flight list (it runs right after
+# the move, in the same round trip): {payload, 'running', started_at}, or {payload, status} when
+# the job was cancelled or expired meanwhile (then dropped from in-flight), or
+# {payload, 'malformed'} for an entry that is not a job (left for the executor to report).
+# Nothing moved (the move timed out, and the head is empty or a job still running): nil.
+# started_at is Redis' clock, read in the claim.
+_CLAIM = _LUA_ISO_TIME + """
+local payload = redis.call('LINDEX', KEYS[1], 0)
+if not payload then return nil end
+local ok, job = pcall(cjson.decode, payload)
+if not ok or type(job) ~= 'table' or type(job['id']) ~= 'string'
+   or not string.match(job['id'], '^[%w_-]+$') then
+  return {payload, 'malformed'}
+end
+local id = job['id']
+local key = ARGV[1] .. id
+local status = redis.call('HGET', key, 'status')
+if status == 'running' then return nil end  -- ours, still running: the move timed out
+if status ~= 'queued' then
+  redis.call('LREM', KEYS[1], 1, payload)
+  return {payload, status or 'missing'}
+end
+local now = redis.call('TIME')
+local started_at = iso_time(tonumber(now[1]), tonumber(now[2]))
+redis.call('HSET', key, 'status', 'running', 'started_at', started_at, 'worker', ARGV[2])
+redis.call('EXPIRE', key, ARGV[3])
+redis.call('ZREM', KEYS[2], id)
+redis.call('ZADD', KEYS[3], redis.call('HGET', key, 'seq'), id)
+return {payload, 'running', started_at}
 """
 
 # KEYS: job, inflight, index:status:<from>, index:status:<to>, counters, histograms, webhooks
@@ -232,6 +272,20 @@ return out
 
 
 @dataclass(frozen=True)
+class Taken:
+    """A job moved to an executor's in-flight list; `status` is `running` when it was claimed,
+    else what it already was (`cancelled`, `missing`) or `malformed` (not a job at all)."""
+
+    payload: str  # the queued JSON, exactly: the in-flight entry that `finish` removes
+    status: str
+    started_at: str | None  # Redis' clock at the claim, when claimed
+
+    @property
+    def claimed(self) -> bool:
+        return self.status == jobs.RUNNING
+
+
+@dataclass(frozen=True)
 class Stats:
     queued: int
     running: int
@@ -279,17 +333,16 @@ class JobStore:
 
     # --- executing -------------------------------------------------------------------------
 
-    def take(self, executor_id: str, timeout: float) -> str | None:
-        """Block up to `timeout` for the oldest job; it moves to our in-flight list, never lost."""
-        raw = self.r.blmove(QUEUE, inflight_key(executor_id), timeout, "RIGHT", "LEFT")  # type: ignore[arg-type]
-        return raw.decode() if isinstance(raw, bytes) else raw
-
-    def claim(self, executor_id: str, job_id: str, payload: str, started_at: str) -> bool:
-        """Mark a taken job running; False when it was cancelled (or expired) meanwhile."""
-        keys = [job_key(job_id), inflight_key(executor_id), status_index(jobs.QUEUED),
-                status_index(jobs.RUNNING)]
-        result = self._claim(keys=keys, args=[job_id, payload, started_at, executor_id, self.ttl])
-        return _text(result) == jobs.RUNNING
+    def take(self, executor_id: str, timeout: float) -> Taken | None:
+        """Block up to `timeout` for the oldest job, move it to our in-flight list (never lost)
+        and claim it, in one round trip; None when no job came."""
+        keys = [inflight_key(executor_id), status_index(jobs.QUEUED), status_index(jobs.RUNNING)]
+        reply = self.r.blmove_then(QUEUE, keys[0], timeout, "RIGHT", "LEFT", self._claim,
+                                   keys=keys, args=[job_key(""), executor_id, self.ttl])
+        if reply is None:
+            return None
+        payload, status, *started_at = (_text(item) for item in reply)
+        return Taken(payload, status, started_at[0] if started_at else None)
 
     def set_fields(self, job_id: str, fields: Mapping[str, str]) -> None:
         self.r.hset(job_key(job_id), mapping=dict(fields))  # type: ignore[arg-type]

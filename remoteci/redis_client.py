@@ -283,6 +283,21 @@ class Redis(_Commands):
         return self._one(None, ("BLMOVE", first_list, second_list, src, dest, timeout),
                          timeout=self.timeout + timeout)
 
+    def blmove_then(self, first_list: str, second_list: str, timeout: float, src: str, dest: str,
+                    script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        """BLMOVE, then `script`, in one write: Redis runs the script as soon as the move is
+        done or timed out, so whatever the script does to the moved element costs no second
+        round trip. Returns the script's reply."""
+        packed = [_pack(("BLMOVE", first_list, second_list, src, dest, timeout)),
+                  _pack(("EVALSHA", script.load(), len(keys), *keys, *args))]
+        moved, reply = self._execute(packed, 2, timeout=self.timeout + timeout)
+        _raise_first_error([moved])
+        if isinstance(reply, ReplyError):
+            if not str(reply).startswith("NOSCRIPT"):
+                raise reply
+            return script(keys, args)  # flushed since loaded: the move stands, the script reruns
+        return reply
+
     def _one(self, convert: Convert, args: Sequence[Arg], timeout: float | None = None) -> Any:
         """One command's reply; an error reply is raised, never returned as a value."""
         replies = self._execute([_pack(args)], 1, timeout)
@@ -345,15 +360,20 @@ class Script:
         self.source = source
         self.sha: bytes | None = None
 
+    def load(self) -> bytes:
+        """The SHA1 to call the script by, loading it on first use."""
+        if self.sha is None:
+            self.sha = self.client.execute_command("SCRIPT", "LOAD", self.source)
+        return self.sha
+
     def __call__(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
-        if self.sha is not None:
-            try:
-                return self.client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-            except ReplyError as exc:
-                if not str(exc).startswith("NOSCRIPT"):  # else: Redis restarted or was flushed
-                    raise
-        self.sha = self.client.execute_command("SCRIPT", "LOAD", self.source)
-        return self.client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        try:
+            return self.client.execute_command("EVALSHA", self.load(), len(keys), *keys, *args)
+        except ReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):  # else: Redis restarted or was flushed
+                raise
+        self.sha = None
+        return self.client.execute_command("EVALSHA", self.load(), len(keys), *keys, *args)
 
 
 class Pipeline(_Commands):

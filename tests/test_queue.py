@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -39,8 +40,8 @@ def test_enqueue_stores_record_with_retention_ttl(store: JobStore, redis_client:
 def test_every_transition_renews_the_ttl(store: JobStore, redis_client: redis.Redis) -> None:
     payload = submit(store, "a")
     redis_client.expire(job_key("a"), 100)
-    assert store.take("ex1", 1) == payload
-    assert store.claim("ex1", "a", payload, jobs.iso_now())
+    taken = store.take("ex1", 1)
+    assert taken is not None and taken.claimed and taken.payload == payload
     assert redis_client.ttl(job_key("a")) > TTL - 5
     redis_client.expire(job_key("a"), 100)
     assert store.finish("ex1", "a", payload, "success", {"exit_code": "0"})
@@ -51,7 +52,7 @@ def test_fifo_and_queue_positions(store: JobStore) -> None:
     payloads = [submit(store, f"j{i}") for i in range(5)]
     assert [store.get(f"j{i}")["queue_position"] for i in range(5)] == [1, 2, 3, 4, 5]  # type: ignore[index]
     taken = [store.take("ex1", 1) for _ in range(5)]
-    assert taken == payloads
+    assert [t.payload for t in taken if t is not None] == payloads
     assert store.take("ex1", 0.1) is None
 
 
@@ -61,7 +62,6 @@ def test_a_taken_job_lives_in_the_inflight_list_until_finished(store: JobStore,
     store.take("ex1", 1)
     assert redis_client.lrange(inflight_key("ex1"), 0, -1) == [payload.encode()]
     assert redis_client.llen(QUEUE) == 0
-    store.claim("ex1", "a", payload, jobs.iso_now())
     assert store.get("a")["status"] == "running"  # type: ignore[index]
     store.finish("ex1", "a", payload, "failed", {"exit_code": "3"})
     assert redis_client.llen(inflight_key("ex1")) == 0
@@ -79,20 +79,66 @@ def test_cancel_of_a_queued_job_removes_it_from_the_queue(store: JobStore,
     assert [json.loads(p)["id"] for p in redis_client.lrange(QUEUE, 0, -1)] == ["b"]
 
 
-def test_cancel_in_the_instant_between_take_and_claim_wins(store: JobStore,
-                                                           redis_client: redis.Redis) -> None:
+def test_a_job_cancelled_between_the_move_and_the_claim_is_not_claimed(
+        store: JobStore, redis_client: redis.Redis) -> None:
     payload = submit(store, "a")
-    assert store.take("ex1", 1) == payload
+    redis_client.lmove(QUEUE, inflight_key("ex1"), "RIGHT", "LEFT")  # moved, not yet claimed
     assert store.cancel("a", jobs.iso_now()) == "dequeued"
-    assert not store.claim("ex1", "a", payload, jobs.iso_now())
+    taken = store.take("ex1", 0.1)  # nothing more to move: the claim finds the moved entry
+    assert taken is not None and not taken.claimed and taken.status == "cancelled"
+    assert taken.payload == payload
     assert store.get("a")["status"] == "cancelled"  # type: ignore[index]
     assert redis_client.llen(inflight_key("ex1")) == 0
+
+
+def test_the_claim_records_when_and_where_the_job_started(store: JobStore) -> None:
+    submit(store, "a")
+    before = jobs.iso_now()
+    taken = store.take("ex1", 1)
+    assert taken is not None and taken.started_at is not None
+    job = store.get("a")
+    assert job is not None and job["started_at"] == taken.started_at and job["worker"] == "ex1"
+    assert before[:19] <= taken.started_at[:19] <= jobs.iso_now()[:19]  # redis' clock is ours
+
+
+def test_an_entry_that_is_not_a_job_is_left_for_the_executor_to_report(
+        store: JobStore, redis_client: redis.Redis) -> None:
+    for entry in ("not json", '{"id": 7}', '{"id": "../../x"}', "[1]"):
+        redis_client.lpush(QUEUE, entry)
+        taken = store.take("ex1", 1)
+        assert taken is not None and taken.status == "malformed" and taken.payload == entry
+        store.drop_inflight("ex1", entry)
+    assert store.take("ex1", 0.05) is None
+
+
+def test_a_script_flushed_from_redis_is_loaded_again_by_the_take(
+        store: JobStore, redis_client: redis.Redis) -> None:
+    submit(store, "a")
+    submit(store, "b")
+    assert store.take("ex1", 1) is not None  # loads the claim script
+    redis_client.script_flush()
+    taken = store.take("ex1", 1)
+    assert taken is not None and taken.claimed and json.loads(taken.payload)["id"] == "b"
+
+
+@pytest.mark.parametrize("epoch_ms", [
+    0, 951_782_400_123, 951_868_799_999, 4_107_542_400_000, 1_709_164_800_500,
+    1_735_689_599_999, 1_798_000_000_042, 253_402_300_799_999,
+])
+def test_the_lua_clock_writes_times_as_python_does(redis_client: redis.Redis, epoch_ms: int) -> None:
+    # 2000-02-29, its last ms, 2100-03-01 (no leap day), 2024-02-29, a new year's eve, 9999
+    from remoteci.queue import _LUA_ISO_TIME
+
+    lua = _LUA_ISO_TIME + "return iso_time(tonumber(ARGV[1]), tonumber(ARGV[2]))"
+    seconds, millis = divmod(epoch_ms, 1000)
+    written = redis_client.eval(lua, 0, seconds, millis * 1000 + 321)
+    expected = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{millis:03d}Z"
+    assert written.decode() == expected == jobs.iso_time(seconds + (millis + 0.5) / 1000)
 
 
 def test_cancel_of_running_and_finished_jobs(store: JobStore) -> None:
     payload = submit(store, "a")
     store.take("ex1", 1)
-    store.claim("ex1", "a", payload, jobs.iso_now())
     assert store.cancel("a", jobs.iso_now()) == "running"
     assert store.cancel_requested("a")
     store.finish("ex1", "a", payload, "cancelled", {})
@@ -103,19 +149,20 @@ def test_cancel_of_running_and_finished_jobs(store: JobStore) -> None:
 def test_finish_of_a_job_already_ended_elsewhere_changes_nothing(store: JobStore) -> None:
     payload = submit(store, "a")
     store.take("ex1", 1)
-    store.claim("ex1", "a", payload, jobs.iso_now())
     assert store.reap_executor("ex1", "executor lost: test", jobs.iso_now()) == ["a"]
     assert not store.finish("ex1", "a", payload, "success", {"exit_code": "0"})
     job = store.get("a")
     assert job is not None and job["status"] == "error" and job["error"] == "executor lost: test"
 
 
-def test_reaping_requeues_a_taken_but_unclaimed_job_at_the_head(store: JobStore) -> None:
+def test_reaping_requeues_a_taken_but_unclaimed_job_at_the_head(store: JobStore,
+                                                               redis_client: redis.Redis) -> None:
     first = submit(store, "a")
     submit(store, "b")
-    store.take("ex1", 1)
+    redis_client.lmove(QUEUE, inflight_key("ex1"), "RIGHT", "LEFT")  # an executor died here
     assert store.reap_executor("ex1", "executor lost", jobs.iso_now()) == []
-    assert store.take("ex2", 1) == first
+    taken = store.take("ex2", 1)
+    assert taken is not None and taken.payload == first
 
 
 def test_dead_executors_are_those_without_heartbeat(store: JobStore, redis_client: redis.Redis) -> None:
@@ -150,7 +197,6 @@ def test_stats_count_queued_running_and_finished(store: JobStore) -> None:
     payload = submit(store, "a")
     submit(store, "b")
     store.take("ex1", 1)
-    store.claim("ex1", "a", payload, jobs.iso_now())
     store.finish("ex1", "a", payload, "success", {})
     stats = store.stats()
     assert (stats.queued, stats.running, stats.finished["success"]) == (1, 0, 1)
