@@ -25,6 +25,8 @@ waitress' `send_bytes` (how much output to buffer before sending) is deprecated 
 argument, with 1 as its default, which is what long answers want; it is set on the
 adjustments object instead. Should a later waitress drop it, every answer is sent as written:
 slower, never wrong.
+
+An upload's body is spooled by waitress straight into the uploads dir (see spool.py).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
 
 from remoteci import events
 from remoteci.config import Settings
+from remoteci.spool import SpoolingParser
 from remoteci.uploads import max_request_bytes
 
 
@@ -147,6 +150,14 @@ class _Channel(HTTPChannel):  # type: ignore[misc]
     error_task_class = _JsonErrorTask
     stream_adj: Adjustments  # set on the class by create()
 
+    def handle_close(self) -> None:
+        # waitress leaves a request still being received (a client that hung up mid-upload)
+        # to the garbage collector; its spool file goes now.
+        request = self.request
+        if request is not None:
+            request.close()
+        super().handle_close()
+
 
 def _stream_adjustments(adj: Adjustments) -> Adjustments:
     stream = copy.copy(adj)
@@ -175,5 +186,6 @@ def create(settings: Settings, app: Any, sock: socket.socket) -> Any:
     server.adj.send_bytes = SHORT_SEND_BYTES
     # A class per server, since it carries this server's stream settings.
     server.channel_class = type("Channel", (_Channel,), {
-        "stream_adj": _stream_adjustments(server.adj)})
+        "stream_adj": _stream_adjustments(server.adj),
+        "parser_class": type("Parser", (SpoolingParser,), {"spool_dir": settings.uploads_dir})})
     return server

@@ -116,6 +116,18 @@ def test_413_comes_from_content_length_before_the_body_is_sent(upload_server: Se
     assert b'{"error":' in answer or b'{"error": ' in answer
 
 
+def test_an_upload_cut_off_by_its_client_leaves_no_file(upload_server: Server) -> None:
+    # The body is spooled into the uploads dir as it arrives; a hang-up must not leave it there.
+    with socket.create_connection(("127.0.0.1", upload_server.port), timeout=10) as sock:
+        sock.sendall(b"POST /api/jobs/upload?script=true HTTP/1.1\r\nHost: x\r\n"
+                     b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+                     b"Content-Type: application/gzip\r\nContent-Length: 1000000\r\n\r\n"
+                     + b"\0" * 300_000)
+        wait_until(lambda: any(p.suffix == ".spool" for p in uploads_left(upload_server)), 10,
+                   "the body to be spooled into the uploads dir")
+    wait_until(lambda: uploads_left(upload_server) == [], 10, "the spool file to be removed")
+
+
 def test_hostile_archive_ends_error_naming_the_member(upload_server: Server, tmp_path: Path) -> None:
     archive = make_tarball(tmp_path / "evil.tar.gz", {"ok.txt": b"fine", "../escaped.txt": b"evil"})
     code, job = curl("-F", f"code=@{archive}", "-F", "script=echo should-not-run",
