@@ -160,7 +160,8 @@ end
 # the job was cancelled or expired meanwhile (then dropped from in-flight), or
 # {payload, 'malformed'} for an entry that is not a job (left for the executor to report).
 # Nothing moved (the move timed out, and the head is empty or a job still running): nil.
-# started_at is Redis' clock, read in the claim.
+# started_at is Redis' clock, read in the claim. The job's key is built here from ARGV[1]
+# (its id is known only after the move), which a single Redis allows; a cluster would not.
 _CLAIM = _LUA_ISO_TIME + """
 local payload = redis.call('LINDEX', KEYS[1], 0)
 if not payload then return nil end
