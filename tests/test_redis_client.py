@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -110,6 +111,21 @@ def test_redis_down_is_an_error_at_once_and_up_again_is_used(
     assert time.monotonic() - started < 2  # refused, not waited for
     rs.start()
     assert client.ping() is True
+
+
+def test_a_stalled_redis_is_an_error_after_the_timeout_and_a_blmove_waits_longer(
+        make_redis: Callable[[], RedisServer]) -> None:
+    rs = make_redis()
+    client = Redis.from_url(rs.url, socket_connect_timeout=1, socket_timeout=0.3)
+    assert client.blmove("src", "dst", 0.6, "RIGHT", "LEFT") is None  # past socket_timeout
+    assert rs.proc is not None
+    os.kill(rs.proc.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(RedisConnectionError, match="did not answer in time"):
+            client.ping()
+    finally:
+        os.kill(rs.proc.pid, signal.SIGCONT)
+    assert client.ping() is True  # on a new connection: the stalled one was closed
 
 
 def test_a_forked_child_never_shares_the_parents_connection(store_client: Redis) -> None:
