@@ -85,7 +85,7 @@ def beat(r: Redis, members: str, member: str, key: str, value: str) -> None:
 
 def heartbeats(r: Redis, members: str, key_of: Callable[[str], str]) -> list[tuple[str, Any]]:
     """Every registered member with its heartbeat (None: expired, so the member is dead)."""
-    names = sorted(_text(m) for m in r.smembers(members))  # type: ignore[union-attr]
+    names: list[str] = sorted(r.smembers(members))
     if not names:
         return []
     return list(zip(names, r.mget([key_of(m) for m in names]), strict=True))
@@ -325,8 +325,8 @@ class JobStore:
                 idempotency_index(owner, idempotency_key) if idempotency_key else ""]
         result = self._enqueue(keys=keys, args=[job_id, payload_json, self.ttl, max_queue,
                                                 owner, *fields])
-        if isinstance(result, bytes):
-            raise AlreadySubmitted(result.decode())
+        if isinstance(result, str):
+            raise AlreadySubmitted(result)
         if int(result) < 0:
             raise QueueFull()
         return int(result)
@@ -341,7 +341,7 @@ class JobStore:
                                    keys=keys, args=[job_key(""), executor_id, self.ttl])
         if reply is None:
             return None
-        payload, status, *started_at = (_text(item) for item in reply)
+        payload, status, *started_at = reply
         return Taken(payload, status, started_at[0] if started_at else None)
 
     def set_fields(self, job_id: str, fields: Mapping[str, str]) -> None:
@@ -364,7 +364,7 @@ class JobStore:
         result = self._transition(keys=keys, args=[job_id, payload, from_status, status,
                                                    self.ttl, len(observed) // 2, *observed,
                                                    *flat])
-        return _text(result) == "ok"
+        return bool(result == "ok")
 
     def drop_inflight(self, executor_id: str, payload: str) -> None:
         self.r.lrem(inflight_key(executor_id), 1, payload)
@@ -379,7 +379,8 @@ class JobStore:
         the final status it already had."""
         keys = [job_key(job_id), QUEUE, status_index(jobs.QUEUED), status_index(jobs.CANCELLED),
                 COUNTERS, WEBHOOKS]
-        return _text(self._cancel(keys=keys, args=[job_id, finished_at, self.ttl]))
+        outcome: str = self._cancel(keys=keys, args=[job_id, finished_at, self.ttl])
+        return outcome
 
     def payload(self, job_id: str) -> dict[str, Any] | None:
         raw = self.r.hget(job_key(job_id), "payload")
@@ -397,7 +398,8 @@ class JobStore:
         return [m for m, b in heartbeats(self.r, EXECUTORS, heartbeat_key) if b is None]
 
     def inflight(self, executor_id: str) -> list[str]:
-        return [_text(p) for p in self.r.lrange(inflight_key(executor_id), 0, -1)]
+        payloads: list[str] = self.r.lrange(inflight_key(executor_id), 0, -1)
+        return payloads
 
     def reap_executor(self, executor_id: str, reason: str, finished_at: str) -> list[str]:
         """End the in-flight jobs of a dead executor as `error`; return the ids that ended."""
@@ -409,7 +411,7 @@ class JobStore:
             except (ValueError, KeyError, TypeError):
                 self.r.lrem(key, 1, payload)  # not a job; nothing to record
                 continue
-            status = _text(self._requeue(keys=[key, QUEUE, job_key(job_id)], args=[payload]))
+            status = self._requeue(keys=[key, QUEUE, job_key(job_id)], args=[payload])
             if status == jobs.QUEUED:
                 continue  # never started: it went back to the head of the queue
             # _requeue already dropped it from in-flight; an empty key skips the second LREM.
@@ -438,18 +440,18 @@ class JobStore:
             if not flat:
                 out.append(None)
                 continue
-            record = {_text(k): _text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+            record = dict(zip(flat[::2], flat[1::2], strict=True))
             rank = record.pop("queue_rank", None)
             out.append((record, None if rank is None else int(rank) + 1))
         return out
 
     def running_ids(self) -> frozenset[str]:
         """Every job running now, on any host."""
-        return frozenset(_text(i) for i in self.r.zrange(status_index(jobs.RUNNING), 0, -1))
+        return frozenset(self.r.zrange(status_index(jobs.RUNNING), 0, -1))
 
     def status(self, job_id: str) -> str | None:
-        raw = self.r.hget(job_key(job_id), "status")
-        return None if raw is None else _text(raw)
+        status: str | None = self.r.hget(job_key(job_id), "status")
+        return status
 
     def list_jobs(self, status: str | None, mode: str | None, limit: int,
                   owner: str | None = None) -> list[dict[str, Any]]:
@@ -469,9 +471,9 @@ class JobStore:
         high = "+inf" if before is None else f"({before}"
         cursor: int | None = None
         for _ in range(SCAN_BATCHES):
-            batch: list[tuple[bytes, float]] = self.r.zrevrangebyscore(  # type: ignore[assignment]
+            batch: list[tuple[str, float]] = self.r.zrevrangebyscore(  # type: ignore[assignment]
                 index, high, "-inf", start=0, num=limit, withscores=True)
-            fetched = self._fetch([_text(member) for member, _ in batch]) if batch else []
+            fetched = self._fetch([member for member, _ in batch]) if batch else []
             for (_, score), found_record in zip(batch, fetched, strict=True):
                 cursor = int(score)
                 if found_record is None:
@@ -502,7 +504,7 @@ class JobStore:
 
     def next_queued(self, limit: int) -> list[dict[str, Any]]:
         """The jobs that start next, in the order they will start."""
-        ids = [_text(i) for i in self.r.zrange(status_index(jobs.QUEUED), 0, limit - 1)]
+        ids: list[str] = self.r.zrange(status_index(jobs.QUEUED), 0, limit - 1)
         return [jobs.job_object(*found) for found in self._fetch(ids) if found] if ids else []
 
     def stats(self) -> Stats:
@@ -511,26 +513,27 @@ class JobStore:
         pipe.zcard(status_index(jobs.RUNNING))
         pipe.hgetall(COUNTERS)
         queued, running, counters = pipe.execute()
-        finished = {s: int(counters.get(s.encode(), 0)) for s in jobs.FINAL_STATUSES}
+        finished = {s: int(counters.get(s, 0)) for s in jobs.FINAL_STATUSES}
         return Stats(queued=queued, running=running, workers=len(self.live_executors()),
                      finished=finished)
 
     def owners(self) -> list[str]:
         """Every owner that ever submitted a job, for an admin's owner filter."""
-        return sorted(_text(o) for o in self.r.smembers(OWNERS))
+        return sorted(self.r.smembers(OWNERS))
 
     def histogram_counts(self) -> dict[str, str]:
-        return {_text(k): _text(v) for k, v in self.r.hgetall(HISTOGRAMS).items()}
+        counts: dict[str, str] = self.r.hgetall(HISTOGRAMS)
+        return counts
 
     def prune_indexes(self, batch: int = 500) -> int:
         """Drop ids of expired records from the listing indexes; return how many went."""
         removed = 0
         indexes = [INDEX_ALL] + [status_index(s) for s in jobs.STATUSES] + [
             mode_index(m) for m in jobs.MODES] + [
-            owner_index(_text(o)) for o in self.r.smembers(OWNERS)]
+            owner_index(o) for o in self.r.smembers(OWNERS)]
         cursor = 0
         while True:
-            ids = [_text(i) for i in self.r.zrange(INDEX_ALL, cursor, cursor + batch - 1)]
+            ids: list[str] = self.r.zrange(INDEX_ALL, cursor, cursor + batch - 1)
             if not ids:
                 return removed
             pipe = self.r.pipeline(transaction=False)
@@ -547,10 +550,6 @@ class JobStore:
 
     def ping(self) -> None:
         self.r.ping()
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def connect(url: str) -> Redis:

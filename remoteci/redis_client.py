@@ -6,8 +6,9 @@ of Python per command, which was a third of the CPU of a `GET /api/jobs/<id>`. T
 two dozen commands, Lua scripts and pipelines over plain connections. hiredis, the C parser of
 the Redis project, does the protocol; what is left here is a thread-safe pool with bounded waits.
 
-The methods keep redis-py's names and signatures for the subset used, so the stores also run on
-a redis-py client (the tests check what the server wrote through one, an independent reader).
+The methods keep redis-py's names and signatures for the subset used, and its replies as made
+with decode_responses=True (str, not bytes), so the stores also run on such a redis-py client
+(the tests check what the server wrote through one, an independent reader).
 """
 
 from __future__ import annotations
@@ -99,7 +100,11 @@ class _Connection:
 
     def __init__(self, address: Address, connect_timeout: float, timeout: float):
         self.timeout = timeout
-        self.reader = hiredis.Reader(replyError=ReplyError, notEnoughData=_INCOMPLETE)
+        # Redis holds only text here, all of it written as UTF-8: replies are str, decoded in C.
+        # A reply that is not UTF-8 (a foreign writer) raises UnicodeDecodeError, as decoding
+        # it in Python did, and the connection is closed like after any failure mid-reply.
+        self.reader = hiredis.Reader(replyError=ReplyError, notEnoughData=_INCOMPLETE,
+                                     encoding="utf-8")
         self.sock = _connect(address, connect_timeout)
         # A plain socket blocks, with the timeout set in the kernel (SO_RCVTIMEO/SO_SNDTIMEO):
         # each send and recv is then one system call, where Python's own timeout polls before
@@ -391,9 +396,9 @@ class Script:
     def __init__(self, client: Redis, source: str):
         self.client = client
         self.source = source
-        self.sha: bytes | None = None
+        self.sha: str | None = None
 
-    def load(self) -> bytes:
+    def load(self) -> str:
         """The SHA1 to call the script by, loading it on first use."""
         if self.sha is None:
             self.sha = self.client.execute_command("SCRIPT", "LOAD", self.source)
