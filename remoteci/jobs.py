@@ -32,6 +32,8 @@ _OBJECT_FIELDS = (
 # `artifacts`: how many files were kept, once a job that asked for artifacts has ended.
 _EXTRA_FIELDS = ("ref", "commit", "cancel_requested", "artifacts", "webhook", "webhook_status",
                  "webhook_attempts")
+# Every stored field the job object shows: what a read of a record asks Redis for.
+SHOWN_FIELDS = _OBJECT_FIELDS + _EXTRA_FIELDS
 _INT_FIELDS = ("timeout", "exit_code", "artifacts", "webhook_attempts")
 _FLOAT_FIELDS = ("duration",)
 
@@ -55,8 +57,10 @@ def iso_time(epoch: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def job_object(record: Mapping[str, str], queue_position: int | None = None) -> dict[str, Any]:
-    """Turn a stored hash (all strings) into the API's job object with typed values."""
+def job_object(record: Mapping[str, str | None],
+               queue_position: int | None = None) -> dict[str, Any]:
+    """Turn a stored hash (all strings; None or absent: not set) into the API's job object with
+    typed values."""
     obj: dict[str, Any] = {}
     for key in _OBJECT_FIELDS:
         obj[key] = _typed(key, record.get(key))

@@ -241,36 +241,6 @@ return status or 'missing'
 """
 
 
-# KEYS: index:status:queued, then job keys;  ARGV: none
-# Each record comes back as its flat field/value list (empty when gone) without the payload,
-# and, when queued, its rank in the queue as a last `queue_rank` integer: one round trip for a
-# whole listing page, however many jobs are queued.
-_RECORDS = """
-local out = {}
-for i = 2, #KEYS do
-  local flat = redis.call('HGETALL', KEYS[i])
-  local rec, status, id = {}, nil, nil
-  for j = 1, #flat, 2 do
-    local field, value = flat[j], flat[j + 1]
-    if field ~= 'payload' then
-      rec[#rec + 1] = field
-      rec[#rec + 1] = value
-    end
-    if field == 'status' then status = value elseif field == 'id' then id = value end
-  end
-  if status == 'queued' and id then
-    local rank = redis.call('ZRANK', KEYS[1], id)
-    if rank then
-      rec[#rec + 1] = 'queue_rank'
-      rec[#rec + 1] = rank
-    end
-  end
-  out[i - 1] = rec
-end
-return out
-"""
-
-
 @dataclass(frozen=True)
 class Taken:
     """A job moved to an executor's in-flight list; `status` is `running` when it was claimed,
@@ -304,7 +274,6 @@ class JobStore:
         self._transition = client.register_script(_TRANSITION)
         self._cancel = client.register_script(_CANCEL)
         self._requeue = client.register_script(_REQUEUE_UNCLAIMED)
-        self._records = client.register_script(_RECORDS)
 
     # --- accepting -------------------------------------------------------------------------
 
@@ -432,17 +401,28 @@ class JobStore:
         found = self._fetch([job_id])[0]
         return None if found is None else jobs.job_object(*found)
 
-    def _fetch(self, ids: list[str]) -> list[tuple[dict[str, str], int | None] | None]:
-        """The records (and queue positions) of `ids` in one round trip; None for gone ones."""
-        raw = self._records(keys=[status_index(jobs.QUEUED), *map(job_key, ids)])
-        out: list[tuple[dict[str, str], int | None] | None] = []
-        for flat in raw:
-            if not flat:
+    def _fetch(self, ids: list[str]) -> list[tuple[dict[str, str | None], int | None] | None]:
+        """The records (the fields a job object shows) and queue positions of `ids`, in one
+        round trip; None for gone ones.
+
+        Per job, its rank in the queue, then its record: pipelined commands, not a script,
+        which cost Redis about 20 µs more per job. Should a claim come between the two, the
+        record says `running`, and a running job has no position; a job is never read before
+        its enqueue is done (its id is not known before), so a rank is never missed that way.
+        """
+        queued = status_index(jobs.QUEUED)
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.zrank(queued, job_id)
+            pipe.hmget(job_key(job_id), jobs.SHOWN_FIELDS)
+        replies = pipe.execute()
+        out: list[tuple[dict[str, str | None], int | None] | None] = []
+        for rank, values in zip(replies[::2], replies[1::2], strict=True):
+            record = dict(zip(jobs.SHOWN_FIELDS, values, strict=True))
+            if record["status"] is None:  # expired: no record is without a status
                 out.append(None)
-                continue
-            record = dict(zip(flat[::2], flat[1::2], strict=True))
-            rank = record.pop("queue_rank", None)
-            out.append((record, None if rank is None else int(rank) + 1))
+            else:
+                out.append((record, None if rank is None else rank + 1))
         return out
 
     def running_ids(self) -> frozenset[str]:

@@ -246,6 +246,9 @@ class _Commands:
     def hget(self, name: str, key: str) -> Any:
         return self._command(None, "HGET", name, key)
 
+    def hmget(self, name: str, keys: Sequence[str]) -> Any:
+        return self._command(None, "HMGET", name, *keys)
+
     def hgetall(self, name: str) -> Any:
         return self._command(_pairs, "HGETALL", name)
 
@@ -276,6 +279,9 @@ class _Commands:
 
     def zrange(self, name: str, start: int, end: int) -> Any:
         return self._command(None, "ZRANGE", name, start, end)
+
+    def zrank(self, name: str, value: Arg) -> Any:
+        return self._command(None, "ZRANK", name, value)
 
     def zrem(self, name: str, *values: Arg) -> Any:
         return self._command(None, "ZREM", name, *values)
