@@ -51,11 +51,13 @@ class Authenticator:
         is_admin = False
         for token in self._admin:
             is_admin |= hmac.compare_digest(presented, token)
-        digest = tokens.hash_token(presented)
+        project = self._project  # one tuple, read once: a reload cannot mix two files
         found: tokens.ProjectToken | None = None
-        for candidate in self._project:  # one tuple, read once: a reload cannot mix two files
-            same = hmac.compare_digest(digest, candidate.digest)
-            found = candidate if same else found
+        if project:  # without project tokens (a setting, no secret) there is nothing to hash for
+            digest = tokens.hash_token(presented)
+            for candidate in project:
+                same = hmac.compare_digest(digest, candidate.digest)
+                found = candidate if same else found
         if is_admin:
             return ADMIN
         if found is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,8 +32,22 @@ _OBJECT_FIELDS = (
 # `artifacts`: how many files were kept, once a job that asked for artifacts has ended.
 _EXTRA_FIELDS = ("ref", "commit", "cancel_requested", "artifacts", "webhook", "webhook_status",
                  "webhook_attempts")
-_INT_FIELDS = ("timeout", "exit_code", "artifacts", "webhook_attempts")
-_FLOAT_FIELDS = ("duration",)
+# Every stored field the job object shows: what a read of a record asks Redis for.
+SHOWN_FIELDS = _OBJECT_FIELDS + _EXTRA_FIELDS
+
+
+def _flag(raw: str) -> bool:
+    return raw == "1"
+
+
+# How a stored string becomes the object's value; fields not named here stay strings.
+_TYPES: dict[str, Callable[[str], Any]] = {
+    "timeout": int, "exit_code": int, "artifacts": int, "webhook_attempts": int,
+    "duration": float, "cancel_requested": _flag,
+}
+# (field, its type) in order, worked out once: job_object runs on every read of a job.
+_OBJECT_TYPES = tuple((key, _TYPES.get(key, str)) for key in _OBJECT_FIELDS)
+_EXTRA_TYPES = tuple((key, _TYPES.get(key, str)) for key in _EXTRA_FIELDS)
 
 
 def new_job_id() -> str:
@@ -55,28 +69,17 @@ def iso_time(epoch: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def job_object(record: Mapping[str, str], queue_position: int | None = None) -> dict[str, Any]:
-    """Turn a stored hash (all strings) into the API's job object with typed values."""
+def job_object(record: Mapping[str, str | None],
+               queue_position: int | None = None) -> dict[str, Any]:
+    """Turn a stored hash (all strings; None or absent: not set) into the API's job object with
+    typed values."""
     obj: dict[str, Any] = {}
-    for key in _OBJECT_FIELDS:
-        obj[key] = _typed(key, record.get(key))
-    for key in _EXTRA_FIELDS:
-        if record.get(key):
-            obj[key] = _typed(key, record.get(key))
-    if obj["status"] == QUEUED:
-        obj["queue_position"] = queue_position
-    else:
-        obj["queue_position"] = None
+    for key, typed in _OBJECT_TYPES:
+        raw = record.get(key)
+        obj[key] = typed(raw) if raw else None  # an empty string is not set either
+    for key, typed in _EXTRA_TYPES:
+        raw = record.get(key)
+        if raw:
+            obj[key] = typed(raw)
+    obj["queue_position"] = queue_position if obj["status"] == QUEUED else None
     return obj
-
-
-def _typed(key: str, raw: str | None) -> Any:
-    if raw is None or raw == "":
-        return None
-    if key in _INT_FIELDS:
-        return int(raw)
-    if key in _FLOAT_FIELDS:
-        return float(raw)
-    if key == "cancel_requested":
-        return raw == "1"
-    return raw

@@ -85,7 +85,7 @@ def beat(r: Redis, members: str, member: str, key: str, value: str) -> None:
 
 def heartbeats(r: Redis, members: str, key_of: Callable[[str], str]) -> list[tuple[str, Any]]:
     """Every registered member with its heartbeat (None: expired, so the member is dead)."""
-    names = sorted(_text(m) for m in r.smembers(members))  # type: ignore[union-attr]
+    names: list[str] = sorted(r.smembers(members))
     if not names:
         return []
     return list(zip(names, r.mget([key_of(m) for m in names]), strict=True))
@@ -242,36 +242,6 @@ return status or 'missing'
 """
 
 
-# KEYS: index:status:queued, then job keys;  ARGV: none
-# Each record comes back as its flat field/value list (empty when gone) without the payload,
-# and, when queued, its rank in the queue as a last `queue_rank` integer: one round trip for a
-# whole listing page, however many jobs are queued.
-_RECORDS = """
-local out = {}
-for i = 2, #KEYS do
-  local flat = redis.call('HGETALL', KEYS[i])
-  local rec, status, id = {}, nil, nil
-  for j = 1, #flat, 2 do
-    local field, value = flat[j], flat[j + 1]
-    if field ~= 'payload' then
-      rec[#rec + 1] = field
-      rec[#rec + 1] = value
-    end
-    if field == 'status' then status = value elseif field == 'id' then id = value end
-  end
-  if status == 'queued' and id then
-    local rank = redis.call('ZRANK', KEYS[1], id)
-    if rank then
-      rec[#rec + 1] = 'queue_rank'
-      rec[#rec + 1] = rank
-    end
-  end
-  out[i - 1] = rec
-end
-return out
-"""
-
-
 @dataclass(frozen=True)
 class Taken:
     """A job moved to an executor's in-flight list; `status` is `running` when it was claimed,
@@ -305,7 +275,6 @@ class JobStore:
         self._transition = client.register_script(_TRANSITION)
         self._cancel = client.register_script(_CANCEL)
         self._requeue = client.register_script(_REQUEUE_UNCLAIMED)
-        self._records = client.register_script(_RECORDS)
 
     # --- accepting -------------------------------------------------------------------------
 
@@ -326,8 +295,8 @@ class JobStore:
                 idempotency_index(owner, idempotency_key) if idempotency_key else ""]
         result = self._enqueue(keys=keys, args=[job_id, payload_json, self.ttl, max_queue,
                                                 owner, *fields])
-        if isinstance(result, bytes):
-            raise AlreadySubmitted(result.decode())
+        if isinstance(result, str):
+            raise AlreadySubmitted(result)
         if int(result) < 0:
             raise QueueFull()
         return int(result)
@@ -342,7 +311,7 @@ class JobStore:
                                    keys=keys, args=[job_key(""), executor_id, self.ttl])
         if reply is None:
             return None
-        payload, status, *started_at = (_text(item) for item in reply)
+        payload, status, *started_at = reply
         return Taken(payload, status, started_at[0] if started_at else None)
 
     def set_fields(self, job_id: str, fields: Mapping[str, str]) -> None:
@@ -365,7 +334,7 @@ class JobStore:
         result = self._transition(keys=keys, args=[job_id, payload, from_status, status,
                                                    self.ttl, len(observed) // 2, *observed,
                                                    *flat])
-        return _text(result) == "ok"
+        return bool(result == "ok")
 
     def drop_inflight(self, executor_id: str, payload: str) -> None:
         self.r.lrem(inflight_key(executor_id), 1, payload)
@@ -380,7 +349,8 @@ class JobStore:
         the final status it already had."""
         keys = [job_key(job_id), QUEUE, status_index(jobs.QUEUED), status_index(jobs.CANCELLED),
                 COUNTERS, WEBHOOKS]
-        return _text(self._cancel(keys=keys, args=[job_id, finished_at, self.ttl]))
+        outcome: str = self._cancel(keys=keys, args=[job_id, finished_at, self.ttl])
+        return outcome
 
     def payload(self, job_id: str) -> dict[str, Any] | None:
         raw = self.r.hget(job_key(job_id), "payload")
@@ -398,7 +368,8 @@ class JobStore:
         return [m for m, b in heartbeats(self.r, EXECUTORS, heartbeat_key) if b is None]
 
     def inflight(self, executor_id: str) -> list[str]:
-        return [_text(p) for p in self.r.lrange(inflight_key(executor_id), 0, -1)]
+        payloads: list[str] = self.r.lrange(inflight_key(executor_id), 0, -1)
+        return payloads
 
     def reap_executor(self, executor_id: str, reason: str, finished_at: str) -> list[str]:
         """End the in-flight jobs of a dead executor as `error`; return the ids that ended."""
@@ -410,7 +381,7 @@ class JobStore:
             except (ValueError, KeyError, TypeError):
                 self.r.lrem(key, 1, payload)  # not a job; nothing to record
                 continue
-            status = _text(self._requeue(keys=[key, QUEUE, job_key(job_id)], args=[payload]))
+            status = self._requeue(keys=[key, QUEUE, job_key(job_id)], args=[payload])
             if status == jobs.QUEUED:
                 continue  # never started: it went back to the head of the queue
             # _requeue already dropped it from in-flight; an empty key skips the second LREM.
@@ -431,26 +402,37 @@ class JobStore:
         found = self._fetch([job_id])[0]
         return None if found is None else jobs.job_object(*found)
 
-    def _fetch(self, ids: list[str]) -> list[tuple[dict[str, str], int | None] | None]:
-        """The records (and queue positions) of `ids` in one round trip; None for gone ones."""
-        raw = self._records(keys=[status_index(jobs.QUEUED), *map(job_key, ids)])
-        out: list[tuple[dict[str, str], int | None] | None] = []
-        for flat in raw:
-            if not flat:
+    def _fetch(self, ids: list[str]) -> list[tuple[dict[str, str | None], int | None] | None]:
+        """The records (the fields a job object shows) and queue positions of `ids`, in one
+        round trip; None for gone ones.
+
+        Per job, its rank in the queue, then its record: pipelined commands, not a script,
+        which cost Redis about 20 µs more per job. Should a claim come between the two, the
+        record says `running`, and a running job has no position; a job is never read before
+        its enqueue is done (its id is not known before), so a rank is never missed that way.
+        """
+        queued = status_index(jobs.QUEUED)
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.zrank(queued, job_id)
+            pipe.hmget(job_key(job_id), jobs.SHOWN_FIELDS)
+        replies = pipe.execute()
+        out: list[tuple[dict[str, str | None], int | None] | None] = []
+        for rank, values in zip(replies[::2], replies[1::2], strict=True):
+            record = dict(zip(jobs.SHOWN_FIELDS, values, strict=True))
+            if record["status"] is None:  # expired: no record is without a status
                 out.append(None)
-                continue
-            record = {_text(k): _text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
-            rank = record.pop("queue_rank", None)
-            out.append((record, None if rank is None else int(rank) + 1))
+            else:
+                out.append((record, None if rank is None else rank + 1))
         return out
 
     def running_ids(self) -> frozenset[str]:
         """Every job running now, on any host."""
-        return frozenset(_text(i) for i in self.r.zrange(status_index(jobs.RUNNING), 0, -1))
+        return frozenset(self.r.zrange(status_index(jobs.RUNNING), 0, -1))
 
     def status(self, job_id: str) -> str | None:
-        raw = self.r.hget(job_key(job_id), "status")
-        return None if raw is None else _text(raw)
+        status: str | None = self.r.hget(job_key(job_id), "status")
+        return status
 
     def list_jobs(self, status: str | None, mode: str | None, limit: int,
                   owner: str | None = None) -> list[dict[str, Any]]:
@@ -470,9 +452,9 @@ class JobStore:
         high = "+inf" if before is None else f"({before}"
         cursor: int | None = None
         for _ in range(SCAN_BATCHES):
-            batch: list[tuple[bytes, float]] = self.r.zrevrangebyscore(  # type: ignore[assignment]
+            batch: list[tuple[str, float]] = self.r.zrevrangebyscore(  # type: ignore[assignment]
                 index, high, "-inf", start=0, num=limit, withscores=True)
-            fetched = self._fetch([_text(member) for member, _ in batch]) if batch else []
+            fetched = self._fetch([member for member, _ in batch]) if batch else []
             for (_, score), found_record in zip(batch, fetched, strict=True):
                 cursor = int(score)
                 if found_record is None:
@@ -503,7 +485,7 @@ class JobStore:
 
     def next_queued(self, limit: int) -> list[dict[str, Any]]:
         """The jobs that start next, in the order they will start."""
-        ids = [_text(i) for i in self.r.zrange(status_index(jobs.QUEUED), 0, limit - 1)]
+        ids: list[str] = self.r.zrange(status_index(jobs.QUEUED), 0, limit - 1)
         return [jobs.job_object(*found) for found in self._fetch(ids) if found] if ids else []
 
     def stats(self) -> Stats:
@@ -512,26 +494,27 @@ class JobStore:
         pipe.zcard(status_index(jobs.RUNNING))
         pipe.hgetall(COUNTERS)
         queued, running, counters = pipe.execute()
-        finished = {s: int(counters.get(s.encode(), 0)) for s in jobs.FINAL_STATUSES}
+        finished = {s: int(counters.get(s, 0)) for s in jobs.FINAL_STATUSES}
         return Stats(queued=queued, running=running, workers=len(self.live_executors()),
                      finished=finished)
 
     def owners(self) -> list[str]:
         """Every owner that ever submitted a job, for an admin's owner filter."""
-        return sorted(_text(o) for o in self.r.smembers(OWNERS))
+        return sorted(self.r.smembers(OWNERS))
 
     def histogram_counts(self) -> dict[str, str]:
-        return {_text(k): _text(v) for k, v in self.r.hgetall(HISTOGRAMS).items()}
+        counts: dict[str, str] = self.r.hgetall(HISTOGRAMS)
+        return counts
 
     def prune_indexes(self, batch: int = 500) -> int:
         """Drop ids of expired records from the listing indexes; return how many went."""
         removed = 0
         indexes = [INDEX_ALL] + [status_index(s) for s in jobs.STATUSES] + [
             mode_index(m) for m in jobs.MODES] + [
-            owner_index(_text(o)) for o in self.r.smembers(OWNERS)]
+            owner_index(o) for o in self.r.smembers(OWNERS)]
         cursor = 0
         while True:
-            ids = [_text(i) for i in self.r.zrange(INDEX_ALL, cursor, cursor + batch - 1)]
+            ids: list[str] = self.r.zrange(INDEX_ALL, cursor, cursor + batch - 1)
             if not ids:
                 return removed
             pipe = self.r.pipeline(transaction=False)
@@ -548,10 +531,6 @@ class JobStore:
 
     def ping(self) -> None:
         self.r.ping()
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def connect(url: str) -> Redis:

@@ -6,8 +6,9 @@ of Python per command, which was a third of the CPU of a `GET /api/jobs/<id>`. T
 two dozen commands, Lua scripts and pipelines over plain connections. hiredis, the C parser of
 the Redis project, does the protocol; what is left here is a thread-safe pool with bounded waits.
 
-The methods keep redis-py's names and signatures for the subset used, so the stores also run on
-a redis-py client (the tests check what the server wrote through one, an independent reader).
+The methods keep redis-py's names and signatures for the subset used, and its replies as made
+with decode_responses=True (str, not bytes), so the stores also run on such a redis-py client
+(the tests check what the server wrote through one, an independent reader).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import struct
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +41,21 @@ class ReplyError(RedisError):
 
 
 _INCOMPLETE = object()  # what hiredis returns while a reply has not fully arrived
+
+
+class _Process:
+    """This process' id, kept up to date across os.fork(): a pool checks it on every command,
+    and os.getpid() is a system call each time."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self.pid = os.getpid()
+
+
+_process = _Process()
 
 
 @dataclass(frozen=True)
@@ -83,9 +100,21 @@ class _Connection:
 
     def __init__(self, address: Address, connect_timeout: float, timeout: float):
         self.timeout = timeout
-        self.reader = hiredis.Reader(replyError=ReplyError, notEnoughData=_INCOMPLETE)
+        # Redis holds only text here, all of it written as UTF-8: replies are str, decoded in C.
+        # A reply that is not UTF-8 (a foreign writer) raises UnicodeDecodeError, as decoding
+        # it in Python did, and the connection is closed like after any failure mid-reply.
+        self.reader = hiredis.Reader(replyError=ReplyError, notEnoughData=_INCOMPLETE,
+                                     encoding="utf-8")
         self.sock = _connect(address, connect_timeout)
-        self.sock.settimeout(timeout)
+        # A plain socket blocks, with the timeout set in the kernel (SO_RCVTIMEO/SO_SNDTIMEO):
+        # each send and recv is then one system call, where Python's own timeout polls before
+        # each, and every call lets go of the GIL, which the API's threads then contend for.
+        # The ssl module retries a blocking read that the kernel timed out, forever: a TLS
+        # socket keeps Python's timeout.
+        self._kernel_timeout = not address.tls
+        if self._kernel_timeout:
+            self.sock.settimeout(None)
+        self._set_timeout(timeout)
         self._readable = select.poll()
         self._readable.register(self.sock, select.POLLIN)
         handshake = []
@@ -110,7 +139,7 @@ class _Connection:
         """Send the packed commands at once and read `count` replies (errors as ReplyError)."""
         try:
             if timeout is not None:
-                self.sock.settimeout(timeout)
+                self._set_timeout(timeout)
             self.sock.sendall(b"".join(packed) if len(packed) > 1 else packed[0])
             replies: list[Any] = []
             while len(replies) < count:
@@ -123,9 +152,9 @@ class _Connection:
                 else:
                     replies.append(reply)
             if timeout is not None:
-                self.sock.settimeout(self.timeout)
+                self._set_timeout(self.timeout)
             return replies
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):  # BlockingIOError: a kernel timeout
             self.close()
             raise RedisConnectionError("redis did not answer in time") from None
         except (OSError, hiredis.ProtocolError) as exc:
@@ -134,6 +163,15 @@ class _Connection:
         except BaseException:
             self.close()  # interrupted mid-reply: the next reply read would be this one's
             raise
+
+    def _set_timeout(self, seconds: float) -> None:
+        if not self._kernel_timeout:
+            self.sock.settimeout(seconds)
+            return
+        # A zero timeval means no timeout at all: the shortest one is a microsecond.
+        timeval = struct.pack("ll", *divmod(max(1, round(seconds * 1_000_000)), 1_000_000))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
     def close(self) -> None:
         try:
@@ -208,6 +246,9 @@ class _Commands:
     def hget(self, name: str, key: str) -> Any:
         return self._command(None, "HGET", name, key)
 
+    def hmget(self, name: str, keys: Sequence[str]) -> Any:
+        return self._command(None, "HMGET", name, *keys)
+
     def hgetall(self, name: str) -> Any:
         return self._command(_pairs, "HGETALL", name)
 
@@ -239,6 +280,9 @@ class _Commands:
     def zrange(self, name: str, start: int, end: int) -> Any:
         return self._command(None, "ZRANGE", name, start, end)
 
+    def zrank(self, name: str, value: Arg) -> Any:
+        return self._command(None, "ZRANK", name, value)
+
     def zrem(self, name: str, *values: Arg) -> Any:
         return self._command(None, "ZREM", name, *values)
 
@@ -264,7 +308,7 @@ class Redis(_Commands):
         # A deque's append and pop are atomic: threads share the idle connections without a
         # lock, and a child forked while another thread held one cannot inherit it held.
         self._idle: deque[_Connection] = deque()
-        self._pid = os.getpid()
+        self._pid = _process.pid
 
     @classmethod
     def from_url(cls, url: str, socket_connect_timeout: float = 3.0,
@@ -322,7 +366,7 @@ class Redis(_Commands):
         return replies
 
     def _acquire(self) -> _Connection:
-        if self._pid != os.getpid():
+        if self._pid != _process.pid:
             self._forget_parent_connections()
         while True:
             try:
@@ -334,7 +378,7 @@ class Redis(_Commands):
             conn.close()
 
     def _release(self, conn: _Connection) -> None:
-        if len(self._idle) < self.max_idle and self._pid == os.getpid():
+        if len(self._idle) < self.max_idle and self._pid == _process.pid:
             self._idle.append(conn)  # racing releases may go a little over max_idle: harmless
         else:
             conn.close()
@@ -343,7 +387,7 @@ class Redis(_Commands):
         # The parent keeps using these sockets: sharing one would interleave two processes'
         # commands. Closing our copy of the descriptor leaves the parent's connection open.
         inherited, self._idle = self._idle, deque()
-        self._pid = os.getpid()
+        self._pid = _process.pid
         for conn in inherited:
             conn.close()
 
@@ -358,9 +402,9 @@ class Script:
     def __init__(self, client: Redis, source: str):
         self.client = client
         self.source = source
-        self.sha: bytes | None = None
+        self.sha: str | None = None
 
-    def load(self) -> bytes:
+    def load(self) -> str:
         """The SHA1 to call the script by, loading it on first use."""
         if self.sha is None:
             self.sha = self.client.execute_command("SCRIPT", "LOAD", self.source)

@@ -87,8 +87,9 @@ class WebhookStore:
 
     def take(self, deliverer_id: str, timeout: float) -> str | None:
         """Block up to `timeout` for a due delivery; it moves to our in-flight list, never lost."""
-        raw = self.r.blmove(WEBHOOKS, inflight_key(deliverer_id), timeout, "RIGHT", "LEFT")  # type: ignore[arg-type]
-        return raw.decode() if isinstance(raw, bytes) else raw
+        job_id: str | None = self.r.blmove(WEBHOOKS, inflight_key(deliverer_id), timeout,
+                                           "RIGHT", "LEFT")
+        return job_id
 
     def promote_due(self, now: float) -> int:
         """Move retries whose time has come back to the queue; return how many."""
@@ -96,8 +97,8 @@ class WebhookStore:
 
     def record(self, job_id: str) -> dict[str, str]:
         """The job's stored hash ({} once it expired)."""
-        raw: dict[bytes, bytes] = self.r.hgetall(job_key(job_id))  # type: ignore[assignment]
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        record: dict[str, str] = self.r.hgetall(job_key(job_id))
+        return record
 
     def update(self, job_id: str, fields: Mapping[str, str]) -> None:
         self._update(keys=[job_key(job_id)], args=_flat(fields))

@@ -41,3 +41,15 @@ def test_job_object_types_and_order() -> None:
 def test_queue_position_only_while_queued() -> None:
     assert jobs.job_object({"status": "queued"}, 3)["queue_position"] == 3
     assert jobs.job_object({"status": "running"}, 3)["queue_position"] is None
+
+
+def test_job_object_extras_appear_only_when_set_and_empty_strings_are_null() -> None:
+    record = {"id": "x", "status": "success", "name": "", "exit_code": "0", "ref": "main",
+              "commit": "", "cancel_requested": "1", "artifacts": "2", "webhook_attempts": "0",
+              "webhook_status": None}
+    obj = jobs.job_object(record)
+    assert obj["name"] is None and obj["exit_code"] == 0 and obj["worker"] is None
+    assert obj["ref"] == "main" and obj["cancel_requested"] is True and obj["artifacts"] == 2
+    assert obj["webhook_attempts"] == 0 and "commit" not in obj and "webhook_status" not in obj
+    assert list(obj)[-1] == "queue_position"
+    assert jobs.job_object({"status": "running", "cancel_requested": "0"})["cancel_requested"] is False

@@ -193,6 +193,23 @@ def test_listing_filters_and_skips_expired(store: JobStore, redis_client: redis.
     assert redis_client.zscore("rci:index:all", "r5") is None
 
 
+def test_a_listing_shows_queue_positions_and_a_record_without_status_is_gone(
+        store: JobStore, redis_client: redis.Redis) -> None:
+    payload = submit(store, "a")
+    submit(store, "b")
+    submit(store, "c")
+    store.take("ex1", 1)
+    store.finish("ex1", "a", payload, "success", {"exit_code": "0"})
+    listed = store.list_jobs(None, None, 10)
+    assert [(j["id"], j["status"], j["queue_position"]) for j in listed] == [
+        ("c", "queued", 2), ("b", "queued", 1), ("a", "success", None)]
+    assert all("payload" not in j and "seq" not in j for j in listed)
+    redis_client.delete(job_key("b"))
+    redis_client.hset(job_key("b"), "webhook_status", "delivered")  # written after it expired
+    assert store.get("b") is None
+    assert [j["id"] for j in store.list_jobs(None, None, 10)] == ["c", "a"]
+
+
 def test_stats_count_queued_running_and_finished(store: JobStore) -> None:
     payload = submit(store, "a")
     submit(store, "b")

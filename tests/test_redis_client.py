@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -39,16 +40,25 @@ def test_commands_write_what_redis_py_reads(store_client: Redis, redis_client: r
     assert store_client.set("s", "v", ex=100) is True and redis_client.ttl("s") == 100
     assert store_client.hset("h", mapping={"a": "1", "b": "é"}) == 2
     assert redis_client.hgetall("h") == {b"a": b"1", b"b": "é".encode()}
-    assert store_client.hgetall("h") == {b"a": b"1", b"b": "é".encode()}
-    assert store_client.hget("h", "a") == b"1" and store_client.hget("h", "nope") is None
-    assert store_client.sadd("set", "x", "y") == 2 and store_client.smembers("set") == {b"x", b"y"}
+    assert store_client.hgetall("h") == {"a": "1", "b": "é"}  # replies are str, decoded
+    assert store_client.hget("h", "a") == "1" and store_client.hget("h", "nope") is None
+    assert store_client.sadd("set", "x", "y") == 2 and store_client.smembers("set") == {"x", "y"}
     redis_client.zadd("z", {"one": 1, "two": 2, "three": 3})
     assert store_client.zrevrangebyscore("z", "+inf", "-inf", start=0, num=2, withscores=True) == [
-        (b"three", 3.0), (b"two", 2.0)]
-    assert store_client.zrange("z", 0, 0) == [b"one"] and store_client.zcard("z") == 3
-    assert store_client.mget(["s", "missing"]) == [b"v", None]
+        ("three", 3.0), ("two", 2.0)]
+    assert store_client.zrange("z", 0, 0) == ["one"] and store_client.zcard("z") == 3
+    assert store_client.mget(["s", "missing"]) == ["v", None]
     assert store_client.exists("s", "h", "missing") == 2
     assert store_client.delete("s") == 1 and not redis_client.exists("s")
+
+
+def test_a_reply_that_is_not_utf8_raises_and_the_next_command_is_in_step(
+        store_client: Redis, redis_client: redis.Redis) -> None:
+    redis_client.set("bad", b"\xff\xfe")
+    redis_client.set("good", "ok")
+    with pytest.raises(UnicodeDecodeError):
+        store_client.mget(["bad", "good"])
+    assert store_client.mget(["good"]) == ["ok"]
 
 
 def test_blmove_waits_its_timeout_then_answers_none(store_client: Redis,
@@ -57,7 +67,7 @@ def test_blmove_waits_its_timeout_then_answers_none(store_client: Redis,
     assert store_client.blmove("src", "dst", 0.2, "RIGHT", "LEFT") is None
     assert time.monotonic() - started >= 0.2
     redis_client.lpush("src", "a", "b")
-    assert store_client.blmove("src", "dst", 1, "RIGHT", "LEFT") == b"a"
+    assert store_client.blmove("src", "dst", 1, "RIGHT", "LEFT") == "a"
     assert redis_client.lrange("dst", 0, -1) == [b"a"]
     redis_client.set("not-a-list", "x")
     with pytest.raises(ReplyError, match="WRONGTYPE"):
@@ -112,6 +122,21 @@ def test_redis_down_is_an_error_at_once_and_up_again_is_used(
     assert client.ping() is True
 
 
+def test_a_stalled_redis_is_an_error_after_the_timeout_and_a_blmove_waits_longer(
+        make_redis: Callable[[], RedisServer]) -> None:
+    rs = make_redis()
+    client = Redis.from_url(rs.url, socket_connect_timeout=1, socket_timeout=0.3)
+    assert client.blmove("src", "dst", 0.6, "RIGHT", "LEFT") is None  # past socket_timeout
+    assert rs.proc is not None
+    os.kill(rs.proc.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(RedisConnectionError, match="did not answer in time"):
+            client.ping()
+    finally:
+        os.kill(rs.proc.pid, signal.SIGCONT)
+    assert client.ping() is True  # on a new connection: the stalled one was closed
+
+
 def test_a_forked_child_never_shares_the_parents_connection(store_client: Redis) -> None:
     parent_connection = store_client.execute_command("CLIENT", "ID")  # now idle in the pool
     pid = os.fork()
@@ -134,7 +159,7 @@ def test_threads_each_get_their_own_replies(store_client: Redis, redis_client: r
     def reader(n: int) -> None:
         for _ in range(300):
             got = store_client.mget([f"t{n}"])
-            if got != [str(n).encode()]:
+            if got != [str(n)]:
                 wrong.append(f"thread {n} read {got}")
 
     threads = [threading.Thread(target=reader, args=(n,)) for n in range(8)]

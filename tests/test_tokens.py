@@ -80,6 +80,18 @@ def test_authenticator_tells_admins_from_projects_and_refuses_the_rest() -> None
     assert auth.identify(HASH.encode()) is None  # the stored hash is no credential
 
 
+def test_authenticator_without_project_tokens_knows_only_admins_until_a_reload_adds_some(
+        tmp_path: Path) -> None:
+    auth = Authenticator(("admin-token-123", "admin-token-456"))
+    assert auth.identify(b"admin-token-456") == ADMIN
+    assert auth.identify(b"a-project-token") is None and auth.identify(b"") is None
+    path = tmp_path / "tokens"
+    path.write_text(f"web:{HASH}:web\n")
+    auth.reload(path)
+    assert auth.identify(b"a-project-token") == Identity("web", ("web",))
+    assert auth.identify(b"admin-token-123") == ADMIN
+
+
 def test_project_listing_is_always_its_own() -> None:
     web = Identity("web", ("web",))
     assert listing_owner(web, None) == "web"
