@@ -69,7 +69,9 @@ def seconds_between(start: str | None, end: str | None) -> float | None:
 
 
 def _parse(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    # fromisoformat (C) reads the trailing Z since 3.11; strptime cost ~100 µs per job's end.
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def read(hist: Histogram, raw: Mapping[str, str]) -> Snapshot:

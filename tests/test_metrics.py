@@ -123,3 +123,14 @@ def test_request_routes_are_patterns_not_paths(server: Server) -> None:
               scrape(server)["remoteci_http_requests_total"].samples}
     assert "unmatched" in routes and "/api/jobs/{id}" in routes
     assert not any("12345" in r for r in routes)
+
+
+def test_queue_wait_is_read_from_the_api_time_format() -> None:
+    from remoteci.histograms import seconds_between
+    from remoteci.jobs import iso_time
+
+    assert seconds_between(iso_time(1_800_000_000.25), iso_time(1_800_000_002.75)) == 2.5
+    assert seconds_between(iso_time(100.0), iso_time(99.0)) == 0.0  # two hosts' clocks
+    assert seconds_between("2026-11-28T07:00:00.000", "2026-11-28T07:00:01.500Z") == 1.5
+    for bad in ("", None, "yesterday", "2026-13-01T00:00:00.000Z"):
+        assert seconds_between(bad, iso_time(100.0)) is None
