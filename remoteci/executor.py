@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from remoteci import events, histograms, jobs, proctree
-from remoteci.artifact_collector import Limits, collect
 from remoteci.config import Settings
 from remoteci.errors import SourceError
 from remoteci.queue import JobStore, Taken
@@ -228,6 +227,10 @@ class Executor:
                 self._call_redis(lambda: self.store.set_fields(job_id, extra))
             outcome = self._execute(payload, scratch, log_fd)
             if payload.get("artifacts"):  # before the scratch dir goes, whatever the outcome
+                # Imported by the first job that keeps artifacts: it brings hashlib (OpenSSL,
+                # ~4 MB of RSS), which an executor otherwise never needs.
+                from remoteci.artifact_collector import Limits, collect
+
                 kept = collect(scratch, payload["artifacts"], self.settings.artifacts_dir / job_id,
                                Limits(self.settings.max_artifact_mb * 1024 * 1024))
                 _log_line(log_fd, kept.summary())

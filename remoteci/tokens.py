@@ -14,7 +14,6 @@ a token owns directory trees, and `*` alone allows every workspace.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -38,6 +37,10 @@ class ProjectToken:
 
 
 def hash_token(token: bytes) -> bytes:
+    # Imported here: hashlib maps OpenSSL, ~4 MB of RSS in every process that imports it, and
+    # only a server with project tokens (its API) and the token command ever hash one.
+    import hashlib
+
     return hashlib.sha256(token).digest()
 
 
