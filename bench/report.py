@@ -96,7 +96,7 @@ def _rows(ours: dict[str, Any], peer: dict[str, Any] | None) -> list[Row]:
         lr = _get(ours, "logs", "ratio_server_over_local")
         pr = _get(peer or {}, "logs", "ratio_server_over_local")
         runs = _get(ours, "logs", "all_ratios")
-        rows.append(("200 MB of output: POST → final / local `> file` (median of 3)",
+        rows.append((f"200 MB of output: POST → final / local `> file` (median of {len(runs or [1])})",
                      _fmt(lr, "×", 2) + (f" (runs {', '.join(map(str, runs))})" if runs else ""),
                      _fmt(pr, "×", 2), "≤ 1.1×", _verdict(check(lr, lambda v: v <= 1.1))))
     if "memory" in ours:

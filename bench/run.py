@@ -33,7 +33,7 @@ def _pid_args(server: servers.Server) -> list[str]:
     return [a for pid in server.root_pids for a in ("--pid", str(pid))]
 
 
-def _median_logs(server: servers.Server, runs: int = 3) -> dict[str, Any]:
+def _median_logs(server: servers.Server, runs: int = 5) -> dict[str, Any]:
     """One 200 MB job takes ~0.4 s, so writeback and other load swing a single ratio by
     ±30%: run it a few times and keep the run with the median ratio (all ratios kept)."""
     docs = [peer_bench.run(server, "logs", "--bytes", "200000000") for _ in range(runs)]
