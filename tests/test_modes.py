@@ -73,6 +73,17 @@ def test_raw_tar_body_with_fields_in_the_query(upload_server: Server, tmp_path: 
     assert upload_server.log(str(job["id"])).startswith(b"raw body\n")
 
 
+def test_a_chunked_raw_body_is_spooled_and_runs(upload_server: Server, tmp_path: Path) -> None:
+    archive = make_tarball(tmp_path / "code.tar.gz", {"hello.txt": b"chunked body\n"})
+    code, job = curl("-T", str(archive), "-X", "POST", "-H", "Transfer-Encoding: chunked",
+                     "-H", "Content-Type: application/gzip",
+                     f"{upload_server.url}/api/jobs/upload?script=cat%20hello.txt")
+    assert code == 202, job
+    assert upload_server.wait_final(str(job["id"]))["status"] == "success"
+    assert upload_server.log(str(job["id"])).startswith(b"chunked body\n")
+    assert uploads_left(upload_server) == []
+
+
 def test_not_an_archive_is_400_and_nothing_is_kept(upload_server: Server, tmp_path: Path) -> None:
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(b"this is not an archive at all" * 100)
