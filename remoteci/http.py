@@ -24,6 +24,7 @@ from remoteci.queue import AlreadySubmitted, JobStore, QueueFull
 from remoteci.redis_client import RedisError
 from remoteci.redis_watch import RedisWatch
 from remoteci.sources import discard_source
+from remoteci.spool import UPLOAD_PATH
 from remoteci.uploads import receive_upload
 from remoteci.workspaces import resolve_workspace
 from remoteci.wsgi_server import SEND_NOW
@@ -139,7 +140,7 @@ class App:
             Route("GET", _p(r"/api/health"), self.health, "none"),
             Route("GET", _p(r"/ci/remote-ci\.sh"), self.client_script, "none"),
             Route("POST", _p(r"/api/jobs/rsync"), self.submit_rsync, "api"),
-            Route("POST", _p(r"/api/jobs/upload"), self.submit_upload, "api"),
+            Route("POST", _p(re.escape(UPLOAD_PATH)), self.submit_upload, "api"),  # spool.py
             Route("POST", _p(r"/api/jobs/git"), self.submit_git, "api"),
             Route("GET", _p(r"/api/jobs"), self.list_jobs, "api"),
             Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)"), self.get_job, "api"),
