@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -85,6 +86,14 @@ def finish(proc: subprocess.Popen[bytes]) -> tuple[int, bytes, str]:
 
 def run(cli: list[str], server: Server, *args: str, **kwargs: Any) -> tuple[int, bytes, str]:
     return finish(start(cli, server, *args, **kwargs))
+
+
+def refused_follows(server: Server) -> int:
+    """How many log requests the server answered 503 (no follower slot free), from /metrics."""
+    metrics = server.request("GET", "/metrics").body.decode()
+    found = re.search(r'^remoteci_http_requests_total\{route="/api/jobs/\{id\}/logs",'
+                      r'method="GET",code="503"\} (\d+)', metrics, re.M)
+    return int(found.group(1)) if found else 0
 
 
 def job_named(server: Server, name: str, status: str | None = None) -> dict[str, Any]:
@@ -171,7 +180,9 @@ def test_busy_server_503_is_retried_until_it_frees_up(cli: list[str], own_server
         assert held.status == 200
         proc = start(cli, srv, "--workspace", "proj", "--name", unique(request), "--script", "echo done")
         job = job_named(srv, unique(request))
-        srv.wait_final(job["id"])
+        # The slot is let go only once the client was refused: a job this short can end before
+        # a busy box has run the client as far as its first follow.
+        wait_until(lambda: refused_follows(srv) > 0, 30, "the client's follow to get a 503")
         held.close()
         code, out, err = finish(proc)
     finally:
