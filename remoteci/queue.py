@@ -7,7 +7,8 @@ Keys (all under `rci:`):
   seq                   counter giving every accepted job its place in FIFO order
   index:all|status:<s>|mode:<m>|owner:<token name>
                         sorted sets of job ids scored by seq: listings and queue positions
-  owners                set of every owner name ever used, so pruning finds each owner index
+  owners                set of the owner names with jobs stored, so pruning finds each owner
+                        index (an owner whose jobs all expired is dropped by the pruning)
   executors             set of executor ids that registered
   executor:<id>         heartbeat string (JSON) with a short TTL; gone means the executor is dead
   counters              hash of jobs finished per status since the data was created
@@ -242,6 +243,14 @@ return status or 'missing'
 """
 
 
+# KEYS: index:owner:<o>, owners;  ARGV: owner
+# In one step, so a job enqueued meanwhile (which adds both) cannot lose its owner.
+_FORGET_OWNER = """
+if redis.call('ZCARD', KEYS[1]) == 0 then return redis.call('SREM', KEYS[2], ARGV[1]) end
+return 0
+"""
+
+
 @dataclass(frozen=True)
 class Taken:
     """A job moved to an executor's in-flight list; `status` is `running` when it was claimed,
@@ -275,6 +284,7 @@ class JobStore:
         self._transition = client.register_script(_TRANSITION)
         self._cancel = client.register_script(_CANCEL)
         self._requeue = client.register_script(_REQUEUE_UNCLAIMED)
+        self._forget_owner = client.register_script(_FORGET_OWNER)
 
     # --- accepting -------------------------------------------------------------------------
 
@@ -499,7 +509,7 @@ class JobStore:
                      finished=finished)
 
     def owners(self) -> list[str]:
-        """Every owner that ever submitted a job, for an admin's owner filter."""
+        """Every owner with a job still stored, for an admin's owner filter."""
         return sorted(self.r.smembers(OWNERS))
 
     def histogram_counts(self) -> dict[str, str]:
@@ -516,6 +526,7 @@ class JobStore:
         while True:
             ids: list[str] = self.r.zrange(INDEX_ALL, cursor, cursor + batch - 1)
             if not ids:
+                self._forget_idle_owners()
                 return removed
             pipe = self.r.pipeline(transaction=False)
             for job_id in ids:
@@ -528,6 +539,11 @@ class JobStore:
                 pipe.execute()
                 removed += len(gone)
             cursor += batch - len(gone)
+
+    def _forget_idle_owners(self) -> None:
+        """An owner whose jobs have all expired leaves the owner filter (and its empty index)."""
+        for owner in self.r.smembers(OWNERS):
+            self._forget_owner(keys=[owner_index(owner), OWNERS], args=[owner])
 
     def ping(self) -> None:
         self.r.ping()

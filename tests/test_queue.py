@@ -21,9 +21,10 @@ def store(store_client: Redis) -> JobStore:
     return JobStore(store_client, TTL)
 
 
-def submit(store: JobStore, job_id: str, mode: str = "rsync", max_queue: int = 100) -> str:
+def submit(store: JobStore, job_id: str, mode: str = "rsync", max_queue: int = 100,
+           owner: str | None = None) -> str:
     record = {"id": job_id, "mode": mode, "status": "queued", "script": "true", "source": "p",
-              "timeout": "60", "created_at": jobs.iso_now()}
+              "timeout": "60", "created_at": jobs.iso_now(), **({"owner": owner} if owner else {})}
     payload: dict[str, Any] = {"id": job_id, "mode": mode, "script": "true", "timeout": 60}
     store.enqueue(record, payload, max_queue)
     return json.dumps(payload, separators=(",", ":"), sort_keys=True)
@@ -208,6 +209,20 @@ def test_a_listing_shows_queue_positions_and_a_record_without_status_is_gone(
     redis_client.hset(job_key("b"), "webhook_status", "delivered")  # written after it expired
     assert store.get("b") is None
     assert [j["id"] for j in store.list_jobs(None, None, 10)] == ["c", "a"]
+
+
+def test_an_owner_whose_jobs_all_expired_leaves_the_owner_filter(
+        store: JobStore, redis_client: redis.Redis) -> None:
+    submit(store, "a1", owner="team-a")
+    submit(store, "a2", owner="team-a")
+    submit(store, "b1", owner="team-b")
+    assert store.owners() == ["team-a", "team-b"]
+    redis_client.delete(job_key("a1"), job_key("b1"))
+    assert store.prune_indexes() == 2
+    assert store.owners() == ["team-a"]  # team-a still has a2
+    assert [j["id"] for j in store.list_jobs(None, None, 10, owner="team-a")] == ["a2"]
+    submit(store, "b2", owner="team-b")  # a returning owner is listed again at once
+    assert store.owners() == ["team-a", "team-b"]
 
 
 def test_stats_count_queued_running_and_finished(store: JobStore) -> None:
