@@ -519,14 +519,14 @@ class JobStore:
     def prune_indexes(self, batch: int = 500) -> int:
         """Drop ids of expired records from the listing indexes; return how many went."""
         removed = 0
+        owners: set[str] = self.r.smembers(OWNERS)
         indexes = [INDEX_ALL] + [status_index(s) for s in jobs.STATUSES] + [
-            mode_index(m) for m in jobs.MODES] + [
-            owner_index(o) for o in self.r.smembers(OWNERS)]
+            mode_index(m) for m in jobs.MODES] + [owner_index(o) for o in owners]
         cursor = 0
         while True:
             ids: list[str] = self.r.zrange(INDEX_ALL, cursor, cursor + batch - 1)
             if not ids:
-                self._forget_idle_owners()
+                self._forget_idle_owners(owners)
                 return removed
             pipe = self.r.pipeline(transaction=False)
             for job_id in ids:
@@ -540,9 +540,9 @@ class JobStore:
                 removed += len(gone)
             cursor += batch - len(gone)
 
-    def _forget_idle_owners(self) -> None:
+    def _forget_idle_owners(self, owners: set[str]) -> None:
         """An owner whose jobs have all expired leaves the owner filter (and its empty index)."""
-        for owner in self.r.smembers(OWNERS):
+        for owner in owners:
             self._forget_owner(keys=[owner_index(owner), OWNERS], args=[owner])
 
     def ping(self) -> None:

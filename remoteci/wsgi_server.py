@@ -18,8 +18,8 @@ keeps that minus REMOTE_CI_MAX_FOLLOWERS for short answers, and a long answer ad
 for its own duration (it holds one). Short answers so always have the same threads free, and
 few threads contend for the GIL. GET /api/jobs/<id> under wrk with 16 connections, CPU per
 request (and context switches) by threads for short answers: 8: ~685 µs (14), 4: ~570 µs (9),
-2: ~520 µs (5). The default is 4 (12 - 8): an upload being stored or a stalled Redis holds a
-short-answer thread for seconds, and 2 would leave too little room beside it.
+2: ~520 µs (5). The default is 4 (12 - 8): a multipart upload being read through or a stalled
+Redis holds a short-answer thread for seconds, and 2 would leave too little room beside it.
 
 waitress' `send_bytes` (how much output to buffer before sending) is deprecated as an
 argument, with 1 as its default, which is what long answers want; it is set on the
