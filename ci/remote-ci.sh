@@ -21,7 +21,7 @@ MAX_WAIT=1500 FAIL_ON_WAIT_TIMEOUT=0 RETRY_FOR=300
 RSYNC_TO="" SOURCE_DIR=. INCLUDE_GIT=0
 ENV_KEYS=() ENV_VALUES=()
 ARTIFACTS=() DOWNLOAD_DIR="" WEBHOOK=""
-TMP="" JOB_ID="" CHILD_PID="" SUBMITTING=0 PENDING_SIGNAL=""
+TMP="" TMP_OWNER="" JOB_ID="" CHILD_PID="" SUBMITTING=0 PENDING_SIGNAL=""
 LAST_OK=0 DELAY=1
 
 say() { printf '%s: %s\n' "$PROG" "$*" >&2; }
@@ -529,8 +529,10 @@ on_signal() {  # the public CI cancels the step: cancel the remote job too, boun
   say "got SIG$1: cancelling the remote job"
   if [ -z "$JOB_ID" ]; then
     say "interrupted before the server accepted the job; nothing to cancel"
-  elif curl -sS -f -X POST -H @"$TMP/auth" --max-time 10 --retry 3 --retry-max-time 10 -o /dev/null \
-      "$SERVER/api/jobs/$JOB_ID/cancel" </dev/null; then
+  # The header goes on stdin (printf is a builtin: no command line shows the token), so the
+  # cancel works even if the temp dir is gone.
+  elif printf 'Authorization: Bearer %s\n' "$TOKEN" | curl -sS -f -X POST -H @- --max-time 10 \
+      --retry 3 --retry-max-time 10 -o /dev/null "$SERVER/api/jobs/$JOB_ID/cancel"; then
     say "cancelled job $JOB_ID: $SERVER/jobs/$JOB_ID"
   else
     say "could not cancel job $JOB_ID; cancel it at $SERVER/jobs/$JOB_ID"
@@ -538,14 +540,24 @@ on_signal() {  # the public CI cancels the step: cancel the remote job too, boun
   exit "$2"
 }
 
-cleanup() { [ -z "$TMP" ] || rm -rf "$TMP"; }
+make_tmp() {  # the private temp dir (token file, replies), removed when this shell exits
+  TMP=$(mktemp -d "${TMPDIR:-/tmp}/remote-ci.XXXXXX") || die 1 "cannot create a temp dir; set TMPDIR"
+  TMP_OWNER=$BASHPID
+  trap cleanup EXIT
+}
+
+cleanup() {
+  # A child forked for a background command (run_bg) runs this EXIT trap too if it is killed
+  # before it execs, as on_signal's kill of the log follower can do: only the shell that made
+  # the dir may remove it, or the cancel that follows finds no token file (HTTP 401).
+  [ -z "$TMP" ] || [ "$BASHPID" != "$TMP_OWNER" ] || rm -rf "$TMP"
+}
 
 main() {
   local position
   parse_args "$@"
   DEADLINE=$((SECONDS + MAX_WAIT))
-  TMP=$(mktemp -d "${TMPDIR:-/tmp}/remote-ci.XXXXXX") || die 1 "cannot create a temp dir; set TMPDIR"
-  trap cleanup EXIT
+  make_tmp
   # A trap runs inside whatever command it interrupts, with that command's redirections (curl's
   # stderr goes to a file while it runs): fd 3 keeps our own stderr for what on_signal says.
   exec 3>&2

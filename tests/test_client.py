@@ -88,6 +88,16 @@ def run(cli: list[str], server: Server, *args: str, **kwargs: Any) -> tuple[int,
     return finish(start(cli, server, *args, **kwargs))
 
 
+def cancelled(server: Server, job_id: str, client_err: str) -> bool:
+    """Whether the job ends cancelled; a failure shows what the client said about its cancel."""
+    try:
+        final = server.wait_final(job_id, 15)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the client said:\n{client_err}") from None
+    assert final["status"] == "cancelled", f"{final}; the client said:\n{client_err}"
+    return True
+
+
 def refused_follows(server: Server) -> int:
     """How many log requests the server answered 503 (no follower slot free), from /metrics."""
     metrics = server.request("GET", "/metrics").body.decode()
@@ -228,7 +238,7 @@ def test_signal_cancels_the_remote_job(cli: list[str], srv: Server, request: pyt
     proc.send_signal(sig)
     code, _, err = finish(proc)
     assert code == expected, err
-    assert srv.wait_final(job["id"], 15)["status"] == "cancelled"
+    assert cancelled(srv, job["id"], err)
 
 
 def test_a_signal_as_the_server_accepts_still_cancels_the_job(
@@ -242,7 +252,7 @@ def test_a_signal_as_the_server_accepts_still_cancels_the_job(
         proc.send_signal(signal.SIGTERM)
         code, _, err = finish(proc)
         assert code == 143, err
-        assert srv.wait_final(job["id"], 15)["status"] == "cancelled", err
+        assert cancelled(srv, job["id"], err)
 
 
 @pytest.mark.parametrize(("flags", "expected"), [((), 0), (("--fail-on-wait-timeout",), 1)])

@@ -123,3 +123,15 @@ def test_json_field_is_not_fooled_by_keys_inside_strings() -> None:
                       "error": 'quote " and \\ slash'}, separators=(",", ":"))
     assert bash_function("json_field status", stdin=job).stdout == "failed"
     assert bash_function("json_field error", stdin=job).stdout == 'quote " and \\ slash'
+
+
+def test_only_the_client_shell_removes_its_temp_dir() -> None:
+    # on_signal kills the background curl; a child killed before it execs runs the EXIT trap
+    # it inherited. It used to remove the temp dir, token file included, so the cancel that
+    # followed was answered 401 and the job ran on.
+    script = ('make_tmp; touch "$TMP/auth"; echo "$TMP"; '
+              'for i in $(seq 200); do sleep 5 & kill "$!"; wait "$!"; done; ls "$TMP"')
+    done = bash_function(script)
+    tmp, listing = done.stdout.split("\n", 1)
+    assert listing.split() == ["auth"], done.stderr
+    assert not Path(tmp).exists()  # the client shell itself still cleans up when it exits
