@@ -153,87 +153,93 @@ git_from_ci() {
 }
 
 # --- encoding --------------------------------------------------------------------------------------
+# These functions answer in REPLY instead of on stdout. `x=$(f)` forks a subshell, and bash drops
+# a SIGINT that arrives while it waits for a foreground child that does not die of it (it assumes
+# the child handled it): the public CI's cancel would be lost. So from the submission until the
+# job is final the client runs only builtins in the foreground; commands go through run_bg.
 
 json_string() {  # $1 as a JSON string literal; byte-wise, so any UTF-8 passes through
-  local LC_ALL=C s=$1 code c
+  local LC_ALL=C s=$1 code c octal escaped
   s=${s//\\/\\\\}; s=${s//\"/\\\"}
   s=${s//$'\n'/\\n}; s=${s//$'\r'/\\r}; s=${s//$'\t'/\\t}
   for code in 1 2 3 4 5 6 7 8 11 12 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31; do
-    printf -v c '%b' "\\$(printf '%03o' "$code")"
-    case $s in *"$c"*) s=${s//"$c"/$(printf '\\u%04x' "$code")} ;; esac
+    printf -v octal '%03o' "$code"
+    printf -v c '%b' "\\$octal"
+    case $s in *"$c"*) printf -v escaped '\\u%04x' "$code"; s=${s//"$c"/$escaped} ;; esac
   done
-  printf '"%s"' "$s"
+  REPLY="\"$s\""
 }
 
 urlencode() {
-  local LC_ALL=C s=$1 out="" c hex i
+  local LC_ALL=C s=$1 out="" c hex i byte
   for ((i = 0; i < ${#s}; i++)); do
     c=${s:i:1}
     case $c in
       [A-Za-z0-9._~-]) out+=$c ;;
-      *) printf -v hex '%%%02X' "$(( $(printf '%d' "'$c") & 255 ))"; out+=$hex ;;
+      *) printf -v byte '%d' "'$c"; printf -v hex '%%%02X' "$((byte & 255))"; out+=$hex ;;
     esac
   done
-  printf '%s' "$out"
+  REPLY=$out
 }
 
 env_json() {
   local i out="{"
   for ((i = 0; i < ${#ENV_KEYS[@]}; i++)); do
     [ $i = 0 ] || out+=","
-    out+="$(json_string "${ENV_KEYS[i]}"):$(json_string "${ENV_VALUES[i]}")"
+    json_string "${ENV_KEYS[i]}"; out+="$REPLY:"
+    json_string "${ENV_VALUES[i]}"; out+=$REPLY
   done
-  printf '%s}' "$out"
+  REPLY="$out}"
 }
 
 artifacts_json() {
   local pattern out="" sep=""
-  for pattern in "${ARTIFACTS[@]}"; do out+="$sep$(json_string "$pattern")"; sep=","; done
-  printf '[%s]' "$out"
+  for pattern in "${ARTIFACTS[@]}"; do json_string "$pattern"; out+="$sep$REPLY"; sep=","; done
+  REPLY="[$out]"
 }
 
 json_body() {  # the JSON submission for rsync and git jobs
   local out
-  out="{\"script\":$(json_string "$SCRIPT")"
+  json_string "$SCRIPT"; out="{\"script\":$REPLY"
   [ -z "$TIMEOUT" ] || out+=",\"timeout\":$TIMEOUT"
-  [ -z "$NAME" ] || out+=",\"name\":$(json_string "$NAME")"
-  [ ${#ENV_KEYS[@]} = 0 ] || out+=",\"env\":$(env_json)"
-  [ ${#ARTIFACTS[@]} = 0 ] || out+=",\"artifacts\":$(artifacts_json)"
-  [ -z "$WEBHOOK" ] || out+=",\"webhook\":$(json_string "$WEBHOOK")"
+  [ -z "$NAME" ] || { json_string "$NAME"; out+=",\"name\":$REPLY"; }
+  [ ${#ENV_KEYS[@]} = 0 ] || { env_json; out+=",\"env\":$REPLY"; }
+  [ ${#ARTIFACTS[@]} = 0 ] || { artifacts_json; out+=",\"artifacts\":$REPLY"; }
+  [ -z "$WEBHOOK" ] || { json_string "$WEBHOOK"; out+=",\"webhook\":$REPLY"; }
   if [ "$MODE" = git ]; then
-    out+=",\"repo\":$(json_string "$SOURCE")"
-    [ -z "$GIT_REF" ] || out+=",\"ref\":$(json_string "$GIT_REF")"
+    json_string "$SOURCE"; out+=",\"repo\":$REPLY"
+    [ -z "$GIT_REF" ] || { json_string "$GIT_REF"; out+=",\"ref\":$REPLY"; }
   else
-    out+=",\"workspace\":$(json_string "$SOURCE")"
+    json_string "$SOURCE"; out+=",\"workspace\":$REPLY"
   fi
-  printf '%s}' "$out"
+  REPLY="$out}"
 }
 
 upload_query() {  # a raw-body upload carries its fields in the query string; env, artifacts as JSON
   local out
-  out="script=$(urlencode "$SCRIPT")"
+  urlencode "$SCRIPT"; out="script=$REPLY"
   [ -z "$TIMEOUT" ] || out+="&timeout=$TIMEOUT"
-  [ -z "$NAME" ] || out+="&name=$(urlencode "$NAME")"
-  [ ${#ENV_KEYS[@]} = 0 ] || out+="&env=$(urlencode "$(env_json)")"
-  [ ${#ARTIFACTS[@]} = 0 ] || out+="&artifacts=$(urlencode "$(artifacts_json)")"
-  [ -z "$WEBHOOK" ] || out+="&webhook=$(urlencode "$WEBHOOK")"
-  printf '%s' "$out"
+  [ -z "$NAME" ] || { urlencode "$NAME"; out+="&name=$REPLY"; }
+  [ ${#ENV_KEYS[@]} = 0 ] || { env_json; urlencode "$REPLY"; out+="&env=$REPLY"; }
+  [ ${#ARTIFACTS[@]} = 0 ] || { artifacts_json; urlencode "$REPLY"; out+="&artifacts=$REPLY"; }
+  [ -z "$WEBHOOK" ] || { urlencode "$WEBHOOK"; out+="&webhook=$REPLY"; }
+  REPLY=$out
 }
 
-# json_field NAME < the server's compact JSON: a string or number value. Safe without a parser:
-# inside a JSON string every quote is escaped, so "NAME":" only matches a real key.
+# json_field NAME < the server's compact JSON: a string or number value ("" when absent). Safe
+# without a parser: inside a JSON string every quote is escaped, so "NAME":" only matches a key.
 json_field() {
-  local body="" line value
+  local body="" line value=""
   local string_re='"'"$1"'":"(([^"\\]|\\.)*)"' number_re='"'"$1"'":(-?[0-9]+)'
   local bs=\\ q='"'
   while IFS= read -r line || [ -n "$line" ]; do body+=$line; done
   if [[ $body =~ $string_re ]]; then
     value=${BASH_REMATCH[1]}
     value=${value//"$bs$q"/$q}; value=${value//"${bs}n"/ }; value=${value//"$bs$bs"/$bs}
-    printf '%s' "$value"
   elif [[ $body =~ $number_re ]]; then
-    printf '%s' "${BASH_REMATCH[1]}"
+    value=${BASH_REMATCH[1]}
   fi
+  REPLY=$value
 }
 
 header() {  # header NAME FILE: the last value of a response header in a curl -D file
@@ -244,7 +250,7 @@ header() {  # header NAME FILE: the last value of a response header in a curl -D
     if [[ $line == "$1:"* ]]; then value=${line#*:}; value=${value# }; fi
     shopt -u nocasematch
   done < "$2"
-  printf '%s' "$value"
+  REPLY=$value
 }
 
 # --- HTTP with retries -----------------------------------------------------------------------------
@@ -308,16 +314,16 @@ backoff() {
 
 why() {  # why OUT: the reason a call failed, for messages: the server's error, else curl's
   local msg="" line
-  [ ! -s "$TMP/$1.body" ] || msg=$(json_field error < "$TMP/$1.body")
+  [ ! -s "$TMP/$1.body" ] || { json_field error < "$TMP/$1.body"; msg=$REPLY; }
   if [ -z "$msg" ] && [ -f "$TMP/$1.err" ]; then
     while IFS= read -r line; do
       case $line in ''|'@@ '*) ;; *) msg=${msg:-${line%$'\r'}} ;; esac
     done < "$TMP/$1.err"
   fi
   if [ "$HTTP_CODE" = 000 ]; then
-    printf 'curl exit %s: %s' "$CURL_RC" "${msg:-no answer}"
+    REPLY="curl exit $CURL_RC: ${msg:-no answer}"
   else
-    printf 'HTTP %s: %s' "$HTTP_CODE" "${msg:-no message}"
+    REPLY="HTTP $HTTP_CODE: ${msg:-no message}"
   fi
 }
 
@@ -350,14 +356,15 @@ tar_excludes() {  # .remoteciignore lines as tar --exclude options (tar's globbi
 }
 
 send_upload() {  # streams tar's output as the body: no temp file, whatever the size
-  local excludes=() line
+  local excludes=() line query
   while IFS= read -r line; do excludes+=("$line"); done < <(tar_excludes)
+  upload_query; query=$REPLY
   : > "$TMP/submit.hdr"
   tar -C "$SOURCE" -czf - ${excludes[@]+"${excludes[@]}"} . </dev/null 2>"$TMP/tar.err" \
     | curl -sS -X POST -T - -H @"$TMP/auth" -H 'Content-Type: application/gzip' -H 'Expect:' \
       -H "Idempotency-Key: $SUBMISSION_KEY" \
       --connect-timeout 10 --speed-limit 1 --speed-time 120 -D "$TMP/submit.hdr" \
-      -o "$TMP/submit.body" -w '%{http_code}' "$SERVER/api/jobs/upload?$(upload_query)" \
+      -o "$TMP/submit.body" -w '%{http_code}' "$SERVER/api/jobs/upload?$query" \
       >"$TMP/submit.code" 2>"$TMP/submit.err" &
   CHILD_PID=$!
   wait_child
@@ -367,15 +374,15 @@ send_upload() {  # streams tar's output as the body: no temp file, whatever the 
 
 new_key() {  # one per submission, sent again on every retry: a lost reply never runs a job twice
   if [ -r /proc/sys/kernel/random/uuid ]; then
-    cat /proc/sys/kernel/random/uuid
-  else
-    od -An -tx1 -N16 /dev/urandom | tr -d ' \n'
+    read -r REPLY < /proc/sys/kernel/random/uuid
+  else  # no /proc (macOS): the one subshell left, before anything is sent
+    REPLY=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
   fi
 }
 
 submit() {
   local hint location
-  SUBMISSION_KEY=$(new_key)
+  new_key; SUBMISSION_KEY=$REPLY
   # A signal now is held until the server answers (see on_signal): the job may be accepted
   # already, and only its id lets us cancel it.
   SUBMITTING=1
@@ -383,16 +390,16 @@ submit() {
     if [ "$MODE" = upload ]; then
       send_upload
     else
-      json_body > "$TMP/request.json"
+      json_body; printf '%s' "$REPLY" > "$TMP/request.json"
       curl_call submit POST "/api/jobs/$MODE" --max-time 60 -H 'Content-Type: application/json' \
         -H "Idempotency-Key: $SUBMISSION_KEY" \
         --data-binary @"$TMP/request.json"
     fi
     if ! retryable || [ -n "$PENDING_SIGNAL" ]; then break; fi
-    backoff "submitting the job" "$(why submit)"
+    why submit; backoff "submitting the job" "$REPLY"
   done
   mark_ok
-  location=$(header Location "$TMP/submit.hdr")
+  header Location "$TMP/submit.hdr"; location=$REPLY
   # One assignment, then SUBMITTING=0: a signal never finds half an id.
   if [ "$HTTP_CODE" = 202 ]; then JOB_ID=${location##*/}; fi
   SUBMITTING=0
@@ -405,8 +412,9 @@ submit() {
     *) hint="" ;;
   esac
   case $HTTP_CODE in
-    4??) refuse "the server refused the job (HTTP $HTTP_CODE): $(json_field error < "$TMP/submit.body")$hint" ;;
-    *) die 1 "the server failed to accept the job ($(why submit)); tell the server's operator" ;;
+    4??) json_field error < "$TMP/submit.body"
+      refuse "the server refused the job (HTTP $HTTP_CODE): $REPLY$hint" ;;
+    *) why submit; die 1 "the server failed to accept the job ($REPLY); tell the server's operator" ;;
   esac
 }
 
@@ -425,7 +433,7 @@ fetch_log() {
     case $line in '@@ '*) line=${line#@@ }; LOG_CODE=${line%% *} got=${line#* } ;; esac
   done < "$TMP/log.err"
   GOT=$got
-  STATUS=$(header X-Job-Status "$TMP/log.hdr")
+  header X-Job-Status "$TMP/log.hdr"; STATUS=$REPLY
 }
 
 follow() {  # the log from byte 0, across reconnects, never losing or repeating a byte
@@ -441,8 +449,9 @@ follow() {  # the log from byte 0, across reconnects, never losing or repeating 
       "command that exited?"
     if [ "$LOG_CODE" != 200 ] || [ "$CURL_RC" != 0 ]; then
       HTTP_CODE=$LOG_CODE
-      retryable || [ "$LOG_CODE" = 200 ] || die 1 "the server would not show the log ($(why log))"
-      backoff "following the log" "$(why log)"
+      why log
+      retryable || [ "$LOG_CODE" = 200 ] || die 1 "the server would not show the log ($REPLY)"
+      backoff "following the log" "$REPLY"
       continue
     fi
     mark_ok
@@ -457,19 +466,19 @@ follow() {  # the log from byte 0, across reconnects, never losing or repeating 
   return 1
 }
 
-exit_code_for() {  # STATUS and the job object on stdin -> this step's exit code
+exit_code_for() {  # STATUS and the job object on stdin -> REPLY: this step's exit code
   local code
   case $1 in
-    success) echo 0 ;;
-    timeout) echo 124 ;;
+    success) REPLY=0 ;;
+    timeout) REPLY=124 ;;
     failed)
-      code=$(json_field exit_code)
+      json_field exit_code; code=$REPLY
       case $code in
-        -[0-9]*) echo $((128 - code > 255 ? 255 : 128 - code)) ;;  # killed by a signal
-        [1-9]*) if [ "$code" -le 255 ]; then echo "$code"; else echo 1; fi ;;
-        *) echo 1 ;;
+        -[0-9]*) REPLY=$((128 - code > 255 ? 255 : 128 - code)) ;;  # killed by a signal
+        [1-9]*) if [ "$code" -le 255 ]; then REPLY=$code; else REPLY=1; fi ;;
+        *) REPLY=1 ;;
       esac ;;
-    *) echo 1 ;;
+    *) REPLY=1 ;;
   esac
 }
 
@@ -478,10 +487,10 @@ finish() {
   while :; do
     curl_call job GET "/api/jobs/$JOB_ID" --max-time 30
     retryable || break
-    backoff "reading the job's result" "$(why job)"
+    why job; backoff "reading the job's result" "$REPLY"
   done
-  code=$(exit_code_for "$STATUS" < "$TMP/job.body")
-  detail=$(json_field error < "$TMP/job.body")
+  exit_code_for "$STATUS" < "$TMP/job.body"; code=$REPLY
+  json_field error < "$TMP/job.body"; detail=$REPLY
   say "job $JOB_ID ended $STATUS${detail:+ ($detail)}, exit code $code: $url"
   # A green job whose outputs did not arrive is not green.
   [ -z "$DOWNLOAD_DIR" ] || download_artifacts || [ "$code" != 0 ] || code=1
@@ -508,9 +517,10 @@ download_artifacts() {  # 0 when the artifacts are unpacked into DOWNLOAD_DIR
     done < "$TMP/artifacts.err"
     if [ "$CURL_RC" = 0 ]; then say "artifacts unpacked into $DOWNLOAD_DIR"; return 0; fi
     retryable || break
-    backoff "downloading the artifacts" "$(why artifacts)"
+    why artifacts; backoff "downloading the artifacts" "$REPLY"
   done
-  say "could not download the artifacts ($(why artifacts)); they stay at" \
+  why artifacts
+  say "could not download the artifacts ($REPLY); they stay at" \
     "$SERVER/api/jobs/$JOB_ID/artifacts"
   return 1
 }
@@ -568,7 +578,7 @@ main() {
   mark_ok
   [ -z "$RSYNC_TO" ] || run_rsync
   submit
-  position=$(json_field queue_position < "$TMP/submit.body")
+  json_field queue_position < "$TMP/submit.body"; position=$REPLY
   say "job $JOB_ID queued${position:+, queue position $position}: $SERVER/jobs/$JOB_ID"
   if follow; then finish; fi
   say "stopped waiting after --max-wait $MAX_WAIT s; the job goes on. Follow it at $SERVER/jobs/$JOB_ID" \

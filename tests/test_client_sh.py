@@ -25,6 +25,13 @@ def bash_function(call: str, *args: str, stdin: str = "") -> subprocess.Complete
                           capture_output=True, text=True, timeout=30, cwd=ROOT)
 
 
+def reply_of(call: str, *args: str, stdin: str = "") -> str:
+    """What a function answers in REPLY (the script's functions do not print their results)."""
+    done = bash_function(f'{call}; printf "%s" "$REPLY"', *args, stdin=stdin)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_the_script_parses() -> None:
     subprocess.run(["bash", "-n", str(SCRIPT)], check=True, timeout=30)
 
@@ -81,24 +88,23 @@ def test_bad_arguments_exit_2_with_the_fix(args: list[str], message: str) -> Non
 @pytest.mark.parametrize("value", ['plain', 'quote " and \\ backslash', "new\nline\ttab\rcr",
                                    "bell\x07 esc\x1b unit\x1f", "ünïcødé ✓", ""])
 def test_json_strings_decode_to_the_original(value: str) -> None:
-    done = bash_function('json_string "$1"', value)
-    assert json.loads(done.stdout) == value
+    assert json.loads(reply_of('json_string "$1"', value)) == value
 
 
 def test_upload_query_decodes_like_the_python_clients() -> None:
     call = ('SCRIPT="$1"; NAME="n m"; TIMEOUT=5; add_env "K=v & \\"w\\""; add_env "U=ü"; '
             "upload_query")
-    done = bash_function(call, "make test && echo 100%")
-    fields = {k: v[0] for k, v in parse_qs(done.stdout, keep_blank_values=True).items()}
+    query = reply_of(call, "make test && echo 100%")
+    fields = {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
     assert fields["script"] == "make test && echo 100%"
     assert fields["name"] == "n m" and fields["timeout"] == "5"
     assert json.loads(fields["env"]) == {"K": 'v & "w"', "U": "ü"}
-    assert unquote(done.stdout.split("&")[0]) == "script=make test && echo 100%"
+    assert unquote(query.split("&")[0]) == "script=make test && echo 100%"
 
 
 def test_json_body_is_the_submission_object() -> None:
     call = 'SCRIPT="$1"; MODE=git; SOURCE=https://h/r.git; GIT_REF=main; add_env A=1; json_body'
-    body = json.loads(bash_function(call, 'echo "hi"').stdout)
+    body = json.loads(reply_of(call, 'echo "hi"'))
     assert body == {"script": 'echo "hi"', "env": {"A": "1"}, "repo": "https://h/r.git", "ref": "main"}
 
 
@@ -115,14 +121,14 @@ def test_ignore_file_becomes_tar_excludes(tmp_path: Path) -> None:
     ("failed", '{"exit_code":-9}', "137"), ("failed", '{"exit_code":null}', "1"),
     ("timeout", "{}", "124"), ("error", '{"error":"executor lost"}', "1"), ("cancelled", "{}", "1")])
 def test_exit_code_mirrors_the_job(status: str, job: str, code: str) -> None:
-    assert bash_function('exit_code_for "$1"', status, stdin=job).stdout.strip() == code
+    assert reply_of('exit_code_for "$1"', status, stdin=job) == code
 
 
 def test_json_field_is_not_fooled_by_keys_inside_strings() -> None:
     job = json.dumps({"script": 'echo "\\"status\\":\\"success\\""', "status": "failed",
                       "error": 'quote " and \\ slash'}, separators=(",", ":"))
-    assert bash_function("json_field status", stdin=job).stdout == "failed"
-    assert bash_function("json_field error", stdin=job).stdout == 'quote " and \\ slash'
+    assert reply_of("json_field status", stdin=job) == "failed"
+    assert reply_of("json_field error", stdin=job) == 'quote " and \\ slash'
 
 
 def test_only_the_client_shell_removes_its_temp_dir() -> None:
