@@ -88,14 +88,13 @@ def run(cli: list[str], server: Server, *args: str, **kwargs: Any) -> tuple[int,
     return finish(start(cli, server, *args, **kwargs))
 
 
-def cancelled(server: Server, job_id: str, client_err: str) -> bool:
-    """Whether the job ends cancelled; a failure shows what the client said about its cancel."""
+def assert_cancelled(server: Server, job_id: str, client_err: str) -> None:
+    """The job ends cancelled; a failure shows what the client said about its cancel."""
     try:
         final = server.wait_final(job_id, 15)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; the client said:\n{client_err}") from None
     assert final["status"] == "cancelled", f"{final}; the client said:\n{client_err}"
-    return True
 
 
 def refused_follows(server: Server) -> int:
@@ -238,7 +237,7 @@ def test_signal_cancels_the_remote_job(cli: list[str], srv: Server, request: pyt
     proc.send_signal(sig)
     code, _, err = finish(proc)
     assert code == expected, err
-    assert cancelled(srv, job["id"], err)
+    assert_cancelled(srv, job["id"], err)
 
 
 def test_a_signal_as_the_server_accepts_still_cancels_the_job(
@@ -252,7 +251,7 @@ def test_a_signal_as_the_server_accepts_still_cancels_the_job(
         proc.send_signal(signal.SIGTERM)
         code, _, err = finish(proc)
         assert code == 143, err
-        assert cancelled(srv, job["id"], err)
+        assert_cancelled(srv, job["id"], err)
 
 
 @pytest.mark.parametrize(("flags", "expected"), [((), 0), (("--fail-on-wait-timeout",), 1)])
