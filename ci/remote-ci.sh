@@ -25,6 +25,8 @@ TMP="" TMP_OWNER="" JOB_ID="" CHILD_PID="" SUBMITTING=0 PENDING_SIGNAL=""
 LAST_OK=0 DELAY=1
 
 say() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+# printf is a builtin: the token never appears on a command line that `ps` shows.
+auth_header() { printf 'Authorization: Bearer %s\n' "$TOKEN"; }
 die() { local code=$1; shift; say "$*"; exit "$code"; }
 refuse() { die 2 "$*"; }
 
@@ -539,9 +541,8 @@ on_signal() {  # the public CI cancels the step: cancel the remote job too, boun
   say "got SIG$1: cancelling the remote job"
   if [ -z "$JOB_ID" ]; then
     say "interrupted before the server accepted the job; nothing to cancel"
-  # The header goes on stdin (printf is a builtin: no command line shows the token), so the
-  # cancel works even if the temp dir is gone.
-  elif printf 'Authorization: Bearer %s\n' "$TOKEN" | curl -sS -f -X POST -H @- --max-time 10 \
+  # The header goes on stdin, so the cancel works even if the temp dir is gone.
+  elif auth_header | curl -sS -f -X POST -H @- --max-time 10 \
       --retry 3 --retry-max-time 10 -o /dev/null "$SERVER/api/jobs/$JOB_ID/cancel"; then
     say "cancelled job $JOB_ID: $SERVER/jobs/$JOB_ID"
   else
@@ -574,7 +575,7 @@ main() {
   trap 'on_signal INT 130 2>&3' INT
   trap 'on_signal TERM 143 2>&3' TERM
   # The token goes to curl in a private file, never on a command line that `ps` shows.
-  (umask 077 && printf 'Authorization: Bearer %s\n' "$TOKEN" > "$TMP/auth")
+  (umask 077 && auth_header > "$TMP/auth")
   mark_ok
   [ -z "$RSYNC_TO" ] || run_rsync
   submit
