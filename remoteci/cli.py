@@ -67,6 +67,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "api":
             return service.run_api(settings)
         return service.run_worker(settings)
-    except (EmbeddedRedisError, OSError) as exc:
+    except (ConfigError, EmbeddedRedisError, OSError) as exc:
         print(f"remoteci.py {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from remoteci.isolation import DEFAULT_UID_RANGE, JobUser, named_user, parse_uid_range
 from remoteci.redis_client import parse_url
 from remoteci.tokens import ProjectToken, TokensFileError, hash_token, load_tokens_file
 from remoteci.webhooks import MIN_SECRET_CHARS, HostPattern, parse_allowlist
@@ -51,6 +52,8 @@ class Settings:
     webhook_timeout: int = 5
     webhook_attempts: int = 6
     webhook_retry_seconds: float = 20.0
+    job_uid_range: tuple[int, int] = DEFAULT_UID_RANGE
+    job_user: JobUser | None = None  # REMOTE_CI_JOB_USER: every job as this user
 
     @property
     def webhooks_enabled(self) -> bool:
@@ -214,6 +217,7 @@ def load_settings(env: Mapping[str, str], *, require_token: bool = True) -> Sett
         values["tokens_file"] = tokens_file
         values["project_tokens"] = load_project_tokens(tokens_file, admin_tokens)
     values.update(_webhook_values(env))
+    values.update(_job_user_values(env))
     settings = Settings(**values)  # type: ignore[arg-type]
     _check_consistency(settings)
     return settings
@@ -243,6 +247,23 @@ def _webhook_values(env: Mapping[str, str]) -> dict[str, object]:
     return values
 
 
+def _job_user_values(env: Mapping[str, str]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    raw_range = env.get("REMOTE_CI_JOB_UID_RANGE", "").strip()
+    if raw_range:
+        try:
+            values["job_uid_range"] = parse_uid_range(raw_range)
+        except ValueError as exc:
+            raise ConfigError(f"REMOTE_CI_JOB_UID_RANGE: {exc}") from None
+    name = env.get("REMOTE_CI_JOB_USER", "").strip()
+    if name:
+        try:
+            values["job_user"] = named_user(name)
+        except ValueError as exc:
+            raise ConfigError(f"REMOTE_CI_JOB_USER: {exc}") from None
+    return values
+
+
 def _check_consistency(settings: Settings) -> None:
     if settings.max_followers >= settings.http_threads:
         raise ConfigError(
@@ -251,4 +272,8 @@ def _check_consistency(settings: Settings) -> None:
         )
     if ":" in settings.node_name or not settings.node_name:
         raise ConfigError("REMOTE_CI_NODE_NAME may not be empty or contain ':'")
+    low, high = settings.job_uid_range
+    if low <= os.geteuid() <= high:
+        raise ConfigError(f"REMOTE_CI_JOB_UID_RANGE={low}-{high} holds the server's own uid "
+                          f"{os.geteuid()}; jobs must never run as the server")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -14,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from remoteci import events, histograms, jobs, proctree
+from remoteci import events, histograms, isolation, jobdirs, jobs, proctree
 from remoteci.config import Settings
 from remoteci.errors import SourceError
+from remoteci.identity import ADMIN_OWNER
+from remoteci.isolation import JobUser
 from remoteci.queue import JobStore, Taken
 from remoteci.redis_client import RedisError
 from remoteci.sources import discard_source, prepare_source
@@ -39,11 +40,15 @@ class Outcome:
     duration: float | None = None
 
 
-def job_environment(job_id: str, requested: dict[str, str]) -> dict[str, str]:
-    """Built, not inherited: the server's own variables (the token above all) never reach a job."""
+def job_environment(job_id: str, requested: dict[str, str], home: Path) -> dict[str, str]:
+    """Built, not inherited: the server's own variables (the token above all) never reach a job.
+
+    HOME is the job's own: tool caches and `~/.ssh/config` lines it writes die with it and never
+    reach the server's home or a later job's git clone.
+    """
     env = {
         "PATH": os.environ.get("PATH") or DEFAULT_PATH,
-        "HOME": os.environ.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir,
+        "HOME": str(home),
         "LANG": os.environ.get("LANG") or "C.UTF-8",
         "CI": "true",
     }
@@ -65,6 +70,9 @@ class Executor:
         self._beating = True
         self._heartbeat_lock = threading.Lock()
         self.wakeup = SignalWakeup()
+        self.isolated = isolation.can_switch_users()
+        self.setpriv = shutil.which("setpriv") or "setpriv"
+        self._uids: dict[str, int] = {}  # owner -> uid; an owner's uid never changes
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -115,7 +123,8 @@ class Executor:
 
     def _info(self) -> dict[str, Any]:
         return {"id": self.id, "host": self.settings.node_name, "pid": os.getpid(),
-                "job": self.current_job}
+                "job": self.current_job,
+                "isolation": isolation.USER if self.isolated else isolation.NONE}
 
     def _heartbeat_loop(self) -> None:
         # A thread, so a long copy or extraction never looks like a dead executor.
@@ -180,9 +189,10 @@ class Executor:
                                                   outcome.duration)
         recorded = self._call_redis(lambda: self.store.finish(self.id, job_id, payload_json,
                                                               outcome.status, fields, observed))
-        # The scratch dir goes after the final status is written: a waiting client need not
-        # wait for the removal too (a crash in between leaves it to the sweep).
-        shutil.rmtree(self.settings.work_dir / job_id, ignore_errors=True)
+        # The job's dirs go after the final status is written: a waiting client need not
+        # wait for the removal too (a crash in between leaves them to the sweep).
+        jobdirs.remove(jobdirs.code_dir(self.settings.work_dir, job_id))
+        jobdirs.remove(jobdirs.home_dir(self.settings.work_dir, job_id))
         duration = f"{outcome.duration:.3f}s" if outcome.duration is not None else "-"
         events.info(COMPONENT, f"job {job_id} finished status={outcome.status} "
                                f"exit_code={outcome.exit_code} duration={duration}"
@@ -208,16 +218,15 @@ class Executor:
 
     def _run(self, payload: dict[str, Any], fields: dict[str, str]) -> Outcome:
         job_id = payload["id"]
-        scratch = self.settings.work_dir / job_id
-        try:
-            scratch.mkdir(mode=0o700, parents=True)
-        except FileExistsError:  # a leftover of a crash, never a live job
-            shutil.rmtree(scratch, ignore_errors=True)
-            scratch.mkdir(mode=0o700)
+        scratch = jobdirs.code_dir(self.settings.work_dir, job_id)
+        home = jobdirs.home_dir(self.settings.work_dir, job_id)
+        jobdirs.make(scratch)
+        jobdirs.make(home)
         log_path = self.settings.logs_dir / f"{job_id}.log"
         log_fd = os.open(log_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         try:
             try:
+                user = self._job_user(payload)
                 extra = prepare_source(payload, scratch, self.settings, log_fd)
             except SourceError as exc:
                 _log_line(log_fd, f"error: {exc}")
@@ -225,7 +234,12 @@ class Executor:
             if extra:
                 fields.update(extra)
                 self._call_redis(lambda: self.store.set_fields(job_id, extra))
-            outcome = self._execute(payload, scratch, log_fd)
+            if user is not None:
+                jobdirs.give(scratch, user)
+                jobdirs.give(home, user)
+            outcome = self._execute(payload, scratch, home, log_fd, user)
+            if user is not None:  # its processes are gone: nothing of it may change the tree now
+                jobdirs.take_back(scratch)
             if payload.get("artifacts"):  # before the scratch dir goes, whatever the outcome
                 # Imported by the first job that keeps artifacts: it brings hashlib (OpenSSL,
                 # ~4 MB of RSS), which an executor otherwise never needs.
@@ -241,12 +255,32 @@ class Executor:
             os.close(log_fd)
             discard_source(payload)
 
-    def _execute(self, payload: dict[str, Any], scratch: Path, log_fd: int) -> Outcome:
+    def _job_user(self, payload: dict[str, Any]) -> JobUser | None:
+        """Who the job runs as: None (the server's own user) only without isolation."""
+        if not self.isolated:
+            return None
+        if self.settings.job_user is not None:
+            return self.settings.job_user
+        owner = payload.get("owner") or ADMIN_OWNER  # jobs queued before owners were carried
+        if owner not in self._uids:
+            low, high = self.settings.job_uid_range
+            uid = self._call_redis(lambda: self.store.job_uid(owner, low, high))
+            if uid is None:
+                raise SourceError(f"every uid of REMOTE_CI_JOB_UID_RANGE={low}-{high} belongs to "
+                                  "another token owner; the operator must widen the range")
+            self._uids[owner] = uid
+        return JobUser(self._uids[owner], self._uids[owner])
+
+    def _execute(self, payload: dict[str, Any], scratch: Path, home: Path, log_fd: int,
+                 user: JobUser | None) -> Outcome:
         job_id = payload["id"]
+        argv = [self.settings.shell, "-c", payload["script"]]
+        if user is not None:
+            argv = isolation.drop_command(user, argv, setpriv=self.setpriv,
+                                          as_root=os.geteuid() == 0)
         started = time.monotonic()
         proc = subprocess.Popen(
-            [self.settings.shell, "-c", payload["script"]],
-            cwd=scratch, env=job_environment(job_id, payload.get("env") or {}),
+            argv, cwd=scratch, env=job_environment(job_id, payload.get("env") or {}, home),
             stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True,
         )

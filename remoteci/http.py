@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from remoteci import events, jobs, logs, metrics, submissions
+from remoteci import events, isolation, jobs, logs, metrics, submissions
 from remoteci.config import ConfigError, Settings
 from remoteci.errors import ApiError
 from remoteci.gitsource import redact_url, validate_git_ref, validate_git_url
@@ -128,6 +128,8 @@ class App:
         self.store = store
         self.stopping = threading.Event()
         self.requests = metrics.RequestCounts()
+        # What /api/health says before any executor reported: in `serve` they have our rights.
+        self.own_isolation = isolation.USER if isolation.can_switch_users() else isolation.NONE
         self.redis_watch = RedisWatch(COMPONENT, store.ping, self.stopping)
         web = PageRoutes(settings, store)
         self.streams = StreamSlots(settings.max_followers)
@@ -306,7 +308,7 @@ class App:
                if common.webhook else {}),
         }
         payload = {"id": job_id, "mode": mode, "script": common.script,
-                   "created_at": record["created_at"],
+                   "created_at": record["created_at"], "owner": request.identity.owner,
                    "timeout": common.timeout, "env": common.env, **payload_extra,
                    **({"artifacts": list(common.artifacts)} if common.artifacts else {})}
         key = submissions.parse_idempotency_key(request.header("Idempotency-Key"))
@@ -384,11 +386,13 @@ class App:
     def health(self, request: Request) -> Response:
         try:
             self.store.ping()
+            reported = [e.get("isolation") for e in self.store.live_executors()]
         except RedisError as exc:
             self.redis_watch.lost(exc)
             return json_response(503, {"status": "error", "redis": "unreachable",
                                        "error": f"redis unreachable: {exc}"})
-        return json_response(200, {"status": "ok", "redis": "ok"})
+        return json_response(200, {"status": "ok", "redis": "ok",
+                                   "isolation": isolation.weakest(reported, self.own_isolation)})
 
     def client_script(self, request: Request) -> Response:
         if not CLIENT_SCRIPT.is_file():

@@ -14,6 +14,8 @@ Keys (all under `rci:`):
   counters              hash of jobs finished per status since the data was created
   histograms            hash of duration / queue-wait histogram buckets (see histograms.py)
   webhooks              list of job ids whose webhook is due (see webhook_store.py)
+  job-uids              hash token owner -> the uid its jobs run as (kept, no TTL: stable
+                        across hosts and restarts); job-uid-owners is its reverse, uid -> owner
 
 Every status change is one Lua script, so it is one atomic transaction, and conditional:
 a job is claimed only while `queued`, finished only while `running`. The script that makes a job
@@ -39,6 +41,8 @@ OWNERS = P + "owners"
 COUNTERS = P + "counters"
 HISTOGRAMS = P + "histograms"
 WEBHOOKS = P + "webhooks"
+JOB_UIDS = P + "job-uids"
+JOB_UID_OWNERS = P + "job-uid-owners"
 HEARTBEAT_TTL = 15
 SCAN_BATCHES = 20  # bound on index batches one listing page reads when a second filter is rare
 
@@ -251,6 +255,22 @@ return 0
 """
 
 
+# One uid per owner, the lowest free one of the range, claimed atomically so two hosts asking
+# for two new owners at once never hand out the same uid.
+_JOB_UID = """
+local low, high = tonumber(ARGV[2]), tonumber(ARGV[3])
+local uid = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+if uid and uid >= low and uid <= high then return uid end
+for candidate = low, high do
+  if redis.call('HSETNX', KEYS[2], candidate, ARGV[1]) == 1 then
+    redis.call('HSET', KEYS[1], ARGV[1], candidate)
+    return candidate
+  end
+end
+return -1
+"""
+
+
 @dataclass(frozen=True)
 class Taken:
     """A job moved to an executor's in-flight list; `status` is `running` when it was claimed,
@@ -285,6 +305,7 @@ class JobStore:
         self._cancel = client.register_script(_CANCEL)
         self._requeue = client.register_script(_REQUEUE_UNCLAIMED)
         self._forget_owner = client.register_script(_FORGET_OWNER)
+        self._job_uid = client.register_script(_JOB_UID)
 
     # --- accepting -------------------------------------------------------------------------
 
@@ -544,6 +565,11 @@ class JobStore:
         """An owner whose jobs have all expired leaves the owner filter (and its empty index)."""
         for owner in owners:
             self._forget_owner(keys=[owner_index(owner), OWNERS], args=[owner])
+
+    def job_uid(self, owner: str, low: int, high: int) -> int | None:
+        """The uid `owner`'s jobs run as (the same on every host); None when the range is full."""
+        uid: int = self._job_uid(keys=[JOB_UIDS, JOB_UID_OWNERS], args=[owner, low, high])
+        return uid if uid >= 0 else None
 
     def ping(self) -> None:
         self.r.ping()

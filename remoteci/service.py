@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import threading
 from types import FrameType
 from typing import Any
 
-from remoteci import events, listener, notify, proctree
-from remoteci.config import Settings
+from remoteci import events, isolation, listener, notify, proctree
+from remoteci.config import ConfigError, Settings
 from remoteci.embedded_redis import EmbeddedRedis
 from remoteci.queue import JobStore, connect
 
@@ -25,9 +27,41 @@ def _store_factory(settings: Settings, url: str) -> JobStore:
 
 
 def _prepare_dirs(settings: Settings) -> None:
+    # The data dir (logs, uploads, artifacts, the embedded redis' socket) is the server's alone.
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(PermissionError):  # not ours to change; then jobs are not isolated
+        os.chmod(settings.data_dir, 0o700)
     for directory in (settings.logs_dir, settings.uploads_dir, settings.work_dir,
                       settings.workspace_dir):
         directory.mkdir(parents=True, exist_ok=True)
+
+
+def _prepare_job_isolation(settings: Settings) -> None:
+    """On a host that runs jobs: check once that they can run as their own users, or say loudly
+    that they cannot."""
+    if not isolation.can_switch_users():
+        if settings.job_user is not None and settings.job_user.uid != os.geteuid():
+            raise ConfigError("REMOTE_CI_JOB_USER is set, but this process may not switch users; "
+                              "run the worker as root or grant it CAP_SETUID, CAP_SETGID, "
+                              "CAP_KILL and CAP_CHOWN (see systemd/remote-ci-worker.service)")
+        events.warning("isolation", "JOBS ARE NOT ISOLATED: they run as this server's own user "
+                                    "and can read its token, its Redis and every project's files. "
+                                    "Run the worker as root or with CAP_SETUID, CAP_SETGID, "
+                                    "CAP_KILL and CAP_CHOWN to run each job as its own user.")
+        return
+    if shutil.which("setpriv") is None:
+        raise ConfigError("setpriv (util-linux) is not on PATH; jobs cannot be started as their "
+                          "own users without it (apt-get install util-linux)")
+    blocked = isolation.unreachable_ancestor(str(settings.work_dir.parent))
+    if blocked is not None:
+        raise ConfigError(f"REMOTE_CI_WORK_DIR={settings.work_dir}: jobs run as their own users "
+                          f"and cannot pass {blocked} (no search permission for others); choose "
+                          "a work dir whose parents all allow o+x, such as /tmp/remote-ci")
+    # Jobs pass through the work dir to their own dirs, but may not list or change it.
+    os.chmod(settings.work_dir, 0o711)
+    who = (f"user {settings.job_user.uid}" if settings.job_user is not None else
+           "uids {}-{} (one per token owner)".format(*settings.job_uid_range))
+    events.info("isolation", f"jobs run as {who}")
 
 
 def _banner(settings: Settings, server: Any) -> str:
@@ -92,6 +126,7 @@ def run_worker(settings: Settings) -> int:
                                "(only `serve` embeds redis)")
         return 2
     _prepare_dirs(settings)
+    _prepare_job_isolation(settings)
     url = settings.redis_url
     return _supervise(settings, url, notify.from_env())
 
@@ -100,6 +135,7 @@ def run_serve(settings: Settings) -> int:
     """API in this process, the supervisor in a forked child, and redis if none is configured."""
     sock = listener.bind(settings)
     _prepare_dirs(settings)
+    _prepare_job_isolation(settings)
     embedded: EmbeddedRedis | None = None
     url = settings.redis_url
     if url is None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from remoteci import events, jobs, proctree
+from remoteci import events, jobdirs, jobs, proctree
 from remoteci.config import Settings
 from remoteci.executor import DRAIN_KILL_GRACE, executor_main
 from remoteci.notify import Notifier
@@ -281,13 +280,13 @@ def _remove_older(directory: Path, cutoff: float, keep: frozenset[str] = frozens
     except FileNotFoundError:
         return 0
     for entry in entries:
-        if entry.name in keep:
+        if jobdirs.job_id_of(entry.name) in keep:  # a running job's code dir and its HOME
             continue
         try:
             if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
                 continue
             if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
+                jobdirs.remove(Path(entry.path))
             else:
                 os.unlink(entry.path)
             removed += 1

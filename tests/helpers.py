@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import http.client
 import json
 import os
@@ -10,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -22,6 +25,20 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-0123456789"
 FINAL = ("success", "failed", "timeout", "error", "cancelled")
+
+
+_work_root: Path | None = None
+
+
+def work_root() -> Path:
+    """Where servers keep job dirs: run as root, the tests isolate jobs as their own users,
+    who must be able to pass every parent of their dirs; pytest's temp dirs are 0700."""
+    global _work_root
+    if _work_root is None:
+        _work_root = Path(tempfile.mkdtemp(prefix="remoteci-tests-work-"))
+        _work_root.chmod(0o711)
+        atexit.register(shutil.rmtree, _work_root, True)
+    return _work_root
 
 
 def free_port() -> int:
@@ -154,7 +171,8 @@ class Server:
     def __post_init__(self) -> None:
         self.workspace_dir = self.base / "ws"
         self.data_dir = self.base / "data"
-        self.work_dir = self.base / "work"
+        # Servers started on the same base (a restart) share their work dir.
+        self.work_dir = work_root() / hashlib.sha256(str(self.base).encode()).hexdigest()[:16]
         self.stderr_path = self.base / f"{self.command}-{self.port}.log"
         self.workspace_dir.mkdir(parents=True, exist_ok=True)
 
