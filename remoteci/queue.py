@@ -262,7 +262,9 @@ local low, high = tonumber(ARGV[2]), tonumber(ARGV[3])
 local uid = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
 if uid and uid >= low and uid <= high then return uid end
 for candidate = low, high do
-  if redis.call('HSETNX', KEYS[2], candidate, ARGV[1]) == 1 then
+  local holder = redis.call('HGET', KEYS[2], candidate)
+  if not holder or holder == ARGV[1] then  -- free, or this owner's before the range moved
+    redis.call('HSET', KEYS[2], candidate, ARGV[1])
     redis.call('HSET', KEYS[1], ARGV[1], candidate)
     return candidate
   end

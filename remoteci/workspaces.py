@@ -67,7 +67,9 @@ def copy_workspace(source: Path, dest: Path, timeout: float) -> None:
         return
     try:
         result = subprocess.run(
-            ["cp", "-a", "--reflink=auto", "--", f"{source}/.", f"{dest}/"],
+            # Not the owners: the copy is handed to the job's user anyway, and an executor
+            # holding CAP_CHOWN (but not CAP_FOWNER) could chown a file away, then not chmod it.
+            ["cp", "-a", "--no-preserve=ownership", "--reflink=auto", "--", f"{source}/.", f"{dest}/"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             timeout=timeout, check=False, start_new_session=True,
         )
@@ -165,12 +167,8 @@ def _small_tree(source: Path) -> list[tuple[str, os.stat_result]] | None:
 
 
 def _preserve(src: str, dst: str, st: os.stat_result) -> None:
-    """What `cp -a` keeps: owner (when we may), mode, times and extended attributes."""
+    """What `cp -a --no-preserve=ownership` keeps: mode, times and extended attributes."""
     link = stat.S_ISLNK(st.st_mode)
-    try:
-        os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
-    except PermissionError:
-        pass  # like cp -a as an ordinary user: the copy belongs to us
     if not link:
         shutil.copystat(src, dst, follow_symlinks=False)  # mode, times, xattrs (ACLs too)
     else:

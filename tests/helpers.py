@@ -41,6 +41,13 @@ def work_root() -> Path:
     return _work_root
 
 
+def shared_dir() -> Path:
+    """A dir every job may write to, whatever uid it runs as (a test's own /tmp)."""
+    path = Path(tempfile.mkdtemp(dir=work_root()))
+    path.chmod(0o1777)
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -167,6 +174,7 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    wrapper: list[str] = field(default_factory=list)  # e.g. setpriv, to run as another user
 
     def __post_init__(self) -> None:
         self.workspace_dir = self.base / "ws"
@@ -196,7 +204,7 @@ class Server:
     def start(self, wait_workers: int | None = None) -> Server:
         self.stderr_file = open(self.stderr_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "remoteci.py"), self.command], cwd=self.base,
+            [*self.wrapper, sys.executable, str(ROOT / "remoteci.py"), self.command], cwd=self.base,
             env=self.environment(), stdin=subprocess.DEVNULL, stdout=self.stderr_file,
             stderr=subprocess.STDOUT)
         if self.command != "worker":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,36 @@ def test_soft_limit_keeps_a_grace_for_short_timeouts() -> None:
     s = load_settings({**TOKEN, "REMOTE_CI_KILL_GRACE": "2"})
     assert s.soft_limit(5) == 3
     assert load_settings({**TOKEN, "REMOTE_CI_KILL_GRACE": "0"}).soft_limit(5) == 5
+
+
+def test_job_uid_range_defaults_to_systemds_first_dynamic_block() -> None:
+    assert load_settings(TOKEN).job_uid_range == (61184, 61439)
+    chosen = load_settings({**TOKEN, "REMOTE_CI_JOB_UID_RANGE": " 70000-70099 "})
+    assert chosen.job_uid_range == (70000, 70099)
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("61184", "LOW-HIGH"), ("a-b", "LOW-HIGH"), ("-5-10", "LOW-HIGH"), ("0-10", "1 <= LOW"),
+    ("70-60", "LOW <= HIGH"), ("1-4294967295", "HIGH <="),
+])
+def test_a_bad_job_uid_range_is_refused(value: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match="REMOTE_CI_JOB_UID_RANGE") as caught:
+        load_settings({**TOKEN, "REMOTE_CI_JOB_UID_RANGE": value})
+    assert fragment in str(caught.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="uid 0 is never in a range: LOW is at least 1")
+def test_a_job_uid_range_holding_the_servers_own_uid_is_refused() -> None:
+    me = os.geteuid()
+    with pytest.raises(ConfigError, match="holds the server's own uid"):
+        load_settings({**TOKEN, "REMOTE_CI_JOB_UID_RANGE": f"{me}-{me + 5}"})
+
+
+def test_job_user_must_exist_and_not_be_root() -> None:
+    nobody = pwd.getpwnam("nobody")
+    user = load_settings({**TOKEN, "REMOTE_CI_JOB_USER": "nobody"}).job_user
+    assert user is not None and (user.uid, user.gid) == (nobody.pw_uid, nobody.pw_gid)
+    with pytest.raises(ConfigError, match="no user 'no-such-user-x'"):
+        load_settings({**TOKEN, "REMOTE_CI_JOB_USER": "no-such-user-x"})
+    with pytest.raises(ConfigError, match="is root"):
+        load_settings({**TOKEN, "REMOTE_CI_JOB_USER": "root"})

@@ -88,10 +88,10 @@ def test_a_job_runs_as_its_owners_uid_with_its_own_home(setup: Setup) -> None:
     uid, gid, groups, home, writable = log.splitlines()[:5]
     assert UID_LOW <= int(uid) <= UID_HIGH and gid == uid and groups == uid
     assert home == str(setup.server.work_dir / f"{job['id']}.home") and writable == "home-writable"
-    again, log_again = setup.run(setup.alpha, "id -u", "alpha")
+    _, log_again = setup.run(setup.alpha, "id -u", "alpha")
     assert log_again.splitlines()[0] == uid, "an owner's uid is stable"
-    other, log_other = setup.run(setup.beta, "id -u", "beta")
-    admin, log_admin = setup.run(TOKEN, "id -u", "admin")
+    _, log_other = setup.run(setup.beta, "id -u", "beta")
+    _, log_admin = setup.run(TOKEN, "id -u", "admin")
     uids = {uid, log_other.splitlines()[0], log_admin.splitlines()[0]}
     assert len(uids) == 3, "every owner, admin included, has its own uid"
     assert not (setup.server.work_dir / f"{job['id']}.home").exists(), "HOME goes with the job"
@@ -119,7 +119,7 @@ def test_a_job_cannot_read_or_change_anything_of_the_servers(setup: Setup) -> No
             assert subprocess.run(argv, capture_output=True, timeout=10).returncode == 0, what
     script = TRY + "".join(f"try_ {what} {' '.join(argv)}\n" for what, argv in attacks.items())
     script += 'try_ executor-environ cat "/proc/$PPID/environ"\n'
-    job, log = setup.run(setup.alpha, script, "alpha")
+    _, log = setup.run(setup.alpha, script, "alpha")
     denied = _lines(log, "DENIED")
     assert _lines(log, "LEAKED") == [] and len(denied) == len(attacks) + 1, log
     assert all("Permission denied" in line for line in denied if "redis" not in line), log
@@ -147,14 +147,14 @@ def test_two_projects_cannot_read_each_others_running_dirs(setup: Setup) -> None
     alpha_id = setup.submit(setup.alpha, 'echo s3cret > secret; echo s3cret > "$HOME/secret"; '
                                          "while [ ! -e go ]; do sleep 0.05; done", "alpha",
                             timeout=60)
-    code = server.work_dir / alpha_id
-    wait_until(lambda: (code / "secret").exists() and (server.work_dir / f"{alpha_id}.home" / "secret").exists(),
-               30, "the alpha job to write its secrets")
+    code, home = server.work_dir / alpha_id, server.work_dir / f"{alpha_id}.home"
+    wait_until(lambda: (code / "secret").exists() and (home / "secret").exists(), 30,
+               "the alpha job to write its secrets")
     script = TRY + "".join(f"try_ {what} {cmd}\n" for what, cmd in {
         "code-dir": f"ls {code}", "code-file": f"cat {code}/secret",
-        "home-file": f"cat {server.work_dir}/{alpha_id}.home/secret",
+        "home-file": f"cat {home}/secret",
         "write-into": f"touch {code}/planted"}.items())
-    job, log = setup.run(setup.beta, script, "beta")
+    _, log = setup.run(setup.beta, script, "beta")
     assert _lines(log, "LEAKED") == [] and len(_lines(log, "DENIED")) == 4, log
     assert "s3cret" not in log
     (code / "go").touch()
@@ -171,7 +171,7 @@ def test_jobs_of_one_owner_share_a_uid_and_so_may_signal_each_other(setup: Setup
     wait_until(pid_file.exists, 30, "the first job to write its pid")
     try:
         pid = pid_file.read_text().strip()
-        job, log = setup.run(setup.alpha, f"kill -TERM {pid} && echo signalled", "alpha")
+        _, log = setup.run(setup.alpha, f"kill -TERM {pid} && echo signalled", "alpha")
         assert "signalled" in log
         assert server.wait_final(first)["status"] == "failed"
     finally:
@@ -184,3 +184,60 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+# --- a server that is not root ------------------------------------------------------------------
+
+NOBODY = 65534
+
+
+def _server_as_nobody(make_server: MakeServer, capabilities: list[str]) -> Server:
+    """A `serve` as uid 65534 holding only `capabilities` (ambient, as systemd grants them).
+
+    CAP_DAC_READ_SEARCH is added only so that nobody may run this test's Python, which lives
+    under root's home here; it gives no right to switch users.
+    """
+    caps = ",".join(f"+{c}" for c in [*capabilities, "dac_read_search"])
+    base = work_root() / f"nobody-{os.urandom(4).hex()}"
+    base.mkdir(mode=0o755)
+    wrapper = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+               f"--inh-caps={caps}", f"--ambient-caps={caps}", "--"]
+    server = Server(base, redis_url=None, wrapper=wrapper,
+                    env={"REMOTE_CI_JOB_UID_RANGE": f"{UID_LOW}-{UID_HIGH}"})
+    server.work_dir.mkdir(mode=0o711)
+    for path in (base, base / "ws", server.work_dir):
+        os.chown(path, NOBODY, NOBODY)
+    return make_server(base=base, redis_url=None, wrapper=wrapper, wait_workers=2,
+                       env={"REMOTE_CI_JOB_UID_RANGE": f"{UID_LOW}-{UID_HIGH}"})
+
+
+def _closed_artifact_job(server: Server) -> tuple[dict[str, object], str]:
+    """A job that leaves its artifact in a dir only its own uid could enter (mode 0)."""
+    server.make_workspace("proj")
+    job = server.submit('id -u; mkdir -p out/deep; echo built > out/deep/app.txt; chmod 0 out/deep/app.txt '
+                        'out/deep out; echo cache > "$HOME/c"', artifacts=["out/deep/app.txt"])
+    return server.wait_final(str(job["id"]), timeout=60), str(job["id"])
+
+
+def test_without_the_right_to_switch_users_jobs_run_as_the_server_and_it_warns(
+        make_server: MakeServer) -> None:
+    server = _server_as_nobody(make_server, [])
+    assert server.request("GET", "/api/health", token=None).json()["isolation"] == "none"
+    assert server.output().count("JOBS ARE NOT ISOLATED") == 1
+    job, job_id = _closed_artifact_job(server)
+    assert job["status"] == "success" and job["artifacts"] == 1, server.log(job_id)
+    assert server.log(job_id).decode().splitlines()[0] == str(NOBODY)
+
+
+def test_with_the_units_four_capabilities_a_non_root_server_isolates_and_cleans_up(
+        make_server: MakeServer) -> None:
+    server = _server_as_nobody(make_server, ["setuid", "setgid", "kill", "chown"])
+    assert server.request("GET", "/api/health", token=None).json()["isolation"] == "user"
+    job, job_id = _closed_artifact_job(server)
+    log = server.log(job_id).decode()
+    assert job["status"] == "success" and job["artifacts"] == 1, log
+    assert UID_LOW <= int(log.splitlines()[0]) <= UID_HIGH
+    got = server.request("GET", f"/api/jobs/{job_id}/artifacts/out/deep/app.txt")
+    assert got.status == 200 and got.body == b"built\n"
+    wait_until(lambda: not list(server.work_dir.iterdir()), 10, "the job's dirs to be removed")
+    assert "NOT ISOLATED" not in server.output()

@@ -18,6 +18,7 @@ from tests.helpers import (
     pid_alive,
     pids_with_arg,
     process_tree,
+    shared_dir,
     wait_until,
 )
 from tests.test_process_tree import marker
@@ -79,9 +80,9 @@ def test_serve_refuses_to_start_without_a_token(tmp_path: Path) -> None:
     assert "REMOTE_CI_TOKEN is not set" in out.stderr
 
 
-def test_fifo_and_the_concurrency_bound_under_load(make_server: MakeServer, tmp_path: Path) -> None:
+def test_fifo_and_the_concurrency_bound_under_load(make_server: MakeServer) -> None:
     srv: Server = make_server(wait_workers=2)
-    events = tmp_path / "events"
+    events = shared_dir() / "events"
     script = ('echo "start $REMOTE_CI_JOB_ID $(date +%s%N)" >> "$EVENTS"; sleep 0.05; '
               'echo "end $REMOTE_CI_JOB_ID $(date +%s%N)" >> "$EVENTS"')
     ids = [srv.submit(script, env={"EVENTS": str(events)})["id"] for _ in range(50)]
@@ -170,7 +171,7 @@ def test_queued_jobs_survive_a_restart_of_everything_redis_included(
     first: Server = make_server(redis_url=None, env=env, base=base, wait_workers=1)
     blocker = first.submit("sleep 60")
     first.wait_status(blocker["id"], ("running",))
-    order = tmp_path / "order"
+    order = shared_dir() / "order"
     queued = [first.submit(f'echo {i} >> "$ORDER"', env={"ORDER": str(order)})["id"] for i in range(3)]
     assert first.stop(signal.SIGTERM) == 0  # stops the embedded redis too; AOF keeps the queue
 

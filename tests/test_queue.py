@@ -245,3 +245,15 @@ def test_the_same_idempotency_key_returns_the_first_job(store: JobStore, redis_c
     assert store.get("b") is None and redis_client.llen(QUEUE) == 1
     store.enqueue({**record, "id": "c", "owner": "project-x"}, {"id": "c"}, 100, "key-1")
     assert store.get("c") is not None  # keys are per owner
+
+
+def test_each_owner_gets_its_own_stable_uid_until_the_range_is_full(store: JobStore) -> None:
+    assert store.job_uid("alpha", 70000, 70002) == 70000
+    assert store.job_uid("beta", 70000, 70002) == 70001
+    assert store.job_uid("alpha", 70000, 70002) == 70000, "stable"
+    assert store.job_uid("gamma", 70000, 70002) == 70002
+    assert store.job_uid("delta", 70000, 70002) is None, "full: no uid is ever shared"
+    # A new range (the operator moved it) gives owners uids inside it, still one each.
+    assert store.job_uid("beta", 80000, 80001) == 80000
+    assert store.job_uid("alpha", 80000, 80001) == 80001
+    assert store.job_uid("alpha", 70000, 70002) == 70000, "back in the old range: its old uid"

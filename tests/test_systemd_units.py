@@ -12,6 +12,7 @@ import pytest
 
 from remoteci.config import Settings
 from remoteci.executor import DRAIN_KILL_GRACE
+from remoteci.isolation import NEEDED_CAPABILITIES
 from tests.helpers import ROOT
 
 UNITS = ROOT / "systemd"
@@ -77,3 +78,16 @@ def test_env_example_has_a_placeholder_token_not_a_real_one() -> None:
     env = env_example()
     assert env["REMOTE_CI_TOKEN"].startswith("change-me")
     assert env["REMOTE_CI_REDIS_URL"].startswith("unix://")
+
+
+def test_worker_keeps_exactly_the_capabilities_that_start_stop_and_clean_up_other_uids() -> None:
+    service = unit("remote-ci-worker.service")["Service"]
+    needed = set(NEEDED_CAPABILITIES)
+    assert set(service["AmbientCapabilities"].split()) == needed
+    assert set(service["CapabilityBoundingSet"].split()) == needed
+
+
+def test_api_sees_no_other_process() -> None:
+    service = unit("remote-ci-api.service")["Service"]
+    assert (service["ProtectProc"], service["ProcSubset"]) == ("invisible", "pid")
+    assert service["CapabilityBoundingSet"] == ""
