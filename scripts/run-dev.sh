@@ -10,7 +10,10 @@ if [[ -z "${REMOTE_CI_TOKEN:-}" ]]; then
 fi
 export REMOTE_CI_TOKEN
 export REMOTE_CI_DATA_DIR="${REMOTE_CI_DATA_DIR:-$PWD/var/data}"
-export REMOTE_CI_WORK_DIR="${REMOTE_CI_WORK_DIR:-$PWD/var/work}"
+# As root, jobs run as users of their own, who must be able to pass every parent of their dirs:
+# a checkout under /root is closed to them, /tmp is not.
+if [[ $(id -u) == 0 ]]; then default_work=/tmp/remote-ci-dev; else default_work=$PWD/var/work; fi
+export REMOTE_CI_WORK_DIR="${REMOTE_CI_WORK_DIR:-$default_work}"
 export REMOTE_CI_WORKSPACE_DIR="${REMOTE_CI_WORKSPACE_DIR:-$PWD/var/workspace}"
 port="${REMOTE_CI_PORT:-5000}"
 cat <<MSG
