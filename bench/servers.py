@@ -71,6 +71,7 @@ class OurServer(Server):
 def start_ours(workspace_root: Path, extra_env: dict[str, str] | None = None,
                label: str = "ours") -> OurServer:
     base = Path(tempfile.mkdtemp(prefix=f"rci-bench-{label}-"))
+    base.chmod(0o711)  # as root, jobs run as their own users and must pass it to the work dir
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("REMOTE_CI_")}
     env.update({

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,7 +217,7 @@ def load_settings(env: Mapping[str, str], *, require_token: bool = True) -> Sett
         values["tokens_file"] = tokens_file
         values["project_tokens"] = load_project_tokens(tokens_file, admin_tokens)
     values.update(_webhook_values(env))
-    values.update(_job_user_values(env))
+    values.update(_parsed_values(env))
     settings = Settings(**values)  # type: ignore[arg-type]
     _check_consistency(settings)
     return settings
@@ -247,20 +247,22 @@ def _webhook_values(env: Mapping[str, str]) -> dict[str, object]:
     return values
 
 
-def _job_user_values(env: Mapping[str, str]) -> dict[str, object]:
+# variable -> (Settings field, parser raising ValueError with the fix)
+_PARSED_SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
+    "REMOTE_CI_JOB_UID_RANGE": ("job_uid_range", parse_uid_range),
+    "REMOTE_CI_JOB_USER": ("job_user", named_user),
+}
+
+
+def _parsed_values(env: Mapping[str, str]) -> dict[str, object]:
     values: dict[str, object] = {}
-    raw_range = env.get("REMOTE_CI_JOB_UID_RANGE", "").strip()
-    if raw_range:
-        try:
-            values["job_uid_range"] = parse_uid_range(raw_range)
-        except ValueError as exc:
-            raise ConfigError(f"REMOTE_CI_JOB_UID_RANGE: {exc}") from None
-    name = env.get("REMOTE_CI_JOB_USER", "").strip()
-    if name:
-        try:
-            values["job_user"] = named_user(name)
-        except ValueError as exc:
-            raise ConfigError(f"REMOTE_CI_JOB_USER: {exc}") from None
+    for name, (attr, parse) in _PARSED_SETTINGS.items():
+        raw = env.get(name, "").strip()
+        if raw:
+            try:
+                values[attr] = parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
     return values
 
 
