@@ -33,10 +33,19 @@ def resolve_workspace(root: Path, requested: str) -> str:
 
 
 def recheck_workspace(root: Path, relative: str) -> Path:
-    """At job start: the workspace may have been removed or swapped for a link since submit."""
+    """At job start: the workspace may have been removed or swapped for a link since submit.
+
+    `relative` was resolved at submission, so it must still resolve to itself: a link swapped in
+    while the job was queued may point at another project's tree inside the root, which the
+    submitter's token was never allowed to use.
+    """
     real_root, target = _resolve_below(root, relative)
     if target is None:
         raise SourceError(f"workspace {relative!r} now resolves outside the workspace root")
+    if target != os.path.join(real_root, relative):
+        raise SourceError(f"workspace {relative!r} was replaced by a link (to "
+                          f"{target[len(real_root):].lstrip('/')!r}) while the job was queued; "
+                          "the job runs only on the directory that was submitted")
     if not os.path.isdir(target):
         raise SourceError(f"workspace {relative!r} is gone (deleted while the job was queued, "
                           f"or not synced to this worker host's {real_root})")

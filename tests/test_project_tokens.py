@@ -7,6 +7,7 @@ import gzip
 import io
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -184,6 +185,26 @@ def test_symlink_to_another_workspace_is_judged_by_its_target(setup: Setup) -> N
                                 {"workspace": "shared-link", "script": "true"}, token=setup.alpha)
     assert resp.status == 403
     assert "'shared-link' (resolves to 'beta')" in resp.json()["error"]
+
+
+def test_a_workspace_swapped_for_a_link_while_queued_is_not_copied(setup: Setup) -> None:
+    """The patterns are checked at submission; the job must not copy what the path became."""
+    ws = setup.server.workspace_dir
+    setup.server.make_workspace("beta", {"secret.txt": "beta's secret\n"})
+    setup.server.make_workspace("alpha/x", {"own.txt": "alpha's own\n"})
+    blockers = [str(setup.submit(setup.alpha, "alpha", "sleep 60")["id"]) for _ in range(2)]
+    for blocker in blockers:
+        setup.server.wait_status(blocker, ("running",))
+    job = str(setup.submit(setup.alpha, "alpha/x", "cat *.txt")["id"])
+    assert setup.server.job(job)["status"] == "queued"
+    shutil.rmtree(ws / "alpha" / "x")
+    (ws / "alpha" / "x").symlink_to("../beta")  # the rsync user's swap, inside the root
+    for blocker in blockers:
+        assert setup.server.request("POST", f"/api/jobs/{blocker}/cancel").status == 202
+    final = setup.server.wait_final(job)
+    assert final["status"] == "error", final
+    assert "'alpha/x'" in final["error"] and "link" in final["error"]
+    assert b"beta's secret" not in setup.server.log(job)
 
 
 def test_upload_and_git_jobs_need_no_workspace(setup: Setup) -> None:

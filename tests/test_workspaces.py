@@ -78,6 +78,16 @@ def test_recheck_catches_a_workspace_swapped_for_a_link(root: Path, tmp_path: Pa
         recheck_workspace(root, relative)
 
 
+def test_recheck_refuses_a_workspace_swapped_for_a_link_inside_the_root(root: Path) -> None:
+    """Another project's tree is inside the root too: the submitted path must resolve to itself."""
+    (root / "other").mkdir()
+    relative = resolve_workspace(root, "proj/sub")
+    os.rmdir(root / "proj" / "sub")
+    (root / "proj" / "sub").symlink_to("../other")
+    with pytest.raises(SourceError, match=r"'proj/sub' was replaced by a link \(to 'other'\)"):
+        recheck_workspace(root, relative)
+
+
 def test_a_worker_host_finds_the_workspace_below_its_own_root(root: Path, tmp_path: Path) -> None:
     relative = resolve_workspace(root, "to-proj/sub")
     assert relative == "proj/sub"
