@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -32,12 +33,14 @@ def resolve_workspace(root: Path, requested: str) -> str:
     return target[len(real_root):].lstrip("/")
 
 
-def recheck_workspace(root: Path, relative: str) -> Path:
-    """At job start: the workspace may have been removed or swapped for a link since submit.
+def open_workspace(root: Path, relative: str) -> int:
+    """At job start: an fd on the workspace submitted, which may have been removed or swapped for
+    a link since; the copy reads through this fd, so no later swap can redirect it.
 
     `relative` was resolved at submission, so it must still resolve to itself: a link swapped in
     while the job was queued may point at another project's tree inside the root, which the
-    submitter's token was never allowed to use.
+    submitter's token was never allowed to use. Each component is opened with O_NOFOLLOW from
+    the real root's fd, so a link swapped in after the look below is refused too.
     """
     real_root, target = _resolve_below(root, relative)
     if target is None:
@@ -49,7 +52,24 @@ def recheck_workspace(root: Path, relative: str) -> Path:
     if not os.path.isdir(target):
         raise SourceError(f"workspace {relative!r} is gone (deleted while the job was queued, "
                           f"or not synced to this worker host's {real_root})")
-    return Path(target)
+    parts = relative.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise SourceError(f"workspace {relative!r} is not a plain path below the root")
+    fd = os.open(real_root, _DIR_FLAGS)
+    try:
+        for part in parts:
+            next_fd = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+    except OSError as exc:
+        os.close(fd)
+        raise SourceError(f"workspace {relative!r} changed while the job was starting "
+                          f"({exc.strerror}); submit it again") from None
+    return fd
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO
 
 
 def _resolve_below(root: Path, name: str) -> tuple[str, str | None]:
@@ -65,27 +85,34 @@ def _resolve_below(root: Path, name: str) -> tuple[str, str | None]:
     return real_root, target if inside else None
 
 
-def copy_workspace(source: Path, dest: Path, timeout: float) -> None:
-    """Copy a workspace into the job dir; the workspace itself is never changed.
+def copy_workspace(source_fd: int, dest: Path, timeout: float) -> None:
+    """Copy the workspace open at `source_fd` into the job dir; the workspace is never changed.
 
     `cp -a --reflink=auto` keeps modes, times and symlinks (as links, never followed), shares
-    blocks on filesystems that can, and is as fast as a plain copy elsewhere. A small workspace
-    is copied in this process with the same result: spawning cp costs more than the copy.
+    blocks on filesystems that can, and is as fast as a plain copy elsewhere; it is given the
+    directory as /proc/self/fd/N, so a path swapped for a link after the check is not followed.
+    A small workspace is copied in this process with the same result: spawning cp costs more
+    than the copy.
     """
-    if _copy_small(source, dest):
-        return
+    if not _copy_small(source_fd, dest):
+        _copy_with_cp(source_fd, dest, timeout)
+    if os.fstat(source_fd).st_nlink == 0:
+        raise SourceError("the workspace is gone (deleted while the job was starting)")
+
+
+def _copy_with_cp(source_fd: int, dest: Path, timeout: float) -> None:
     try:
         result = subprocess.run(
-            ["cp", "-a", "--reflink=auto", "--", f"{source}/.", f"{dest}/"],
+            ["cp", "-a", "--reflink=auto", "--", f"/proc/self/fd/{source_fd}/.", f"{dest}/"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            timeout=timeout, check=False, start_new_session=True,
+            timeout=timeout, check=False, start_new_session=True, pass_fds=(source_fd,),
         )
     except subprocess.TimeoutExpired:
         raise SourceError(f"copying the workspace took longer than {timeout:.0f} s") from None
     if result.returncode != 0:
         message = result.stderr.decode(errors="replace").strip()[-2000:]
-        if not os.path.isdir(source):
-            raise SourceError(f"workspace {source} is gone (deleted while the job was queued)")
+        if os.fstat(source_fd).st_nlink == 0:
+            raise SourceError("the workspace is gone (deleted while the job was starting)")
         raise SourceError(f"copying the workspace failed: {message}")
 
 
@@ -96,30 +123,41 @@ SMALL_ENTRIES = 64
 SMALL_BYTES = 1024 * 1024
 
 
-def _copy_small(source: Path, dest: Path) -> bool:
+def _copy_small(source_fd: int, dest: Path) -> bool:
     """`cp -a source/. dest/` for a small tree of plain files, dirs and symlinks; False (and
-    nothing written) when the tree is larger, holds anything else, or changes under us."""
-    entries = _small_tree(source)
+    nothing written) when the tree is larger, holds anything else, or changes under us.
+
+    Everything is opened from its directory's fd with O_NOFOLLOW and checked to be the very
+    entry listed (device and inode), so a link swapped in during the copy is never followed.
+    """
+    entries = _small_tree(source_fd)
     if entries is None:
         return False
-    # Plain strings and os calls: pathlib and shutil.copyfile's checks cost more than the
-    # copy of a few small files.
-    src_root, dest_root = os.fspath(source), os.fspath(dest)
+    dest_root = os.fspath(dest)
+    dirs = {"": os.dup(source_fd)}  # open source dirs by path below the root
     try:
         for rel, st in entries:
-            src, dst = os.path.join(src_root, rel), os.path.join(dest_root, rel)
+            parent, name = os.path.split(rel)
+            dst = os.path.join(dest_root, rel)
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(name, dir_fd=dirs[parent]), dst)
+                _preserve_link(dst, st)
+                continue
+            fd = _open_listed(name, dirs[parent], st)
             if stat.S_ISDIR(st.st_mode):
-                os.mkdir(dst, 0o700)
-            elif stat.S_ISLNK(st.st_mode):
-                os.symlink(os.readlink(src), dst)
+                dirs[rel] = fd
+                os.mkdir(dst, 0o700)  # its mode and times once it is filled
             else:
-                _copy_bytes(src, dst)
-            _preserve(src, dst, st)
-        # Directory times last: filling a directory changes its mtime.
+                try:
+                    _copy_bytes(fd, dst)
+                    _preserve(fd, dst, st)
+                finally:
+                    os.close(fd)
+        # Directories last: filling one changes its mtime, and its mode may forbid writing.
         for rel, st in reversed(entries):
             if stat.S_ISDIR(st.st_mode):
-                _preserve(os.path.join(src_root, rel), os.path.join(dest_root, rel), st)
-        _preserve(src_root, dest_root, os.lstat(source))
+                _preserve(dirs[rel], os.path.join(dest_root, rel), st)
+        _preserve(dirs[""], dest_root, os.fstat(source_fd))
     except OSError:
         for child in list(os.scandir(dest)):  # let cp redo it and word any error
             if child.is_dir(follow_symlinks=False):
@@ -127,38 +165,51 @@ def _copy_small(source: Path, dest: Path) -> bool:
             else:
                 os.unlink(child.path)
         return False
+    finally:
+        for fd in dirs.values():
+            os.close(fd)
     return True
 
 
-def _copy_bytes(src: str, dst: str) -> None:
-    """shutil.copyfile for a file just listed as regular: the bytes, created 0o666 & ~umask."""
-    fin = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+def _open_listed(name: str, dir_fd: int, listed: os.stat_result) -> int:
+    """Open an entry the listing saw, refusing anything else that took its name since."""
+    flags = _DIR_FLAGS | os.O_NOFOLLOW if stat.S_ISDIR(listed.st_mode) else _FILE_FLAGS
+    fd = os.open(name, flags, dir_fd=dir_fd)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode)) != (
+            listed.st_dev, listed.st_ino, stat.S_IFMT(listed.st_mode)):
+        os.close(fd)
+        raise OSError(f"{name!r} changed during the copy")
+    return fd
+
+
+def _copy_bytes(fin: int, dst: str) -> None:
+    """shutil.copyfile from an open regular file: the bytes, created 0o666 & ~umask."""
+    fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     try:
-        fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-        try:
-            while os.sendfile(fout, fin, None, SMALL_BYTES):
-                pass
-        finally:
-            os.close(fout)
+        while os.sendfile(fout, fin, None, SMALL_BYTES):
+            pass
     finally:
-        os.close(fin)
+        os.close(fout)
 
 
-def _small_tree(source: Path) -> list[tuple[str, os.stat_result]] | None:
-    """Every entry below `source` (parents first), or None past the limits or on a special
-    file or a hard link (cp -a keeps those; this path does not try to)."""
+def _small_tree(source_fd: int) -> list[tuple[str, os.stat_result]] | None:
+    """Every entry below the dir open at `source_fd` (parents first), or None past the limits
+    or on a special file or a hard link (cp -a keeps those; this path does not try to)."""
     found: list[tuple[str, os.stat_result]] = []
     total = 0
-    stack = [""]
+    stack = [("", os.dup(source_fd))]
     try:
         while stack:
-            rel = stack.pop()
-            with os.scandir(os.path.join(source, rel)) as it:
-                for entry in it:
-                    st = entry.stat(follow_symlinks=False)
-                    path = os.path.join(rel, entry.name)
+            rel, dir_fd = stack.pop()
+            try:
+                with os.scandir(dir_fd) as it:
+                    names = [entry.name for entry in it]
+                for name in names:
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    path = os.path.join(rel, name)
                     if stat.S_ISDIR(st.st_mode):
-                        stack.append(path)
+                        stack.append((path, _open_listed(name, dir_fd, st)))
                     elif stat.S_ISREG(st.st_mode):
                         if st.st_nlink > 1:
                             return None
@@ -168,19 +219,48 @@ def _small_tree(source: Path) -> list[tuple[str, os.stat_result]] | None:
                     found.append((path, st))
                     if len(found) > SMALL_ENTRIES or total > SMALL_BYTES:
                         return None
+            finally:
+                os.close(dir_fd)
     except OSError:
-        return None  # gone or unreadable: cp words the error
+        return None  # gone, unreadable or changing: cp words the error
+    finally:
+        for _, dir_fd in stack:
+            os.close(dir_fd)
     return found
 
 
-def _preserve(src: str, dst: str, st: os.stat_result) -> None:
-    """What `cp -a` keeps: owner (when we may), mode, times and extended attributes."""
-    link = stat.S_ISLNK(st.st_mode)
+def _preserve(src_fd: int, dst: str, st: os.stat_result) -> None:
+    """What `cp -a` keeps of a file or dir: owner (when we may), times, xattrs (ACLs), mode."""
+    try:
+        os.chown(dst, st.st_uid, st.st_gid)
+    except PermissionError:
+        pass  # like cp -a as an ordinary user: the copy belongs to us
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+    for attr in _listxattr(src_fd):
+        try:
+            os.setxattr(dst, attr, os.getxattr(src_fd, attr))
+        except OSError as exc:
+            if exc.errno not in _XATTR_SKIPPED:
+                raise
+    os.chmod(dst, stat.S_IMODE(st.st_mode))
+
+
+# What shutil.copystat ignores when copying extended attributes.
+_XATTR_SKIPPED = (errno.EPERM, errno.ENOTSUP, errno.ENODATA, errno.EINVAL, errno.EACCES)
+
+
+def _listxattr(fd: int) -> list[str]:
+    try:
+        return os.listxattr(fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.ENODATA, errno.EINVAL):
+            return []
+        raise
+
+
+def _preserve_link(dst: str, st: os.stat_result) -> None:
     try:
         os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
     except PermissionError:
-        pass  # like cp -a as an ordinary user: the copy belongs to us
-    if not link:
-        shutil.copystat(src, dst, follow_symlinks=False)  # mode, times, xattrs (ACLs too)
-    else:
-        os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+        pass
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
