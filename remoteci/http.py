@@ -26,7 +26,7 @@ from remoteci.redis_watch import RedisWatch
 from remoteci.sources import discard_source
 from remoteci.spool import UPLOAD_PATH
 from remoteci.uploads import receive_upload
-from remoteci.workspaces import resolve_workspace
+from remoteci.workspaces import lexical_workspace, locate_workspace, require_directory
 from remoteci.wsgi_server import SEND_NOW
 
 MAX_JSON_BODY = 1024 * 1024
@@ -256,8 +256,13 @@ class App:
         common = self._common(data)
         workspace = submissions.required_string(
             data, "workspace", "a directory under the workspace root, e.g. \"project-a\"")
-        relative = resolve_workspace(self.settings.workspace_dir, workspace)
-        check_workspace(request.identity, workspace, relative)
+        root = self.settings.workspace_dir
+        relative = locate_workspace(root, workspace)
+        check_workspace(request.identity, workspace, relative, lexical_workspace(root, workspace))
+        if relative is None:
+            raise ApiError(403, f"workspace {workspace!r} is outside the workspace root; "
+                                "use a directory inside it")
+        require_directory(root, relative, workspace)
         return self._accept(request, "rsync", common, workspace, {"workspace": relative})
 
     def submit_git(self, request: Request) -> Response:

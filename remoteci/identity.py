@@ -86,11 +86,23 @@ def listing_owner(identity: Identity, requested: str | None) -> str | None:
     return identity.owner
 
 
-def check_workspace(identity: Identity, requested: str, relative: str) -> None:
-    """403 unless the resolved workspace (relative to the root) is one the token may use."""
-    if identity.is_admin or tokens.workspace_allowed(identity.workspaces, relative):
+def check_workspace(identity: Identity, requested: str, relative: str | None,
+                    lexical: str | None) -> None:
+    """403 unless the resolved workspace (relative to the root) is one the token may use.
+
+    Judged before anyone looks whether the path exists, and worded the same for every path a
+    token may not use (missing, existing, a link, outside the root), so the answer tells a
+    project nothing about other projects' trees. Where a name of its own resolves elsewhere,
+    the target is named: the project's own link.
+    """
+    if identity.is_admin:
         return
-    shown = repr(requested) + ("" if requested == relative else f" (resolves to {relative!r})")
+    if relative is not None and tokens.workspace_allowed(identity.workspaces, relative):
+        return
+    shown = repr(requested)
+    if lexical is not None and tokens.workspace_allowed(identity.workspaces, lexical):
+        shown += (" (resolves outside the workspace root)" if relative is None
+                  else f" (resolves to {relative!r})")
     raise ApiError(403, f"workspace {shown} is not among the workspaces of token "
                         f"{identity.owner!r} ({', '.join(identity.workspaces)}); use a matching "
                         "workspace or ask an operator to widen the token's patterns")

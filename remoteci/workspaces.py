@@ -21,16 +21,37 @@ def resolve_workspace(root: Path, requested: str) -> str:
     paths by components (`/ws-evil` is not inside `/ws`), so `..`, symlinks and absolute paths
     cannot reach outside.
     """
+    relative = locate_workspace(root, requested)
+    if relative is None:
+        raise ApiError(403, f"workspace {requested!r} is outside the workspace root; "
+                            "use a directory inside it")
+    require_directory(root, relative, requested)
+    return relative
+
+
+def locate_workspace(root: Path, requested: str) -> str | None:
+    """The resolved path of `requested` below the real root, or None when it is outside; what
+    it names need not exist (so a caller may judge it before saying whether it does)."""
     if not requested or "\x00" in requested:
         raise ApiError(400, "workspace is empty; give a directory name relative to the workspace root")
     real_root, target = _resolve_below(root, requested)  # an absolute `requested` replaces the root
-    if target is None:
-        raise ApiError(403, f"workspace {requested!r} is outside the workspace root; "
-                            "use a directory inside it")
-    if not os.path.isdir(target):
+    return None if target is None else target[len(real_root):].lstrip("/")
+
+
+def lexical_workspace(root: Path, requested: str) -> str | None:
+    """The name `requested` gives below the root before any link is followed, or None."""
+    joined = os.path.normpath(os.path.join(root, requested))
+    for base in {os.path.normpath(root), os.path.realpath(root)}:
+        prefix = base.rstrip("/") + "/"
+        if joined.startswith(prefix) and joined != base:
+            return joined[len(prefix):]
+    return None
+
+
+def require_directory(root: Path, relative: str, requested: str) -> None:
+    if not os.path.isdir(os.path.join(os.path.realpath(root), relative)):
         raise ApiError(400, f"workspace {requested!r} does not exist or is not a directory; "
                             "rsync your code into it first")
-    return target[len(real_root):].lstrip("/")
 
 
 def open_workspace(root: Path, relative: str) -> int:

@@ -207,6 +207,29 @@ def test_a_workspace_swapped_for_a_link_while_queued_is_not_copied(setup: Setup)
     assert b"beta's secret" not in setup.server.log(job)
 
 
+def test_a_project_cannot_tell_missing_workspaces_from_forbidden_ones(setup: Setup) -> None:
+    """Outside its patterns a project token gets one answer, whether the path exists or not."""
+    ws = setup.server.workspace_dir
+    (ws / "beta" / "deep").mkdir()
+    (ws / "alpha" / "to-beta").symlink_to("../beta/deep")
+    (ws / "alpha" / "to-beta-missing").symlink_to("../beta/nothing-here")
+    (ws / "gamma-link").symlink_to("beta")
+
+    def answer(workspace: str) -> tuple[int, str]:
+        resp = setup.server.request("POST", "/api/jobs/rsync",
+                                    {"workspace": workspace, "script": "true"}, token=setup.alpha)
+        return resp.status, resp.json()["error"].replace(repr(workspace), "'W'")
+
+    others = {w: answer(w) for w in ("beta", "beta/deep", "beta/nothing-here", "gamma-missing",
+                                     "gamma-link", "../outside", str(ws.parent))}
+    assert len(set(others.values())) == 1, others
+    assert others["beta"][0] == 403 and "beta" not in others["gamma-link"][1]
+    # Its own links: the same answer whether their target exists.
+    own = {w: answer(w)[0] for w in ("alpha/to-beta", "alpha/to-beta-missing")}
+    assert own == {"alpha/to-beta": 403, "alpha/to-beta-missing": 403}
+    assert answer("alpha/nothing-here")[0] == 400  # its own: missing may be said
+
+
 def test_upload_and_git_jobs_need_no_workspace(setup: Setup) -> None:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
