@@ -216,6 +216,9 @@ class Executor:
             scratch.mkdir(mode=0o700)
         log_path = self.settings.logs_dir / f"{job_id}.log"
         log_fd = os.open(log_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        if payload.get("git_credential"):  # taken once: from now on only git's environment has it
+            secret = self._call_redis(lambda: self.store.take_git_credential(job_id))
+            payload = {**payload, "git_credential": secret}
         try:
             try:
                 extra = prepare_source(payload, scratch, self.settings, log_fd)

@@ -18,8 +18,16 @@ from urllib.parse import parse_qs
 from remoteci import events, jobs, logs, metrics, submissions
 from remoteci.config import ConfigError, Settings
 from remoteci.errors import ApiError
-from remoteci.gitsource import redact_url, validate_git_ref, validate_git_url
-from remoteci.identity import Authenticator, Identity, check_workspace, listing_owner, may_see, require_admin
+from remoteci.gitsource import redact_url, split_credentials, validate_git_ref, validate_git_url
+from remoteci.identity import (
+    Authenticator,
+    Identity,
+    check_git_host,
+    check_workspace,
+    listing_owner,
+    may_see,
+    require_admin,
+)
 from remoteci.queue import AlreadySubmitted, JobStore, QueueFull
 from remoteci.redis_client import RedisError
 from remoteci.redis_watch import RedisWatch
@@ -276,10 +284,14 @@ class App:
         if ref is not None and not isinstance(ref, str):
             raise ApiError(400, "field 'ref' must be a string: a branch, tag or commit sha")
         ref = validate_git_ref(ref)
+        check_git_host(request.identity, repo)
+        clean, credential = split_credentials(repo)
         extra_record = {"ref": ref} if ref else {}
-        # The record is shown in lists and pages: never with a credential from the URL in it.
-        return self._accept(request, "git", common, redact_url(repo), {"repo": repo, "ref": ref},
-                            extra_record)
+        # Payload and record hold the URL without its `user:password@`: the credential waits
+        # in a key of its own, which the executor deletes when it takes it.
+        return self._accept(request, "git", common, redact_url(repo),
+                            {"repo": clean, "ref": ref, **({"git_credential": True} if credential else {})},
+                            extra_record, credential.to_json() if credential else None)
 
     def submit_upload(self, request: Request) -> Response:
         fields, archive = receive_upload(request.environ, self.settings.uploads_dir,
@@ -299,7 +311,7 @@ class App:
 
     def _accept(self, request: Request, mode: str, common: submissions.Common, source: str,
                 payload_extra: dict[str, Any], record_extra: dict[str, str] | None = None,
-                ) -> Response:
+                git_credential: str | None = None) -> Response:
         job_id = jobs.new_job_id()
         record = {
             "id": job_id, "mode": mode, "status": jobs.QUEUED, "script": common.script,
@@ -315,8 +327,15 @@ class App:
                    "timeout": common.timeout, "env": common.env, **payload_extra,
                    **({"artifacts": list(common.artifacts)} if common.artifacts else {})}
         key = submissions.parse_idempotency_key(request.header("Idempotency-Key"))
+        if git_credential is not None:
+            self.store.put_git_credential(job_id, git_credential)
         try:
-            position = self.store.enqueue(record, payload, self.settings.max_queue, key)
+            try:
+                position = self.store.enqueue(record, payload, self.settings.max_queue, key)
+            except BaseException:
+                if git_credential is not None:
+                    self.store.drop_git_credential(job_id)
+                raise
         except QueueFull:
             raise ApiError(503, f"the queue is full ({self.settings.max_queue} jobs waiting); "
                                 "retry later", [("Retry-After", "30")]) from None
@@ -444,6 +463,8 @@ def cancel(store: JobStore, job_id: str) -> str:
         payload = store.payload(job_id)
         if payload is not None:
             discard_source(payload)
+            if payload.get("git_credential"):
+                store.drop_git_credential(job_id)
     return outcome
 
 

@@ -23,6 +23,7 @@ ADMIN_OWNER = "admin"  # the owner of jobs submitted with a REMOTE_CI_TOKEN toke
 class Identity:
     owner: str  # written into the jobs this caller submits
     workspaces: tuple[str, ...] = ()  # patterns; unused for admins, who may use any workspace
+    git_hosts: tuple[str, ...] = ()  # hosts its git jobs may clone from; empty: any
 
     @property
     def is_admin(self) -> bool:
@@ -61,7 +62,7 @@ class Authenticator:
         if is_admin:
             return ADMIN
         if found is not None:
-            return Identity(found.name, found.workspaces)
+            return Identity(found.name, found.workspaces, found.git_hosts)
         return None
 
     def reload(self, path: Path) -> None:
@@ -106,6 +107,18 @@ def check_workspace(identity: Identity, requested: str, relative: str | None,
     raise ApiError(403, f"workspace {shown} is not among the workspaces of token "
                         f"{identity.owner!r} ({', '.join(identity.workspaces)}); use a matching "
                         "workspace or ask an operator to widen the token's patterns")
+
+
+def check_git_host(identity: Identity, repo: str) -> None:
+    """403 unless the token may clone from the repository's host (an operator's choice)."""
+    from remoteci.gitsource import git_host
+
+    host = git_host(repo)
+    if identity.is_admin or tokens.git_host_allowed(identity.git_hosts, host):
+        return
+    raise ApiError(403, f"field 'repo': token {identity.owner!r} may clone only from "
+                        f"{', '.join(identity.git_hosts)}, not from {host or 'a local path'}; "
+                        "use a repository there or ask an operator to widen the token's git hosts")
 
 
 def require_admin(identity: Identity, what: str) -> None:

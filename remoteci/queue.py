@@ -14,6 +14,7 @@ Keys (all under `rci:`):
   counters              hash of jobs finished per status since the data was created
   histograms            hash of duration / queue-wait histogram buckets (see histograms.py)
   webhooks              list of job ids whose webhook is due (see webhook_store.py)
+  gitcred:<id>          a queued git job's credential (JSON), taken (GETDEL) when the job starts
 
 Every status change is one Lua script, so it is one atomic transaction, and conditional:
 a job is claimed only while `queued`, finished only while `running`. The script that makes a job
@@ -66,6 +67,11 @@ def mode_index(mode: str) -> str:
 def idempotency_index(owner: str, key: str) -> str:
     """Scoped by owner: one project can neither see nor collide with another's keys."""
     return f"{P}idem:{owner}:{key}"
+
+
+def git_credential_key(job_id: str) -> str:
+    """A git job's `user:password` until its executor takes it; never in the payload or record."""
+    return f"{P}gitcred:{job_id}"
 
 
 def owner_index(owner: str) -> str:
@@ -310,6 +316,18 @@ class JobStore:
         if int(result) < 0:
             raise QueueFull()
         return int(result)
+
+    def put_git_credential(self, job_id: str, secret: str) -> None:
+        """Before the enqueue: a job is never taken before what it needs is stored."""
+        self.r.set(git_credential_key(job_id), secret, ex=self.ttl)
+
+    def drop_git_credential(self, job_id: str) -> None:
+        self.r.delete(git_credential_key(job_id))
+
+    def take_git_credential(self, job_id: str) -> str | None:
+        """Read once, at the job's start: from then on it lives only in the clone's environment."""
+        secret: str | None = self.r.execute_command("GETDEL", git_credential_key(job_id))
+        return secret
 
     # --- executing -------------------------------------------------------------------------
 

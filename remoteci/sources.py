@@ -33,11 +33,13 @@ def prepare_source(payload: dict[str, Any], scratch: Path, settings: Settings,
                         max_members=settings.max_archive_members)
         return {}
     if mode == "git":
-        from remoteci.gitsource import clone_git
+        from remoteci.gitsource import Credential, clone_git
 
+        secret = payload.get("git_credential")  # what the executor took from Redis, if any
         commit = clone_git(payload["repo"], payload.get("ref"), scratch,
                            timeout=min(settings.git_timeout, payload["timeout"]),
-                           allow_file=settings.git_allow_file, log_fd=log_fd)
+                           allow_file=settings.git_allow_file, log_fd=log_fd,
+                           credential=Credential.from_json(secret) if isinstance(secret, str) else None)
         os.write(log_fd, f"[remote-ci] commit {commit}\n".encode())
         return {"commit": commit}
     raise SourceError(f"unknown mode {mode!r}")
