@@ -243,11 +243,23 @@ def _webhook_values(env: Mapping[str, str]) -> dict[str, object]:
     return values
 
 
+RETENTION_MARGIN = 3600  # seconds past the job timeout: copy, clone, artifacts, drain
+
+
 def _check_consistency(settings: Settings) -> None:
     if settings.max_followers >= settings.http_threads:
         raise ConfigError(
             "REMOTE_CI_MAX_FOLLOWERS must be below REMOTE_CI_HTTP_THREADS, "
             "or log followers could take every API thread"
+        )
+    if settings.retention_seconds < settings.job_timeout + RETENTION_MARGIN:
+        # The record's TTL is renewed when the job starts; it must outlive the run, or a
+        # running job's record expires and its end is lost.
+        raise ConfigError(
+            f"REMOTE_CI_RETENTION_DAYS={settings.retention_days} ({settings.retention_seconds} s) "
+            f"is too short for REMOTE_CI_JOB_TIMEOUT={settings.job_timeout}: a running job's "
+            "record would expire before the job ends; keep the retention at least an hour "
+            "longer than the job timeout"
         )
     if ":" in settings.node_name or not settings.node_name:
         raise ConfigError("REMOTE_CI_NODE_NAME may not be empty or contain ':'")
