@@ -110,6 +110,20 @@ def error_response(status: int, message: str, headers: Headers | None = None) ->
     return json_response(status, {"error": message}, headers)
 
 
+# Anything not an HTML page of ours (a log, an artifact, JSON) is never a document a browser
+# runs: no scripts, no styles, no requests, a unique origin. HTML pages carry their own policy.
+RAW_CSP = "default-src 'none'; sandbox"
+
+
+def with_safety_headers(headers: Headers) -> Headers:
+    """nosniff on every answer, so a log or an artifact is never read as HTML or script."""
+    names = {name.lower() for name, _ in headers}
+    extra = [] if "x-content-type-options" in names else [("X-Content-Type-Options", "nosniff")]
+    if "content-security-policy" not in names:
+        extra.append(("Content-Security-Policy", RAW_CSP))
+    return headers + extra if extra else headers
+
+
 Handler = Callable[[Request], Response]
 
 
@@ -182,7 +196,7 @@ class App:
         self.requests.add(environ.get("remoteci.route", metrics.UNMATCHED),
                           environ.get("REQUEST_METHOD", ""), response.status)
         write = start_response(f"{response.status} {_REASONS.get(response.status, 'Status')}",
-                               response.headers)
+                               with_safety_headers(response.headers))
         if environ.get("REQUEST_METHOD") == "HEAD":
             # waitress sends whatever the app returns, even to HEAD: a body there would be read
             # by a keep-alive client as the start of its next response.

@@ -58,6 +58,7 @@ class _JsonErrorTask(ErrorTask):  # type: ignore[misc]
         body = json.dumps({"error": message}).encode()
         self.status = f"{error.code} {error.reason}"
         self.response_headers.append(("Content-Type", "application/json"))
+        self.response_headers.append(("X-Content-Type-Options", "nosniff"))
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
