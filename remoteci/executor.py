@@ -180,6 +180,11 @@ class Executor:
                                                   outcome.duration)
         recorded = self._call_redis(lambda: self.store.finish(self.id, job_id, payload_json,
                                                               outcome.status, fields, observed))
+        owner = payload.get("owner")
+        if owner and (payload["mode"] == "upload" or "artifact_bytes" in fields):
+            # Its owner's stored bytes: the upload is gone now, the artifacts stay.
+            kept = int(fields.get("artifact_bytes", "0"))
+            self._call_redis(lambda: self.store.settle_stored(owner, job_id, kept))
         # The scratch dir goes after the final status is written: a waiting client need not
         # wait for the removal too (a crash in between leaves it to the sweep).
         shutil.rmtree(self.settings.work_dir / job_id, ignore_errors=True)
@@ -238,6 +243,7 @@ class Executor:
                                Limits(self.settings.max_artifact_mb * 1024 * 1024))
                 _log_line(log_fd, kept.summary())
                 fields["artifacts"] = str(len(kept.manifest.files))
+                fields["artifact_bytes"] = str(sum(f.size for f in kept.manifest.files))
             _log_line(log_fd, _summary(outcome))
             return outcome
         finally:

@@ -28,7 +28,7 @@ from remoteci.identity import (
     may_see,
     require_admin,
 )
-from remoteci.queue import AlreadySubmitted, JobStore, QueueFull
+from remoteci.queue import AlreadySubmitted, JobStore, OverQuota, QueueFull, Quotas
 from remoteci.redis_client import RedisError
 from remoteci.redis_watch import RedisWatch
 from remoteci.sources import discard_source
@@ -48,6 +48,7 @@ Headers = list[tuple[str, str]]
 _REASONS = {200: "OK", 202: "Accepted", 206: "Partial Content", 303: "See Other", 400: "Bad Request",
             401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
             409: "Conflict", 413: "Content Too Large", 416: "Range Not Satisfiable",
+            429: "Too Many Requests",
             500: "Internal Server Error",
             503: "Service Unavailable"}
 
@@ -155,6 +156,8 @@ class App:
         self.streams = StreamSlots(settings.max_followers)
         artifacts = ArtifactRoutes(settings, self._job, self.streams)
         self.auth = Authenticator(settings.tokens, settings.project_tokens)
+        self.quotas = Quotas(settings.max_queued_per_owner,
+                             settings.max_stored_mb_per_owner * 1024 * 1024)
         if settings.tokens_file is not None:
             events.info(COMPONENT, f"{self.auth.project_count} project tokens from "
                                    f"{settings.tokens_file}")
@@ -314,7 +317,8 @@ class App:
             fields = {k: v for k, v in fields.items() if k != "code"}
             submissions.check_known_fields(fields, "upload")
             common = self._common(fields)
-            return self._accept(request, "upload", common, "upload", {"path": str(archive)})
+            return self._accept(request, "upload", common, "upload", {"path": str(archive)},
+                                stored_bytes=archive.stat().st_size)
         except BaseException:
             archive.unlink(missing_ok=True)
             raise
@@ -325,7 +329,7 @@ class App:
 
     def _accept(self, request: Request, mode: str, common: submissions.Common, source: str,
                 payload_extra: dict[str, Any], record_extra: dict[str, str] | None = None,
-                git_credential: str | None = None) -> Response:
+                git_credential: str | None = None, stored_bytes: int = 0) -> Response:
         job_id = jobs.new_job_id()
         record = {
             "id": job_id, "mode": mode, "status": jobs.QUEUED, "script": common.script,
@@ -337,7 +341,7 @@ class App:
                if common.webhook else {}),
         }
         payload = {"id": job_id, "mode": mode, "script": common.script,
-                   "created_at": record["created_at"],
+                   "created_at": record["created_at"], "owner": request.identity.owner,
                    "timeout": common.timeout, "env": common.env, **payload_extra,
                    **({"artifacts": list(common.artifacts)} if common.artifacts else {})}
         key = submissions.parse_idempotency_key(request.header("Idempotency-Key"))
@@ -345,7 +349,8 @@ class App:
             self.store.put_git_credential(job_id, git_credential)
         try:
             try:
-                position = self.store.enqueue(record, payload, self.settings.max_queue, key)
+                position = self.store.enqueue(record, payload, self.settings.max_queue, key,
+                                              self.quotas, stored_bytes)
             except BaseException:
                 if git_credential is not None:
                     self.store.drop_git_credential(job_id)
@@ -353,6 +358,8 @@ class App:
         except QueueFull:
             raise ApiError(503, f"the queue is full ({self.settings.max_queue} jobs waiting); "
                                 "retry later", [("Retry-After", "30")]) from None
+        except OverQuota as over:
+            raise self._over_quota(over.what, request.identity.owner) from None
         except AlreadySubmitted as earlier:
             # A retry of a submission whose reply was lost: answer with the job it created.
             discard_source(payload)  # a re-sent upload is not needed twice
@@ -365,6 +372,17 @@ class App:
                                f"position={position}")
         obj = jobs.job_object(record, position)
         return json_response(202, obj, [("Location", f"/api/jobs/{job_id}")])
+
+    def _over_quota(self, what: str, owner: str) -> ApiError:
+        if what == "queued":
+            return ApiError(429, f"owner {owner!r} already has {self.settings.max_queued_per_owner} "
+                                 "jobs queued, its most (REMOTE_CI_MAX_QUEUED_PER_OWNER); retry "
+                                 "once some have started", [("Retry-After", "30")])
+        return ApiError(429, f"owner {owner!r} would store more than "
+                             f"{self.settings.max_stored_mb_per_owner} MB of uploads and artifacts, "
+                             "its most (REMOTE_CI_MAX_STORED_MB_PER_OWNER); retry once queued "
+                             "uploads have run or old artifacts have expired",
+                        [("Retry-After", "300")])
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -479,6 +497,8 @@ def cancel(store: JobStore, job_id: str) -> str:
             discard_source(payload)
             if payload.get("git_credential"):
                 store.drop_git_credential(job_id)
+            if payload["mode"] == "upload" and payload.get("owner"):
+                store.settle_stored(payload["owner"], job_id, 0)  # its upload is gone
     return outcome
 
 
