@@ -148,8 +148,8 @@ class AlreadySubmitted(Exception):
 # jobs, -3 when the owner's stored bytes would pass its cap, or (a string) the id of the job an
 # earlier request with the same idempotency key created.
 # ARGV: id, payload, ttl, max_queue, owner, max queued per owner (0: none), bytes the job
-#       stores (its upload), max stored bytes per owner (0: none), then field/value pairs of
-#       the record
+#       stores (its upload), max stored bytes per owner (0: none), '1' when the job will store
+#       something (an upload, artifacts), then field/value pairs of the record
 # A record without an owner (written by older code or tests) passes '' for both, and no caps.
 _ENQUEUE = """
 if KEYS[9] ~= '' then
@@ -163,11 +163,13 @@ if ARGV[5] ~= '' then
   if max_queued > 0 and redis.call('ZCARD', KEYS[10]) >= max_queued then return -2 end
   local max_stored = tonumber(ARGV[8])
   local stored = tonumber(redis.call('HGET', KEYS[12], ARGV[5]) or '0')
-  if max_stored > 0 and bytes > 0 and stored + bytes > max_stored then return -3 end
+  if max_stored > 0 and ARGV[9] == '1' and stored + math.max(bytes, 1) > max_stored then
+    return -3
+  end
 end
 if KEYS[9] ~= '' then redis.call('SET', KEYS[9], ARGV[1], 'EX', ARGV[3]) end
 local seq = redis.call('INCR', KEYS[3])
-redis.call('HSET', KEYS[1], 'seq', seq, 'payload', ARGV[2], unpack(ARGV, 9))
+redis.call('HSET', KEYS[1], 'seq', seq, 'payload', ARGV[2], unpack(ARGV, 10))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[4], seq, ARGV[1])
 redis.call('ZADD', KEYS[5], seq, ARGV[1])
@@ -381,7 +383,9 @@ class JobStore:
                 STORED]
         result = self._enqueue(keys=keys, args=[job_id, payload_json, self.ttl, max_queue,
                                                 owner, quotas.max_queued, stored_bytes,
-                                                quotas.max_stored_bytes, *fields])
+                                                quotas.max_stored_bytes,
+                                                "1" if stored_bytes or payload.get("artifacts") else "0",
+                                                *fields])
         if isinstance(result, str):
             raise AlreadySubmitted(result)
         if int(result) == -1:

@@ -27,11 +27,12 @@ def store(store_client: Redis) -> JobStore:
     return JobStore(store_client, TTL)
 
 
-def enqueue(store: JobStore, job_id: str, owner: str, quotas: Quotas, stored: int = 0) -> None:
+def enqueue(store: JobStore, job_id: str, owner: str, quotas: Quotas, stored: int = 0,
+            artifacts: bool = False) -> None:
     record = {"id": job_id, "mode": "upload", "status": "queued", "script": "true",
               "source": "upload", "timeout": "60", "created_at": jobs.iso_now(), "owner": owner}
     payload: dict[str, Any] = {"id": job_id, "mode": "upload", "script": "true", "timeout": 60,
-                               "owner": owner}
+                               "owner": owner, **({"artifacts": ["*"]} if artifacts else {})}
     store.enqueue(record, payload, 100, quotas=quotas, stored_bytes=stored)
 
 
@@ -69,6 +70,14 @@ def test_stored_bytes_count_uploads_then_artifacts_until_the_record_expires(
     store.prune_indexes()
     assert store.stored_bytes("alpha") == 600
     enqueue(store, "a3", "alpha", caps, stored=200)
+
+
+def test_an_owner_at_its_byte_cap_may_not_start_a_job_that_keeps_artifacts(store: JobStore) -> None:
+    caps = Quotas(max_stored_bytes=1000)
+    enqueue(store, "a1", "alpha", caps, stored=1000)
+    with pytest.raises(OverQuota):
+        enqueue(store, "a2", "alpha", caps, artifacts=True)
+    enqueue(store, "a3", "alpha", caps)  # keeps nothing: fine
 
 
 def upload(server: Server, token: str, size: int, script: str = "true",
