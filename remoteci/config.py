@@ -53,6 +53,7 @@ class Settings:
     webhook_retry_seconds: float = 20.0
     max_queued_per_owner: int = 1000  # 0: no cap
     max_stored_mb_per_owner: int = 51200  # uploads and artifacts; 0: no cap
+    max_connections_per_client: int = 64  # open connections per client address; 0: no cap
 
     @property
     def webhooks_enabled(self) -> bool:
@@ -182,6 +183,7 @@ _INT_SETTINGS: dict[str, tuple[str, int, int]] = {
     "REMOTE_CI_WEBHOOK_ATTEMPTS": ("webhook_attempts", 1, 20),
     "REMOTE_CI_MAX_QUEUED_PER_OWNER": ("max_queued_per_owner", 0, 10_000_000),
     "REMOTE_CI_MAX_STORED_MB_PER_OWNER": ("max_stored_mb_per_owner", 0, 1_000_000_000),
+    "REMOTE_CI_MAX_CONNECTIONS_PER_CLIENT": ("max_connections_per_client", 0, 100_000),
 }
 _PATH_SETTINGS = {
     "REMOTE_CI_WORKSPACE_DIR": "workspace_dir",
