@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
-import shutil
 import stat
-import subprocess
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from remoteci.errors import ApiError, SourceError
@@ -107,163 +108,161 @@ def _resolve_below(root: Path, name: str) -> tuple[str, str | None]:
 
 
 def copy_workspace(source_fd: int, dest: Path, timeout: float) -> None:
-    """Copy the workspace open at `source_fd` into the job dir; the workspace is never changed.
+    """Copy the workspace open at `source_fd` into the job dir, as `cp -a` would; the workspace
+    itself is never changed.
 
-    `cp -a --reflink=auto` keeps modes, times and symlinks (as links, never followed), shares
-    blocks on filesystems that can, and is as fast as a plain copy elsewhere; it is given the
-    directory as /proc/self/fd/N, so a path swapped for a link after the check is not followed.
-    A small workspace is copied in this process with the same result: spawning cp costs more
-    than the copy.
+    The walk goes from directory fd to directory fd, and every entry is opened with O_NOFOLLOW
+    and checked to be the very entry just looked at (device, inode, type), as the archive
+    extraction does: a directory or file swapped for a link while the copy runs is refused, so
+    the copy never reads outside the workspace that was checked. A path-based copier (cp -a)
+    resolves every intermediate directory again for each file it opens, which a swap can
+    redirect. Kept like cp -a: modes, owners (when we may), times, extended attributes (ACLs),
+    symlinks as links, hard links within the tree, FIFOs; file data is reflinked where the
+    filesystem can, else copied in the kernel (copy_file_range).
     """
-    if not _copy_small(source_fd, dest):
-        _copy_with_cp(source_fd, dest, timeout)
+    dest_fd = os.open(dest, _DIR_FLAGS | os.O_NOFOLLOW)
+    try:
+        _Copy(time.monotonic() + timeout, timeout, dest_fd).tree(source_fd, dest_fd, "", 0)
+        _preserve(source_fd, dest_fd, os.fstat(source_fd))
+    except OSError as exc:
+        raise SourceError(f"copying the workspace failed: {exc}") from None
+    finally:
+        os.close(dest_fd)
     if os.fstat(source_fd).st_nlink == 0:
         raise SourceError("the workspace is gone (deleted while the job was starting)")
 
 
-def _copy_with_cp(source_fd: int, dest: Path, timeout: float) -> None:
-    try:
-        result = subprocess.run(
-            ["cp", "-a", "--reflink=auto", "--", f"/proc/self/fd/{source_fd}/.", f"{dest}/"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            timeout=timeout, check=False, start_new_session=True, pass_fds=(source_fd,),
-        )
-    except subprocess.TimeoutExpired:
-        raise SourceError(f"copying the workspace took longer than {timeout:.0f} s") from None
-    if result.returncode != 0:
-        message = result.stderr.decode(errors="replace").strip()[-2000:]
-        if os.fstat(source_fd).st_nlink == 0:
-            raise SourceError("the workspace is gone (deleted while the job was starting)")
-        raise SourceError(f"copying the workspace failed: {message}")
+MAX_DEPTH = 256  # directories deep; each level holds two fds while it is copied
+FICLONE = 0x40049409  # ioctl: share the source's blocks (btrfs, XFS with reflink)
 
 
-# Workspaces up to this size are copied in-process. Spawning `cp` from the executor costs
-# ~1.8 ms, most of a tiny job's start latency above the floor; a Python copy of a few files
-# takes ~0.2 ms. Past the limit cp wins (reflinks, no per-file interpreter overhead).
-SMALL_ENTRIES = 64
-SMALL_BYTES = 1024 * 1024
+class _Changed(OSError):
+    """An entry is no longer what was just looked at: a swap under the copy."""
 
 
-def _copy_small(source_fd: int, dest: Path) -> bool:
-    """`cp -a source/. dest/` for a small tree of plain files, dirs and symlinks; False (and
-    nothing written) when the tree is larger, holds anything else, or changes under us.
+@dataclass
+class _Copy:
+    """One workspace copy: its deadline, and the hard links met so far."""
 
-    Everything is opened from its directory's fd with O_NOFOLLOW and checked to be the very
-    entry listed (device and inode), so a link swapped in during the copy is never followed.
-    """
-    entries = _small_tree(source_fd)
-    if entries is None:
-        return False
-    dest_root = os.fspath(dest)
-    dirs = {"": os.dup(source_fd)}  # open source dirs by path below the root
-    try:
-        for rel, st in entries:
-            parent, name = os.path.split(rel)
-            dst = os.path.join(dest_root, rel)
-            if stat.S_ISLNK(st.st_mode):
-                os.symlink(os.readlink(name, dir_fd=dirs[parent]), dst)
-                _preserve_link(dst, st)
-                continue
-            fd = _open_listed(name, dirs[parent], st)
-            if stat.S_ISDIR(st.st_mode):
-                dirs[rel] = fd
-                os.mkdir(dst, 0o700)  # its mode and times once it is filled
-            else:
+    deadline: float
+    timeout: float
+    dest_root: int
+    links: dict[tuple[int, int], str] = field(default_factory=dict)  # (dev, ino) -> dest path
+    seen: int = 0
+
+    def tree(self, src: int, dst: int, rel: str, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise SourceError(f"the workspace is deeper than {MAX_DEPTH} directories at {rel!r}")
+        with os.scandir(src) as it:  # scandir dups the fd: `src` stays ours
+            names = [entry.name for entry in it]
+        for name in names:
+            self.seen += 1
+            if self.seen % 256 == 0 and time.monotonic() > self.deadline:
+                raise SourceError(f"copying the workspace took longer than {self.timeout:.0f} s")
+            path = f"{rel}/{name}" if rel else name
+            try:
+                st = os.stat(name, dir_fd=src, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # deleted meanwhile: as if the copy had started a moment later
+            try:
+                self.entry(src, dst, name, path, st, depth)
+            except _Changed:
+                raise SourceError(f"workspace entry {path!r} was replaced while the job's copy "
+                                  "ran (by a link or another file); submit the job again") from None
+
+    def entry(self, src: int, dst: int, name: str, path: str, st: os.stat_result,
+              depth: int) -> None:
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            child = _open_listed(name, src, st)
+            try:
+                os.mkdir(name, 0o700, dir_fd=dst)
+                child_dst = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=dst)
                 try:
-                    _copy_bytes(fd, dst)
-                    _preserve(fd, dst, st)
+                    self.tree(child, child_dst, path, depth + 1)
+                    _preserve(child, child_dst, st)  # last: filling it changes its mtime
                 finally:
-                    os.close(fd)
-        # Directories last: filling one changes its mtime, and its mode may forbid writing.
-        for rel, st in reversed(entries):
-            if stat.S_ISDIR(st.st_mode):
-                _preserve(dirs[rel], os.path.join(dest_root, rel), st)
-        _preserve(dirs[""], dest_root, os.fstat(source_fd))
-    except OSError:
-        for child in list(os.scandir(dest)):  # let cp redo it and word any error
-            if child.is_dir(follow_symlinks=False):
-                shutil.rmtree(child.path, ignore_errors=True)
-            else:
-                os.unlink(child.path)
-        return False
-    finally:
-        for fd in dirs.values():
-            os.close(fd)
-    return True
+                    os.close(child_dst)
+            finally:
+                os.close(child)
+        elif stat.S_ISLNK(mode):
+            os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
+            _preserve_entry(name, dst, st)
+        elif stat.S_ISREG(mode):
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and key in self.links:
+                os.link(self.links[key], path, src_dir_fd=self.dest_root,
+                        dst_dir_fd=self.dest_root, follow_symlinks=False)
+                return
+            fin = _open_listed(name, src, st)
+            try:
+                fout = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                               | os.O_CLOEXEC, 0o600, dir_fd=dst)
+                try:
+                    _copy_data(fin, fout)
+                    _preserve(fin, fout, st)
+                finally:
+                    os.close(fout)
+            finally:
+                os.close(fin)
+            if st.st_nlink > 1:
+                self.links[key] = path
+        elif stat.S_ISFIFO(mode):
+            os.mkfifo(name, 0o600, dir_fd=dst)
+            _preserve_entry(name, dst, st)
+        else:
+            raise SourceError(f"workspace entry {path!r} is a device or socket file, which a "
+                              "job's copy does not take; remove it from the workspace")
 
 
 def _open_listed(name: str, dir_fd: int, listed: os.stat_result) -> int:
-    """Open an entry the listing saw, refusing anything else that took its name since."""
+    """Open an entry just looked at, refusing anything else that took its name since."""
     flags = _DIR_FLAGS | os.O_NOFOLLOW if stat.S_ISDIR(listed.st_mode) else _FILE_FLAGS
-    fd = os.open(name, flags, dir_fd=dir_fd)
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+            raise _Changed(exc.errno, exc.strerror) from None
+        raise
     st = os.fstat(fd)
     if (st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode)) != (
             listed.st_dev, listed.st_ino, stat.S_IFMT(listed.st_mode)):
         os.close(fd)
-        raise OSError(f"{name!r} changed during the copy")
+        raise _Changed(errno.ESTALE, f"{name!r} changed during the copy")
     return fd
 
 
-def _copy_bytes(fin: int, dst: str) -> None:
-    """shutil.copyfile from an open regular file: the bytes, created 0o666 & ~umask."""
-    fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+def _copy_data(fin: int, fout: int) -> None:
+    """The bytes: shared blocks where the filesystem can, else a copy inside the kernel."""
     try:
-        while os.sendfile(fout, fin, None, SMALL_BYTES):
-            pass
-    finally:
-        os.close(fout)
-
-
-def _small_tree(source_fd: int) -> list[tuple[str, os.stat_result]] | None:
-    """Every entry below the dir open at `source_fd` (parents first), or None past the limits
-    or on a special file or a hard link (cp -a keeps those; this path does not try to)."""
-    found: list[tuple[str, os.stat_result]] = []
-    total = 0
-    stack = [("", os.dup(source_fd))]
-    try:
-        while stack:
-            rel, dir_fd = stack.pop()
-            try:
-                with os.scandir(dir_fd) as it:
-                    names = [entry.name for entry in it]
-                for name in names:
-                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                    path = os.path.join(rel, name)
-                    if stat.S_ISDIR(st.st_mode):
-                        stack.append((path, _open_listed(name, dir_fd, st)))
-                    elif stat.S_ISREG(st.st_mode):
-                        if st.st_nlink > 1:
-                            return None
-                        total += st.st_size
-                    elif not stat.S_ISLNK(st.st_mode):
-                        return None
-                    found.append((path, st))
-                    if len(found) > SMALL_ENTRIES or total > SMALL_BYTES:
-                        return None
-            finally:
-                os.close(dir_fd)
+        fcntl.ioctl(fout, FICLONE, fin)
+        return
     except OSError:
-        return None  # gone, unreadable or changing: cp words the error
-    finally:
-        for _, dir_fd in stack:
-            os.close(dir_fd)
-    return found
-
-
-def _preserve(src_fd: int, dst: str, st: os.stat_result) -> None:
-    """What `cp -a` keeps of a file or dir: owner (when we may), times, xattrs (ACLs), mode."""
+        pass  # not a reflink filesystem, or another one
     try:
-        os.chown(dst, st.st_uid, st.st_gid)
+        while os.copy_file_range(fin, fout, 1 << 30):
+            pass
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        while os.sendfile(fout, fin, None, 1 << 30):
+            pass
+
+
+def _preserve(src_fd: int, dst_fd: int, st: os.stat_result) -> None:
+    """What `cp -a` keeps of a file or dir: owner (when we may), xattrs (ACLs), mode, times."""
+    try:
+        os.fchown(dst_fd, st.st_uid, st.st_gid)
     except PermissionError:
         pass  # like cp -a as an ordinary user: the copy belongs to us
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
     for attr in _listxattr(src_fd):
         try:
-            os.setxattr(dst, attr, os.getxattr(src_fd, attr))
+            os.setxattr(dst_fd, attr, os.getxattr(src_fd, attr))
         except OSError as exc:
             if exc.errno not in _XATTR_SKIPPED:
                 raise
-    os.chmod(dst, stat.S_IMODE(st.st_mode))
+    os.fchmod(dst_fd, stat.S_IMODE(st.st_mode))
+    os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 # What shutil.copystat ignores when copying extended attributes.
@@ -279,9 +278,12 @@ def _listxattr(fd: int) -> list[str]:
         raise
 
 
-def _preserve_link(dst: str, st: os.stat_result) -> None:
+def _preserve_entry(name: str, dir_fd: int, st: os.stat_result) -> None:
+    """Owner, mode and times of an entry we cannot open (a link, a FIFO) in its dir."""
     try:
-        os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+        os.chown(name, st.st_uid, st.st_gid, dir_fd=dir_fd, follow_symlinks=False)
     except PermissionError:
         pass
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    if not stat.S_ISLNK(st.st_mode):  # a link's own mode is not kept by Linux
+        os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=dir_fd)
+    os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dir_fd, follow_symlinks=False)

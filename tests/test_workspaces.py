@@ -154,57 +154,67 @@ def test_copy_of_a_vanished_workspace_is_a_source_error(tmp_path: Path, files: i
         os.close(fd)
 
 
-def test_small_copy_matches_cp_a(tmp_path: Path) -> None:
-    """The in-process copy of a small workspace gives what `cp -a` gives."""
+def test_copy_matches_cp_a(tmp_path: Path) -> None:
+    """The copy gives what `cp -a` gives: modes, times, links, hard links, FIFOs."""
     import subprocess
-
-    from remoteci import workspaces
 
     src = tmp_path / "src"
     (src / "sub" / "deep").mkdir(parents=True)
     (src / "run.sh").write_text("echo hi\n")
     (src / "run.sh").chmod(0o751)
     (src / "sub" / "deep" / "data").write_bytes(b"\0" * 5000)
+    os.link(src / "sub" / "deep" / "data", src / "hardlink")
     (src / "sub" / "link").symlink_to("../run.sh")
     (src / "dangling").symlink_to("nowhere")
-    (src / "sub").chmod(0o710)
+    os.mkfifo(src / "pipe", 0o640)
+    (src / "sub").chmod(0o510)  # not writable: the copy fills it before setting its mode
     for p in [src / "run.sh", src / "sub" / "deep", src / "sub", src]:
         os.utime(p, ns=(1_600_000_000_123_456_789, 1_500_000_000_987_654_321))
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
     ours.mkdir(mode=0o700)
     theirs.mkdir(mode=0o700)
-    fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
-    assert workspaces._copy_small(fd, ours)
-    os.close(fd)
+    copy(src, ours)
     subprocess.run(["cp", "-a", "--", f"{src}/.", f"{theirs}/"], check=True)
 
-    def snapshot(root: Path) -> dict[str, tuple[int, int, str | bytes]]:
+    def snapshot(root: Path) -> dict[str, tuple[int, int, int, str | bytes]]:
         out = {}
         for path in [root, *sorted(root.rglob("*"))]:
             st = path.lstat()
             body = os.readlink(path) if path.is_symlink() else (
                 path.read_bytes() if path.is_file() else b"")
-            out[str(path.relative_to(root))] = (st.st_mode, st.st_mtime_ns, body)
+            out[str(path.relative_to(root))] = (st.st_mode, st.st_mtime_ns, st.st_nlink, body)
         return out
 
     assert snapshot(ours) == snapshot(theirs)
+    assert (ours / "hardlink").stat().st_ino == (ours / "sub" / "deep" / "data").stat().st_ino
+    (src / "sub").chmod(0o710)  # let pytest clean up
 
 
-def test_large_workspace_is_left_to_cp(tmp_path: Path) -> None:
-    from remoteci import workspaces
+def test_a_large_workspace_is_copied_whole(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for d in range(20):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(50):
+            (src / f"d{d}" / f"f{i}").write_text(f"{d}/{i}")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    copy(src, dest)
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*")) == sorted(
+        str(p.relative_to(src)) for p in src.rglob("*"))
+    assert (dest / "d19" / "f49").read_text() == "19/49"
+
+
+def test_a_device_file_is_refused_by_name(tmp_path: Path) -> None:
+    import socket
 
     src = tmp_path / "src"
     src.mkdir()
-    for i in range(workspaces.SMALL_ENTRIES + 1):
-        (src / f"f{i}").write_text("x")
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
-    assert not workspaces._copy_small(fd, dest)
-    os.close(fd)
-    assert list(dest.iterdir()) == []
-    copy(src, dest)
-    assert len(list(dest.iterdir())) == workspaces.SMALL_ENTRIES + 1
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(src / "agent.sock"))
+        dest = tmp_path / "dest"
+        dest.mkdir()
+        with pytest.raises(SourceError, match=r"'agent\.sock' is a device or socket file"):
+            copy(src, dest)
 
 
 # --- links swapped in while the copy runs ------------------------------------------------------
@@ -227,7 +237,7 @@ def copied_secret(dest: Path) -> list[str]:
             if not p.is_symlink() and p.is_file() and p.read_bytes() == SECRET]
 
 
-@pytest.mark.parametrize("files", [3, 200])  # the in-process copy, and cp
+@pytest.mark.parametrize("files", [3, 200])
 def test_a_workspace_swapped_between_the_check_and_the_copy_is_not_followed(
         root: Path, tmp_path: Path, secret_dir: Path, files: int,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -253,30 +263,36 @@ def test_a_workspace_swapped_between_the_check_and_the_copy_is_not_followed(
     assert (dest / "f0").read_text() == "own\n"  # the directory that was checked
 
 
+@pytest.mark.parametrize("files", [3, 200])
 @pytest.mark.parametrize("swapped", ["run.sh", "sub"])
-def test_an_entry_swapped_for_a_link_during_the_small_copy_is_not_followed(
-        tmp_path: Path, secret_dir: Path, swapped: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_entry_swapped_for_a_link_during_the_copy_is_not_followed(
+        tmp_path: Path, secret_dir: Path, swapped: str, files: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Swapped between the look at an entry and its open: the copy stops, reading nothing."""
     from remoteci import workspaces
 
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     (src / "run.sh").write_text("echo own\n")
     (src / "sub" / "data").write_text("own data\n")
-    real_list = workspaces._small_tree
+    for i in range(files):
+        (src / f"f{i}").write_text("own\n")
+    real_open = workspaces._open_listed
 
-    def list_then_swap(*args: object) -> object:
-        listed = real_list(*args)  # type: ignore[arg-type]
-        victim = src / swapped
-        os.rename(victim, tmp_path / "moved")
-        victim.symlink_to(secret_dir / "run.sh" if swapped == "run.sh" else secret_dir)
-        return listed
+    def swap_then_open(name: str, *args: object) -> int:
+        if name == swapped:
+            victim = src / swapped
+            os.rename(victim, tmp_path / "moved")
+            victim.symlink_to(secret_dir / "run.sh" if swapped == "run.sh" else secret_dir)
+        return real_open(name, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(workspaces, "_small_tree", list_then_swap)
+    monkeypatch.setattr(workspaces, "_open_listed", swap_then_open)
     dest = tmp_path / "job"
     dest.mkdir()
     fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        copy_workspace(fd, dest, timeout=30)
+        with pytest.raises(SourceError, match=f"'{swapped}' was replaced while the job's copy ran"):
+            copy_workspace(fd, dest, timeout=30)
     finally:
         os.close(fd)
     assert copied_secret(dest) == []
