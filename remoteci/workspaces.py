@@ -153,8 +153,12 @@ class _Copy:
     def tree(self, src: int, dst: int, rel: str, depth: int) -> None:
         if depth > MAX_DEPTH:
             raise SourceError(f"the workspace is deeper than {MAX_DEPTH} directories at {rel!r}")
-        with os.scandir(src) as it:  # scandir dups the fd: `src` stays ours
-            names = [entry.name for entry in it]
+        try:
+            with os.scandir(src) as it:  # scandir dups the fd: `src` stays ours
+                names = [entry.name for entry in it]
+        except OSError as exc:
+            raise SourceError(f"copying the workspace failed: cannot list {rel or '.'!r} "
+                              f"({exc.strerror})") from None
         for name in names:
             self.seen += 1
             if self.seen % 256 == 0 and time.monotonic() > self.deadline:
@@ -169,6 +173,9 @@ class _Copy:
             except _Changed:
                 raise SourceError(f"workspace entry {path!r} was replaced while the job's copy "
                                   "ran (by a link or another file); submit the job again") from None
+            except OSError as exc:
+                raise SourceError(f"copying the workspace failed at {path!r}: "
+                                  f"{exc.strerror}") from None
 
     def entry(self, src: int, dst: int, name: str, path: str, st: os.stat_result,
               depth: int) -> None:

@@ -296,3 +296,4 @@ def test_an_entry_swapped_for_a_link_during_the_copy_is_not_followed(
     finally:
         os.close(fd)
     assert copied_secret(dest) == []
+
