@@ -168,6 +168,8 @@ def split_credentials(url: str) -> tuple[str, Credential | None]:
     userinfo, at, host = parts.netloc.rpartition("@")
     if not at:
         return url, None
+    if not userinfo:
+        return parts._replace(netloc=host).geturl(), None
     if scheme == "ssh" and ":" not in userinfo:
         return url, None
     if scheme != "https":

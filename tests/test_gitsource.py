@@ -384,3 +384,4 @@ def test_ssh_keeps_its_login_name() -> None:
 
     assert split_credentials("ssh://git@host/org/repo.git") == ("ssh://git@host/org/repo.git", None)
     assert split_credentials("git@host:org/repo.git") == ("git@host:org/repo.git", None)
+    assert split_credentials("https://@host/r.git") == ("https://host/r.git", None)
