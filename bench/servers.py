@@ -78,6 +78,8 @@ def start_ours(workspace_root: Path, extra_env: dict[str, str] | None = None,
         "REMOTE_CI_TOKEN": TOKEN, "REMOTE_CI_HOST": "127.0.0.1", "REMOTE_CI_PORT": str(port),
         "REMOTE_CI_DATA_DIR": str(base / "data"), "REMOTE_CI_WORK_DIR": str(base / "work"),
         "REMOTE_CI_WORKSPACE_DIR": str(workspace_root), "REMOTE_CI_DRAIN_TIMEOUT": "5",
+        # The growth scenario queues 1,001 jobs as one owner: past the default per-owner cap.
+        "REMOTE_CI_MAX_QUEUED_PER_OWNER": "0",
         **(extra_env or {}),
     })
     err = open(base / "server.log", "wb")  # noqa: SIM115 - the child keeps it open

@@ -54,6 +54,9 @@ class Settings:
     webhook_retry_seconds: float = 20.0
     job_uid_range: tuple[int, int] = DEFAULT_UID_RANGE
     job_user: JobUser | None = None  # REMOTE_CI_JOB_USER: every job as this user
+    max_queued_per_owner: int = 1000  # 0: no cap
+    max_stored_mb_per_owner: int = 51200  # uploads and artifacts; 0: no cap
+    max_connections_per_client: int = 64  # open connections per client address; 0: no cap
 
     @property
     def webhooks_enabled(self) -> bool:
@@ -181,6 +184,9 @@ _INT_SETTINGS: dict[str, tuple[str, int, int]] = {
     "REMOTE_CI_MAX_ARTIFACT_MB": ("max_artifact_mb", 1, 10_000_000),
     "REMOTE_CI_WEBHOOK_TIMEOUT": ("webhook_timeout", 1, 60),
     "REMOTE_CI_WEBHOOK_ATTEMPTS": ("webhook_attempts", 1, 20),
+    "REMOTE_CI_MAX_QUEUED_PER_OWNER": ("max_queued_per_owner", 0, 10_000_000),
+    "REMOTE_CI_MAX_STORED_MB_PER_OWNER": ("max_stored_mb_per_owner", 0, 1_000_000_000),
+    "REMOTE_CI_MAX_CONNECTIONS_PER_CLIENT": ("max_connections_per_client", 0, 100_000),
 }
 _PATH_SETTINGS = {
     "REMOTE_CI_WORKSPACE_DIR": "workspace_dir",
@@ -264,6 +270,7 @@ def _parsed_values(env: Mapping[str, str]) -> dict[str, object]:
             except ValueError as exc:
                 raise ConfigError(f"{name}: {exc}") from None
     return values
+RETENTION_MARGIN = 3600  # seconds past the job timeout: copy, clone, artifacts, drain
 
 
 def _check_consistency(settings: Settings) -> None:
@@ -271,6 +278,15 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError(
             "REMOTE_CI_MAX_FOLLOWERS must be below REMOTE_CI_HTTP_THREADS, "
             "or log followers could take every API thread"
+        )
+    if settings.retention_seconds < settings.job_timeout + RETENTION_MARGIN:
+        # The record's TTL is renewed when the job starts; it must outlive the run, or a
+        # running job's record expires and its end is lost.
+        raise ConfigError(
+            f"REMOTE_CI_RETENTION_DAYS={settings.retention_days} ({settings.retention_seconds} s) "
+            f"is too short for REMOTE_CI_JOB_TIMEOUT={settings.job_timeout}: a running job's "
+            "record would expire before the job ends; keep the retention at least an hour "
+            "longer than the job timeout"
         )
     if ":" in settings.node_name or not settings.node_name:
         raise ConfigError("REMOTE_CI_NODE_NAME may not be empty or contain ':'")

@@ -189,6 +189,11 @@ class Executor:
                                                   outcome.duration)
         recorded = self._call_redis(lambda: self.store.finish(self.id, job_id, payload_json,
                                                               outcome.status, fields, observed))
+        owner = payload.get("owner")
+        if owner and (payload["mode"] == "upload" or "artifact_bytes" in fields):
+            # Its owner's stored bytes: the upload is gone now, the artifacts stay.
+            kept = int(fields.get("artifact_bytes", "0"))
+            self._call_redis(lambda: self.store.settle_stored(owner, job_id, kept))
         # The job's dirs go after the final status is written: a waiting client need not
         # wait for the removal too (a crash in between leaves them to the sweep).
         jobdirs.remove(jobdirs.code_dir(self.settings.work_dir, job_id))
@@ -224,6 +229,9 @@ class Executor:
         jobdirs.make(home)
         log_path = self.settings.logs_dir / f"{job_id}.log"
         log_fd = os.open(log_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        if payload.get("git_credential"):  # taken once: from now on only git's environment has it
+            secret = self._call_redis(lambda: self.store.take_git_credential(job_id))
+            payload = {**payload, "git_credential": secret}
         try:
             try:
                 user = self._job_user(payload)
@@ -249,6 +257,7 @@ class Executor:
                                Limits(self.settings.max_artifact_mb * 1024 * 1024))
                 _log_line(log_fd, kept.summary())
                 fields["artifacts"] = str(len(kept.manifest.files))
+                fields["artifact_bytes"] = str(sum(f.size for f in kept.manifest.files))
             _log_line(log_fd, _summary(outcome))
             return outcome
         finally:

@@ -7,6 +7,7 @@ HOME, `--` before every user value, its own process group killed at the deadline
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import selectors
@@ -14,9 +15,9 @@ import signal
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from remoteci.errors import ApiError, SourceError
 
@@ -32,7 +33,9 @@ _SCP = re.compile(r"(?:(?P<user>[^@/:]+)@)?"
 _ENCODED_CONTROL = re.compile(r"%(?:[01][0-9A-Fa-f]|7[Ff])")
 _SHA = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
 _SHORT_SHA = re.compile(r"[0-9a-fA-F]{4,39}")
-_USERINFO = re.compile(r"(?<=://)[^/\s@]+@")
+# The userinfo ends at the LAST `@` of the authority (a password may hold `@`); the authority
+# ends at the first `/`, `?` or `#` (or a space, in free text such as git's messages).
+_USERINFO = re.compile(r"(?<=://)[^/?#\s]*@")
 _ERROR_CHARS = 2000
 _CHUNK = 64 * 1024
 
@@ -133,22 +136,75 @@ def _ref_problem(ref: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Credential:
+    """`user:password@` taken out of an https URL; handed to git through its environment."""
+
+    username: str
+    password: str = field(repr=False)
+
+    def to_json(self) -> str:
+        return json.dumps({"username": self.username, "password": self.password})
+
+    @classmethod
+    def from_json(cls, text: str) -> Credential:
+        data = json.loads(text)
+        return cls(str(data["username"]), str(data["password"]))
+
+
+def split_credentials(url: str) -> tuple[str, Credential | None]:
+    """The URL without its userinfo, and the credential that was in it (https only).
+
+    A URL's `user:password@` would be in git's command line (world-readable in /proc while
+    the clone runs) and in every record that holds the URL; git gets it from a credential
+    helper instead. ssh keeps its user (a login name, not a secret) and takes no password;
+    git:// has no authentication at all.
+    """
+    match = _SCHEME.match(url)
+    if not match:
+        return url, None
+    scheme = match.group(1).lower()
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url, None
+    if not userinfo:
+        return parts._replace(netloc=host).geturl(), None
+    if scheme == "ssh" and ":" not in userinfo:
+        return url, None
+    if scheme != "https":
+        raise _bad_url(f"carries a password; {scheme}:// takes none (use a deploy key for ssh, "
+                       "or an https URL with a token)")
+    user, _, password = userinfo.partition(":")
+    return parts._replace(netloc=host).geturl(), Credential(unquote(user), unquote(password))
+
+
+def git_host(url: str) -> str | None:
+    """The host a validated URL clones from, lowercased; None for a local repository."""
+    if _SCHEME.match(url):
+        return urlsplit(url).hostname or None  # file:// has none
+    scp = _SCP.fullmatch(url)
+    return scp.group("host").strip("[]").lower() if scp and not url.startswith("/") else None
+
+
 def redact_url(text: str) -> str:
     """Hide `user:password@` in URLs, so tokens sent in a clone URL never reach a log or an error."""
     return _USERINFO.sub("***@", text)
 
 
 def clone_git(url: str, ref: str | None, dest: Path, *, timeout: float, allow_file: bool,
-              log_fd: int | None = None) -> str:
+              log_fd: int | None = None, credential: Credential | None = None) -> str:
     """Check out one commit of `url` into the existing dir `dest`; return its full sha.
 
     Raises SourceError with git's own words on failure, or when the whole clone passes `timeout`.
     """
-    url = validate_git_url(url, allow_file=allow_file)
+    url, in_url = split_credentials(validate_git_url(url, allow_file=allow_file))
+    credential = credential or in_url
     ref = validate_git_ref(ref)
+    secrets = _secrets(credential)
     with tempfile.TemporaryDirectory(prefix="remoteci-git-home-") as home:
-        git = _Git(dest, _git_env(home), _git_config(allow_file), time.monotonic() + timeout, timeout,
-                   _Output(log_fd, _secrets(url)))
+        git = _Git(dest, _git_env(home, url, credential), _git_config(allow_file),
+                   time.monotonic() + timeout, timeout, _Output(log_fd, secrets))
         git.run("init", "--quiet", echo=False)
         git.run("remote", "add", "--", "origin", url, echo=False)
         git.note(f"fetching {ref or 'the default branch'} from {redact_url(url)}")
@@ -182,8 +238,21 @@ def _fetch(git: _Git, ref: str | None, url: str) -> str:
     return ref
 
 
-def _git_env(home: str) -> dict[str, str]:
-    """Built, not inherited: git sees no server secrets and no operator's personal config."""
+# git runs this with the operation as $1; it answers only `get`, from the environment (readable
+# by the server's own user alone, unlike a command line). printf is a shell builtin: no process
+# with the password in its arguments.
+_HELPER_SCRIPT = ('!f() { test "$1" = get || exit 0; '
+                  'printf "username=%s\\npassword=%s\\n" "$REMOTE_CI_GIT_USERNAME" '
+                  '"$REMOTE_CI_GIT_PASSWORD"; }; f')
+
+
+def _git_env(home: str, url: str = "", credential: Credential | None = None) -> dict[str, str]:
+    """Built, not inherited: git sees no server secrets and no operator's personal config.
+
+    A credential goes into the environment with a helper scoped to the URL's own scheme and
+    host (config through GIT_CONFIG_COUNT, not `-c`, which would show in the command line), so
+    a redirect to another host is never given it.
+    """
     env = {
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
         "HOME": home,
@@ -199,6 +268,15 @@ def _git_env(home: str) -> dict[str, str]:
     }
     if "SSH_AUTH_SOCK" in os.environ:
         env["SSH_AUTH_SOCK"] = os.environ["SSH_AUTH_SOCK"]  # an operator's ssh-agent holds deploy keys
+    if credential is not None:
+        parts = urlsplit(url)
+        env.update({
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": f"credential.{parts.scheme}://{parts.netloc}.helper",
+            "GIT_CONFIG_VALUE_0": _HELPER_SCRIPT,
+            "REMOTE_CI_GIT_USERNAME": credential.username,
+            "REMOTE_CI_GIT_PASSWORD": credential.password,
+        })
     return env
 
 
@@ -209,9 +287,13 @@ def _git_config(allow_file: bool) -> tuple[str, ...]:
     return tuple(arg for pair in pairs for arg in ("-c", pair))
 
 
-def _secrets(url: str) -> tuple[str, ...]:
-    userinfo = urlsplit(url).netloc.rpartition("@")[0] if "://" in url else ""
-    return (userinfo,) if userinfo else ()
+def _secrets(credential: Credential | None) -> tuple[str, ...]:
+    """What to blank out of git's output. A token is often sent as the user name; a short one
+    is a login name, and replacing it everywhere in git's output would garble the log."""
+    if credential is None:
+        return ()
+    user = credential.username if len(credential.username) >= 8 else ""
+    return tuple(s for s in (credential.password, user) if s)
 
 
 class _GitFailed(SourceError):

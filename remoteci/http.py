@@ -18,15 +18,23 @@ from urllib.parse import parse_qs
 from remoteci import events, isolation, jobs, logs, metrics, submissions
 from remoteci.config import ConfigError, Settings
 from remoteci.errors import ApiError
-from remoteci.gitsource import redact_url, validate_git_ref, validate_git_url
-from remoteci.identity import Authenticator, Identity, check_workspace, listing_owner, may_see, require_admin
-from remoteci.queue import AlreadySubmitted, JobStore, QueueFull
+from remoteci.gitsource import redact_url, split_credentials, validate_git_ref, validate_git_url
+from remoteci.identity import (
+    Authenticator,
+    Identity,
+    check_git_host,
+    check_workspace,
+    listing_owner,
+    may_see,
+    require_admin,
+)
+from remoteci.queue import AlreadySubmitted, JobStore, OverQuota, QueueFull, Quotas
 from remoteci.redis_client import RedisError
 from remoteci.redis_watch import RedisWatch
 from remoteci.sources import discard_source
 from remoteci.spool import UPLOAD_PATH
 from remoteci.uploads import receive_upload
-from remoteci.workspaces import resolve_workspace
+from remoteci.workspaces import lexical_workspace, locate_workspace, require_directory
 from remoteci.wsgi_server import SEND_NOW
 
 MAX_JSON_BODY = 1024 * 1024
@@ -40,6 +48,7 @@ Headers = list[tuple[str, str]]
 _REASONS = {200: "OK", 202: "Accepted", 206: "Partial Content", 303: "See Other", 400: "Bad Request",
             401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
             409: "Conflict", 413: "Content Too Large", 416: "Range Not Satisfiable",
+            429: "Too Many Requests",
             500: "Internal Server Error",
             503: "Service Unavailable"}
 
@@ -102,6 +111,20 @@ def error_response(status: int, message: str, headers: Headers | None = None) ->
     return json_response(status, {"error": message}, headers)
 
 
+# Anything not an HTML page of ours (a log, an artifact, JSON) is never a document a browser
+# runs: no scripts, no styles, no requests, a unique origin. HTML pages carry their own policy.
+RAW_CSP = "default-src 'none'; sandbox"
+
+
+def with_safety_headers(headers: Headers) -> Headers:
+    """nosniff on every answer, so a log or an artifact is never read as HTML or script."""
+    names = {name.lower() for name, _ in headers}
+    extra = [] if "x-content-type-options" in names else [("X-Content-Type-Options", "nosniff")]
+    if "content-security-policy" not in names:
+        extra.append(("Content-Security-Policy", RAW_CSP))
+    return headers + extra if extra else headers
+
+
 Handler = Callable[[Request], Response]
 
 
@@ -135,6 +158,8 @@ class App:
         self.streams = StreamSlots(settings.max_followers)
         artifacts = ArtifactRoutes(settings, self._job, self.streams)
         self.auth = Authenticator(settings.tokens, settings.project_tokens)
+        self.quotas = Quotas(settings.max_queued_per_owner,
+                             settings.max_stored_mb_per_owner * 1024 * 1024)
         if settings.tokens_file is not None:
             events.info(COMPONENT, f"{self.auth.project_count} project tokens from "
                                    f"{settings.tokens_file}")
@@ -176,7 +201,7 @@ class App:
         self.requests.add(environ.get("remoteci.route", metrics.UNMATCHED),
                           environ.get("REQUEST_METHOD", ""), response.status)
         write = start_response(f"{response.status} {_REASONS.get(response.status, 'Status')}",
-                               response.headers)
+                               with_safety_headers(response.headers))
         if environ.get("REQUEST_METHOD") == "HEAD":
             # waitress sends whatever the app returns, even to HEAD: a body there would be read
             # by a keep-alive client as the start of its next response.
@@ -258,8 +283,13 @@ class App:
         common = self._common(data)
         workspace = submissions.required_string(
             data, "workspace", "a directory under the workspace root, e.g. \"project-a\"")
-        relative = resolve_workspace(self.settings.workspace_dir, workspace)
-        check_workspace(request.identity, workspace, relative)
+        root = self.settings.workspace_dir
+        relative = locate_workspace(root, workspace)
+        check_workspace(request.identity, workspace, relative, lexical_workspace(root, workspace))
+        if relative is None:
+            raise ApiError(403, f"workspace {workspace!r} is outside the workspace root; "
+                                "use a directory inside it")
+        require_directory(root, relative, workspace)
         return self._accept(request, "rsync", common, workspace, {"workspace": relative})
 
     def submit_git(self, request: Request) -> Response:
@@ -273,10 +303,14 @@ class App:
         if ref is not None and not isinstance(ref, str):
             raise ApiError(400, "field 'ref' must be a string: a branch, tag or commit sha")
         ref = validate_git_ref(ref)
+        check_git_host(request.identity, repo)
+        clean, credential = split_credentials(repo)
         extra_record = {"ref": ref} if ref else {}
-        # The record is shown in lists and pages: never with a credential from the URL in it.
-        return self._accept(request, "git", common, redact_url(repo), {"repo": repo, "ref": ref},
-                            extra_record)
+        # Payload and record hold the URL without its `user:password@`: the credential waits
+        # in a key of its own, which the executor deletes when it takes it.
+        return self._accept(request, "git", common, redact_url(repo),
+                            {"repo": clean, "ref": ref, **({"git_credential": True} if credential else {})},
+                            extra_record, credential.to_json() if credential else None)
 
     def submit_upload(self, request: Request) -> Response:
         fields, archive = receive_upload(request.environ, self.settings.uploads_dir,
@@ -285,7 +319,8 @@ class App:
             fields = {k: v for k, v in fields.items() if k != "code"}
             submissions.check_known_fields(fields, "upload")
             common = self._common(fields)
-            return self._accept(request, "upload", common, "upload", {"path": str(archive)})
+            return self._accept(request, "upload", common, "upload", {"path": str(archive)},
+                                stored_bytes=archive.stat().st_size)
         except BaseException:
             archive.unlink(missing_ok=True)
             raise
@@ -296,7 +331,7 @@ class App:
 
     def _accept(self, request: Request, mode: str, common: submissions.Common, source: str,
                 payload_extra: dict[str, Any], record_extra: dict[str, str] | None = None,
-                ) -> Response:
+                git_credential: str | None = None, stored_bytes: int = 0) -> Response:
         job_id = jobs.new_job_id()
         record = {
             "id": job_id, "mode": mode, "status": jobs.QUEUED, "script": common.script,
@@ -312,11 +347,21 @@ class App:
                    "timeout": common.timeout, "env": common.env, **payload_extra,
                    **({"artifacts": list(common.artifacts)} if common.artifacts else {})}
         key = submissions.parse_idempotency_key(request.header("Idempotency-Key"))
+        if git_credential is not None:
+            self.store.put_git_credential(job_id, git_credential)
         try:
-            position = self.store.enqueue(record, payload, self.settings.max_queue, key)
+            try:
+                position = self.store.enqueue(record, payload, self.settings.max_queue, key,
+                                              self.quotas, stored_bytes)
+            except BaseException:
+                if git_credential is not None:
+                    self.store.drop_git_credential(job_id)
+                raise
         except QueueFull:
             raise ApiError(503, f"the queue is full ({self.settings.max_queue} jobs waiting); "
                                 "retry later", [("Retry-After", "30")]) from None
+        except OverQuota as over:
+            raise self._over_quota(over.what, request.identity.owner) from None
         except AlreadySubmitted as earlier:
             # A retry of a submission whose reply was lost: answer with the job it created.
             discard_source(payload)  # a re-sent upload is not needed twice
@@ -329,6 +374,17 @@ class App:
                                f"position={position}")
         obj = jobs.job_object(record, position)
         return json_response(202, obj, [("Location", f"/api/jobs/{job_id}")])
+
+    def _over_quota(self, what: str, owner: str) -> ApiError:
+        if what == "queued":
+            return ApiError(429, f"owner {owner!r} already has {self.settings.max_queued_per_owner} "
+                                 "jobs queued, its most (REMOTE_CI_MAX_QUEUED_PER_OWNER); retry "
+                                 "once some have started", [("Retry-After", "30")])
+        return ApiError(429, f"owner {owner!r} would store more than "
+                             f"{self.settings.max_stored_mb_per_owner} MB of uploads and artifacts, "
+                             "its most (REMOTE_CI_MAX_STORED_MB_PER_OWNER); retry once queued "
+                             "uploads have run or old artifacts have expired",
+                        [("Retry-After", "300")])
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -443,6 +499,10 @@ def cancel(store: JobStore, job_id: str) -> str:
         payload = store.payload(job_id)
         if payload is not None:
             discard_source(payload)
+            if payload.get("git_credential"):
+                store.drop_git_credential(job_id)
+            if payload["mode"] == "upload" and payload.get("owner"):
+                store.settle_stored(payload["owner"], job_id, 0)  # its upload is gone
     return outcome
 
 

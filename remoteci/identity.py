@@ -23,6 +23,7 @@ ADMIN_OWNER = "admin"  # the owner of jobs submitted with a REMOTE_CI_TOKEN toke
 class Identity:
     owner: str  # written into the jobs this caller submits
     workspaces: tuple[str, ...] = ()  # patterns; unused for admins, who may use any workspace
+    git_hosts: tuple[str, ...] = ()  # hosts its git jobs may clone from; empty: any
 
     @property
     def is_admin(self) -> bool:
@@ -61,7 +62,7 @@ class Authenticator:
         if is_admin:
             return ADMIN
         if found is not None:
-            return Identity(found.name, found.workspaces)
+            return Identity(found.name, found.workspaces, found.git_hosts)
         return None
 
     def reload(self, path: Path) -> None:
@@ -86,14 +87,38 @@ def listing_owner(identity: Identity, requested: str | None) -> str | None:
     return identity.owner
 
 
-def check_workspace(identity: Identity, requested: str, relative: str) -> None:
-    """403 unless the resolved workspace (relative to the root) is one the token may use."""
-    if identity.is_admin or tokens.workspace_allowed(identity.workspaces, relative):
+def check_workspace(identity: Identity, requested: str, relative: str | None,
+                    lexical: str | None) -> None:
+    """403 unless the resolved workspace (relative to the root) is one the token may use.
+
+    Judged before anyone looks whether the path exists, and worded the same for every path a
+    token may not use (missing, existing, a link, outside the root), so the answer tells a
+    project nothing about other projects' trees. Where a name of its own resolves elsewhere,
+    the target is named: the project's own link.
+    """
+    if identity.is_admin:
         return
-    shown = repr(requested) + ("" if requested == relative else f" (resolves to {relative!r})")
+    if relative is not None and tokens.workspace_allowed(identity.workspaces, relative):
+        return
+    shown = repr(requested)
+    if lexical is not None and tokens.workspace_allowed(identity.workspaces, lexical):
+        shown += (" (resolves outside the workspace root)" if relative is None
+                  else f" (resolves to {relative!r})")
     raise ApiError(403, f"workspace {shown} is not among the workspaces of token "
                         f"{identity.owner!r} ({', '.join(identity.workspaces)}); use a matching "
                         "workspace or ask an operator to widen the token's patterns")
+
+
+def check_git_host(identity: Identity, repo: str) -> None:
+    """403 unless the token may clone from the repository's host (an operator's choice)."""
+    from remoteci.gitsource import git_host
+
+    host = git_host(repo)
+    if identity.is_admin or tokens.git_host_allowed(identity.git_hosts, host):
+        return
+    raise ApiError(403, f"field 'repo': token {identity.owner!r} may clone only from "
+                        f"{', '.join(identity.git_hosts)}, not from {host or 'a local path'}; "
+                        "use a repository there or ask an operator to widen the token's git hosts")
 
 
 def require_admin(identity: Identity, what: str) -> None:

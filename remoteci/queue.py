@@ -16,6 +16,11 @@ Keys (all under `rci:`):
   webhooks              list of job ids whose webhook is due (see webhook_store.py)
   job-uids              hash token owner -> the uid its jobs run as (kept, no TTL: stable
                         across hosts and restarts); job-uid-owners is its reverse, uid -> owner
+  gitcred:<id>          a queued git job's credential (JSON), taken (GETDEL) when the job starts
+  index:queued:<owner>  sorted set of an owner's queued job ids: its cap on queued jobs
+  stored:<owner>        hash job id -> bytes the job keeps on disk (its upload while it waits or
+                        runs, then its artifacts until the record expires)
+  stored                hash owner -> the sum of its stored:<owner>: its cap on stored bytes
 
 Every status change is one Lua script, so it is one atomic transaction, and conditional:
 a job is claimed only while `queued`, finished only while `running`. The script that makes a job
@@ -72,6 +77,23 @@ def idempotency_index(owner: str, key: str) -> str:
     return f"{P}idem:{owner}:{key}"
 
 
+def git_credential_key(job_id: str) -> str:
+    """A git job's `user:password` until its executor takes it; never in the payload or record."""
+    return f"{P}gitcred:{job_id}"
+
+
+STORED = P + "stored"
+OWNER_QUEUED_PREFIX = P + "index:queued:"
+
+
+def owner_queued_index(owner: str) -> str:
+    return OWNER_QUEUED_PREFIX + owner
+
+
+def stored_key(owner: str) -> str:
+    return f"{P}stored:{owner}"
+
+
 def owner_index(owner: str) -> str:
     return f"{P}index:owner:{owner}"
 
@@ -100,6 +122,22 @@ class QueueFull(Exception):
     """The queue holds REMOTE_CI_MAX_QUEUE jobs already."""
 
 
+class OverQuota(Exception):
+    """The owner is at a per-owner cap: `what` is "queued" (jobs) or "stored" (bytes)."""
+
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.what = what
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """Per-owner caps checked atomically with the enqueue; 0 means no cap."""
+
+    max_queued: int = 0
+    max_stored_bytes: int = 0
+
+
 class AlreadySubmitted(Exception):
     """This idempotency key already created a job; `job_id` is that job."""
 
@@ -109,20 +147,33 @@ class AlreadySubmitted(Exception):
 
 
 # KEYS: job, queue, seq, index:all, index:status:queued, index:mode:<m>, index:owner:<o> or '',
-#       owners or '', idempotency key or ''
-# Returns the queue position, -1 when the queue is full, or (a string) the id of the job an
+#       owners or '', idempotency key or '', index:queued:<o> or '', stored:<o> or '', stored
+# Returns the queue position, -1 when the queue is full, -2 when the owner has its most queued
+# jobs, -3 when the owner's stored bytes would pass its cap, or (a string) the id of the job an
 # earlier request with the same idempotency key created.
-# ARGV: id, payload, ttl, max_queue, owner, then field/value pairs of the record
-# A record without an owner (written by older code or tests) passes '' for both.
+# ARGV: id, payload, ttl, max_queue, owner, max queued per owner (0: none), bytes the job
+#       stores (its upload), max stored bytes per owner (0: none), '1' when the job will store
+#       something (an upload, artifacts), then field/value pairs of the record
+# A record without an owner (written by older code or tests) passes '' for both, and no caps.
 _ENQUEUE = """
 if KEYS[9] ~= '' then
   local earlier = redis.call('GET', KEYS[9])
   if earlier then return earlier end
 end
 if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[4]) then return -1 end
+local bytes = tonumber(ARGV[7])
+if ARGV[5] ~= '' then
+  local max_queued = tonumber(ARGV[6])
+  if max_queued > 0 and redis.call('ZCARD', KEYS[10]) >= max_queued then return -2 end
+  local max_stored = tonumber(ARGV[8])
+  local stored = tonumber(redis.call('HGET', KEYS[12], ARGV[5]) or '0')
+  if max_stored > 0 and ARGV[9] == '1' and stored + math.max(bytes, 1) > max_stored then
+    return -3
+  end
+end
 if KEYS[9] ~= '' then redis.call('SET', KEYS[9], ARGV[1], 'EX', ARGV[3]) end
 local seq = redis.call('INCR', KEYS[3])
-redis.call('HSET', KEYS[1], 'seq', seq, 'payload', ARGV[2], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], 'seq', seq, 'payload', ARGV[2], unpack(ARGV, 10))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[4], seq, ARGV[1])
 redis.call('ZADD', KEYS[5], seq, ARGV[1])
@@ -130,9 +181,27 @@ redis.call('ZADD', KEYS[6], seq, ARGV[1])
 if ARGV[5] ~= '' then
   redis.call('ZADD', KEYS[7], seq, ARGV[1])
   redis.call('SADD', KEYS[8], ARGV[5])
+  redis.call('ZADD', KEYS[10], seq, ARGV[1])
+  if bytes > 0 then
+    redis.call('HSET', KEYS[11], ARGV[1], bytes)
+    redis.call('HINCRBY', KEYS[12], ARGV[5], bytes)
+  end
 end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 return redis.call('ZCARD', KEYS[5])
+"""
+
+# KEYS: stored:<owner>, stored;  ARGV: owner, then job id / bytes pairs
+# Sets what each job keeps on disk now (0: nothing, the entry goes) and the owner's sum with it.
+_SETTLE_STORED = """
+for i = 2, #ARGV, 2 do
+  local old = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  local new = tonumber(ARGV[i + 1])
+  if new > 0 then redis.call('HSET', KEYS[1], ARGV[i], new) else redis.call('HDEL', KEYS[1], ARGV[i]) end
+  if new ~= old then redis.call('HINCRBY', KEYS[2], ARGV[1], new - old) end
+end
+if redis.call('HLEN', KEYS[1]) == 0 then redis.call('HDEL', KEYS[2], ARGV[1]) end
+return 1
 """
 
 # ISO-8601 UTC with milliseconds, as jobs.iso_time writes it, from seconds and microseconds
@@ -159,7 +228,7 @@ end
 """
 
 # KEYS: inflight, index:status:queued, index:status:running
-# ARGV: job key prefix, worker, ttl
+# ARGV: job key prefix, worker, ttl, owner queued index prefix
 # Claims the job BLMOVE has just put at the head of the in-flight list (it runs right after
 # the move, in the same round trip): {payload, 'running', started_at}, or {payload, status} when
 # the job was cancelled or expired meanwhile (then dropped from in-flight), or
@@ -189,6 +258,8 @@ redis.call('HSET', key, 'status', 'running', 'started_at', started_at, 'worker',
 redis.call('EXPIRE', key, ARGV[3])
 redis.call('ZREM', KEYS[2], id)
 redis.call('ZADD', KEYS[3], redis.call('HGET', key, 'seq'), id)
+local owner = redis.call('HGET', key, 'owner')
+if owner then redis.call('ZREM', ARGV[4] .. owner, id) end
 return {payload, 'running', started_at}
 """
 
@@ -213,12 +284,14 @@ return 'ok'
 """
 
 # KEYS: job, queue, index:status:queued, index:status:cancelled, counters, webhooks
-# ARGV: id, finished_at, ttl
+# ARGV: id, finished_at, ttl, owner queued index prefix
 _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
 if status == 'queued' then
   redis.call('LREM', KEYS[2], 1, redis.call('HGET', KEYS[1], 'payload'))
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  if owner then redis.call('ZREM', ARGV[4] .. owner, ARGV[1]) end
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2],
              'error', 'cancelled before it started')
   redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -308,15 +381,18 @@ class JobStore:
         self._requeue = client.register_script(_REQUEUE_UNCLAIMED)
         self._forget_owner = client.register_script(_FORGET_OWNER)
         self._job_uid = client.register_script(_JOB_UID)
+        self._settle_stored = client.register_script(_SETTLE_STORED)
 
     # --- accepting -------------------------------------------------------------------------
 
     def enqueue(self, record: Mapping[str, str], payload: Mapping[str, Any], max_queue: int,
-                idempotency_key: str | None = None) -> int:
+                idempotency_key: str | None = None, quotas: Quotas = Quotas(),
+                stored_bytes: int = 0) -> int:
         """Store the record and push the payload in one step; return the queue position.
 
         With an idempotency key, a repeat of the same submission (a client retrying after a
-        lost reply) raises AlreadySubmitted instead of creating a second job.
+        lost reply) raises AlreadySubmitted instead of creating a second job. The owner's caps
+        are checked in the same step (OverQuota), so concurrent submissions cannot pass them.
         """
         job_id = record["id"]
         payload_json = json.dumps(payload, separators=(",", ":"), sort_keys=True)
@@ -325,14 +401,40 @@ class JobStore:
         keys = [job_key(job_id), QUEUE, SEQ, INDEX_ALL, status_index(jobs.QUEUED),
                 mode_index(record["mode"]), owner_index(owner) if owner else "",
                 OWNERS if owner else "",
-                idempotency_index(owner, idempotency_key) if idempotency_key else ""]
+                idempotency_index(owner, idempotency_key) if idempotency_key else "",
+                owner_queued_index(owner) if owner else "", stored_key(owner) if owner else "",
+                STORED]
         result = self._enqueue(keys=keys, args=[job_id, payload_json, self.ttl, max_queue,
-                                                owner, *fields])
+                                                owner, quotas.max_queued, stored_bytes,
+                                                quotas.max_stored_bytes,
+                                                "1" if stored_bytes or payload.get("artifacts") else "0",
+                                                *fields])
         if isinstance(result, str):
             raise AlreadySubmitted(result)
-        if int(result) < 0:
+        if int(result) == -1:
             raise QueueFull()
+        if int(result) < 0:
+            raise OverQuota("queued" if int(result) == -2 else "stored")
         return int(result)
+
+    def settle_stored(self, owner: str, job_id: str, stored_bytes: int) -> None:
+        """What a job keeps on disk changed (its upload went, its artifacts came): count that."""
+        self._settle_stored(keys=[stored_key(owner), STORED], args=[owner, job_id, stored_bytes])
+
+    def stored_bytes(self, owner: str) -> int:
+        return int(self.r.hget(STORED, owner) or 0)
+
+    def put_git_credential(self, job_id: str, secret: str) -> None:
+        """Before the enqueue: a job is never taken before what it needs is stored."""
+        self.r.set(git_credential_key(job_id), secret, ex=self.ttl)
+
+    def drop_git_credential(self, job_id: str) -> None:
+        self.r.delete(git_credential_key(job_id))
+
+    def take_git_credential(self, job_id: str) -> str | None:
+        """Read once, at the job's start: from then on it lives only in the clone's environment."""
+        secret: str | None = self.r.execute_command("GETDEL", git_credential_key(job_id))
+        return secret
 
     # --- executing -------------------------------------------------------------------------
 
@@ -341,7 +443,8 @@ class JobStore:
         and claim it, in one round trip; None when no job came."""
         keys = [inflight_key(executor_id), status_index(jobs.QUEUED), status_index(jobs.RUNNING)]
         reply = self.r.blmove_then(QUEUE, keys[0], timeout, "RIGHT", "LEFT", self._claim,
-                                   keys=keys, args=[job_key(""), executor_id, self.ttl])
+                                   keys=keys, args=[job_key(""), executor_id, self.ttl,
+                                                    OWNER_QUEUED_PREFIX])
         if reply is None:
             return None
         payload, status, *started_at = reply
@@ -382,7 +485,8 @@ class JobStore:
         the final status it already had."""
         keys = [job_key(job_id), QUEUE, status_index(jobs.QUEUED), status_index(jobs.CANCELLED),
                 COUNTERS, WEBHOOKS]
-        outcome: str = self._cancel(keys=keys, args=[job_id, finished_at, self.ttl])
+        outcome: str = self._cancel(keys=keys, args=[job_id, finished_at, self.ttl,
+                                                     OWNER_QUEUED_PREFIX])
         return outcome
 
     def payload(self, job_id: str) -> dict[str, Any] | None:
@@ -544,7 +648,8 @@ class JobStore:
         removed = 0
         owners: set[str] = self.r.smembers(OWNERS)
         indexes = [INDEX_ALL] + [status_index(s) for s in jobs.STATUSES] + [
-            mode_index(m) for m in jobs.MODES] + [owner_index(o) for o in owners]
+            mode_index(m) for m in jobs.MODES] + [owner_index(o) for o in owners] + [
+            owner_queued_index(o) for o in owners]
         cursor = 0
         while True:
             ids: list[str] = self.r.zrange(INDEX_ALL, cursor, cursor + batch - 1)
@@ -560,6 +665,9 @@ class JobStore:
                 for index in indexes:
                     pipe.zrem(index, *gone)
                 pipe.execute()
+                for owner in owners:  # an expired job's artifacts go with it (the sweep's age)
+                    self._settle_stored(keys=[stored_key(owner), STORED],
+                                        args=[owner, *(v for j in gone for v in (j, 0))])
                 removed += len(gone)
             cursor += batch - len(gone)
 

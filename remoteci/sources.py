@@ -8,7 +8,7 @@ from typing import Any
 
 from remoteci.config import Settings
 from remoteci.errors import SourceError
-from remoteci.workspaces import copy_workspace, recheck_workspace
+from remoteci.workspaces import copy_workspace, open_workspace
 
 # archives (tarfile, zlib) and gitsource are imported by the first job that needs them: the
 # executors fork from the supervisor and stay small until an upload or git job arrives.
@@ -19,8 +19,11 @@ def prepare_source(payload: dict[str, Any], scratch: Path, settings: Settings,
     """Fill `scratch` with the job's code; return fields to record on the job (e.g. `commit`)."""
     mode = payload["mode"]
     if mode == "rsync":
-        workspace = recheck_workspace(settings.workspace_dir, payload["workspace"])
-        copy_workspace(workspace, scratch, timeout=payload["timeout"])
+        workspace_fd = open_workspace(settings.workspace_dir, payload["workspace"])
+        try:
+            copy_workspace(workspace_fd, scratch, timeout=payload["timeout"])
+        finally:
+            os.close(workspace_fd)
         return {}
     if mode == "upload":
         from remoteci.archives import extract_archive
@@ -30,11 +33,13 @@ def prepare_source(payload: dict[str, Any], scratch: Path, settings: Settings,
                         max_members=settings.max_archive_members)
         return {}
     if mode == "git":
-        from remoteci.gitsource import clone_git
+        from remoteci.gitsource import Credential, clone_git
 
+        secret = payload.get("git_credential")  # what the executor took from Redis, if any
         commit = clone_git(payload["repo"], payload.get("ref"), scratch,
                            timeout=min(settings.git_timeout, payload["timeout"]),
-                           allow_file=settings.git_allow_file, log_fd=log_fd)
+                           allow_file=settings.git_allow_file, log_fd=log_fd,
+                           credential=Credential.from_json(secret) if isinstance(secret, str) else None)
         os.write(log_fd, f"[remote-ci] commit {commit}\n".encode())
         return {"commit": commit}
     raise SourceError(f"unknown mode {mode!r}")

@@ -20,6 +20,7 @@ from typing import Any
 
 from waitress.buffers import FileBasedBuffer
 from waitress.parser import HTTPRequestParser
+from waitress.utilities import Error
 
 from remoteci import events
 
@@ -67,14 +68,34 @@ def spooled_path(stream: Any) -> Path | None:
     return Path(stream.name) if isinstance(stream, SpoolFile) else None
 
 
+class Unauthorized(Error):  # type: ignore[misc]
+    code = 401
+    reason = "Unauthorized"
+
+
+def looks_authorized(header: str) -> bool:
+    """A Bearer or Basic credential is there; whether it is right, the app decides."""
+    scheme, _, credential = header.strip().partition(" ")
+    return scheme.lower() in ("bearer", "basic") and bool(credential.strip())
+
+
 class SpoolingParser(HTTPRequestParser):  # type: ignore[misc]
     """waitress' parser; an upload's body goes to a SpoolBuffer in `spool_dir`."""
 
     spool_dir: Path  # set on a subclass per server (see wsgi_server.create)
+    body_rcv: Any  # waitress' body receiver; None: no body (any more)
 
     def parse_header(self, header_plus: bytes) -> None:
         super().parse_header(header_plus)
         receiver = self.body_rcv
+        if receiver is not None and not looks_authorized(self.headers.get("AUTHORIZATION", "")):
+            # Refused before a byte of the body is read or spooled: without credentials a
+            # stranger could otherwise fill the disk, or hold a connection with a slow body.
+            self.error = Unauthorized("a request with a body needs 'Authorization: Bearer "
+                                      "<token>' (or Basic for the pages); send it with the body")
+            self.body_rcv = None
+            self.completed = True
+            return
         if receiver is None or self.command != "POST" or self.path != UPLOAD_PATH:
             return
         if self.content_length >= self.adj.max_request_body_size:

@@ -230,9 +230,13 @@ class Supervisor:
         try:
             # A scratch dir takes its workspace's mtime (a copy keeps it), and a job may set it
             # to anything: its age says nothing while the job runs, so running jobs are skipped.
+            # The dirs are listed BEFORE the running jobs are read: a job claimed in between
+            # then made its dir after the listing, so the sweep never sees it.
+            scratch = _entries(self.settings.work_dir)
             running = self.store.running_ids()
             scratch_cutoff = min(cutoff, now - self.settings.job_timeout - 3600)
-            removed += _remove_older(self.settings.work_dir, scratch_cutoff, keep=running)
+            removed += _remove_older(self.settings.work_dir, scratch_cutoff, keep=running,
+                                     entries=scratch)
             pruned = self.store.prune_indexes()
         except RedisError as exc:
             events.warning(COMPONENT, f"scratch sweep and index pruning skipped, redis "
@@ -273,13 +277,17 @@ class Supervisor:
                 self.executors.pop(pid, None)
 
 
-def _remove_older(directory: Path, cutoff: float, keep: frozenset[str] = frozenset()) -> int:
-    removed = 0
+def _entries(directory: Path) -> list[os.DirEntry[str]]:
     try:
-        entries = list(os.scandir(directory))
+        return list(os.scandir(directory))
     except FileNotFoundError:
-        return 0
-    for entry in entries:
+        return []
+
+
+def _remove_older(directory: Path, cutoff: float, keep: frozenset[str] = frozenset(),
+                  entries: list[os.DirEntry[str]] | None = None) -> int:
+    removed = 0
+    for entry in _entries(directory) if entries is None else entries:
         if jobdirs.job_id_of(entry.name) in keep:  # a running job's code dir and its HOME
             continue
         try:

@@ -67,9 +67,10 @@ def _parse(text: str, path: Path) -> tuple[tokens.ProjectToken, ...]:
         raise TokenCommandError(f"{exc}; fix the file first") from None
 
 
-def add_token(path: Path, name: str, patterns: str) -> str:
+def add_token(path: Path, name: str, patterns: str, git_hosts: str = "") -> str:
     """Append a new token's line and return the token, which is shown once and never stored."""
-    problem = tokens.check_name(name) or tokens.check_patterns(patterns)
+    problem = tokens.check_name(name) or tokens.check_patterns(patterns) or (
+        tokens.check_git_hosts(git_hosts) if git_hosts else None)
     if problem:
         raise TokenCommandError(problem)
     with _locked(path, create=True) as fd:
@@ -78,7 +79,7 @@ def add_token(path: Path, name: str, patterns: str) -> str:
             raise TokenCommandError(f"a token named {name!r} already exists in {path}; "
                                     "remove it first or choose another name")
         token = secrets.token_urlsafe(32)
-        line = tokens.format_line(name, tokens.hash_token(token.encode()), patterns)
+        line = tokens.format_line(name, tokens.hash_token(token.encode()), patterns, git_hosts)
         os.write(fd, (("\n" if text and not text.endswith("\n") else "") + line).encode())
         os.fsync(fd)
     return token
@@ -132,7 +133,8 @@ def list_tokens(path: Path) -> list[tuple[str, str]]:
         found = tokens.load_tokens_file(path)
     except tokens.TokensFileError as exc:
         raise TokenCommandError(str(exc)) from None
-    return [(t.name, ",".join(t.workspaces)) for t in found]
+    return [(t.name, ",".join(t.workspaces) + (f"\tgit: {','.join(t.git_hosts)}" if t.git_hosts else ""))
+            for t in found]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -145,6 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("name")
     add.add_argument("--workspaces", metavar="GLOB", default=None,
                      help="comma-separated workspace patterns (default: the token's name)")
+    add.add_argument("--git-hosts", metavar="GLOB", default="",
+                     help="comma-separated hosts its git jobs may clone from (default: any)")
     sub.add_parser("list", help="names and workspace patterns, never hashes")
     remove = sub.add_parser("remove", help="delete a token's line")
     remove.add_argument("name")
@@ -160,7 +164,7 @@ def main(argv: Sequence[str]) -> int:
     path = Path(raw).expanduser().absolute()
     try:
         if args.action == "add":
-            token = add_token(path, args.name, args.workspaces or args.name)
+            token = add_token(path, args.name, args.workspaces or args.name, args.git_hosts.lower())
             print(token)
             print(f"added {args.name!r} to {path}; the token above is shown only now. "
                   "Send the server SIGHUP (or restart it) to use it.", file=sys.stderr)

@@ -10,6 +10,11 @@ symlinks are resolved: a link named `project-a` pointing at `project-b` is `proj
 `*` never crosses a `/`: `team-*/web` matches `team-a/web`, never `team-a/x/web`. A
 pattern covers everything below what it matches (`project-a` allows `project-a/backend`):
 a token owns directory trees, and `*` alone allows every workspace.
+
+An optional fourth field, `name:sha256-hex:globs:git-hosts`, limits the git jobs of the token
+to repositories on those hosts (comma-separated, fnmatch patterns such as `github.com` or
+`*.corp.example`, matched case-insensitively): the server's deploy keys and ssh agent serve
+every token that may reach a host. Without it a token may clone from any host.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class ProjectToken:
     name: str
     digest: bytes  # sha256 of the token; the token itself is never kept
     workspaces: tuple[str, ...]  # patterns, see the module docstring
+    git_hosts: tuple[str, ...] = ()  # host patterns; empty: any host
 
 
 def hash_token(token: bytes) -> bytes:
@@ -66,21 +72,42 @@ def check_patterns(field: str) -> str | None:
     return None
 
 
+GIT_HOST_RE = re.compile(r"[a-z0-9*?.\[\]-]{1,255}")
+
+
+def check_git_hosts(field: str) -> str | None:
+    """Why a git-hosts field is unusable, or None when it is fine."""
+    for pattern in field.split(","):
+        if not GIT_HOST_RE.fullmatch(pattern):
+            return (f"git host pattern {pattern[:80]!r} must be a lowercase host name or a glob "
+                    "such as 'github.com' or '*.corp.example'")
+    return None
+
+
+def git_host_allowed(patterns: tuple[str, ...], host: str | None) -> bool:
+    """Whether a clone from `host` (None: a local repository) is allowed by `patterns`."""
+    if not patterns:
+        return True
+    return host is not None and any(fnmatchcase(host.lower(), p) for p in patterns)
+
+
 def parse_line(line: str) -> ProjectToken | None:
     """One line of the file: a token, None for a comment or blank line; ValueError otherwise."""
     text = line.strip()
     if not text or text.startswith("#"):
         return None
-    fields = text.split(":")
-    if len(fields) != 3:
-        raise ValueError("expected name:sha256-hex:workspace-patterns")
-    name, digest, patterns = fields
-    problem = check_name(name) or check_patterns(patterns)
+    fields = text.split(":", 3)
+    if len(fields) not in (3, 4):
+        raise ValueError("expected name:sha256-hex:workspace-patterns[:git-hosts]")
+    name, digest, patterns, *hosts = fields
+    problem = check_name(name) or check_patterns(patterns) or (
+        check_git_hosts(hosts[0]) if hosts else None)
     if problem:
         raise ValueError(problem)
     if not HASH_RE.fullmatch(digest):
         raise ValueError("the hash must be 64 lowercase hex digits (the token's sha256)")
-    return ProjectToken(name, bytes.fromhex(digest), tuple(patterns.split(",")))
+    return ProjectToken(name, bytes.fromhex(digest), tuple(patterns.split(",")),
+                        tuple(hosts[0].split(",")) if hosts else ())
 
 
 def parse_text(text: str, source: str) -> tuple[ProjectToken, ...]:
@@ -110,8 +137,8 @@ def load_tokens_file(path: Path) -> tuple[ProjectToken, ...]:
     return parse_text(text, str(path))
 
 
-def format_line(name: str, digest: bytes, patterns: str) -> str:
-    return f"{name}:{digest.hex()}:{patterns}\n"
+def format_line(name: str, digest: bytes, patterns: str, git_hosts: str = "") -> str:
+    return f"{name}:{digest.hex()}:{patterns}{':' + git_hosts if git_hosts else ''}\n"
 
 
 def workspace_allowed(patterns: tuple[str, ...], relative: str) -> bool:

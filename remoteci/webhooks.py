@@ -8,7 +8,8 @@ probe addresses the operator did not list. DNS-rebinding stance:
   - a name pattern (`ci.example.com`, `*.internal:8080`) matches only host names; the name is
     resolved once per attempt and the delivery connects to the address it got, with no second
     lookup in between. Names that resolve to loopback, link-local (cloud metadata lives there),
-    unspecified, multicast or reserved addresses are refused: those need an explicit IP pattern.
+    unspecified, multicast or reserved addresses, or to a cloud metadata service elsewhere, are
+    refused, also when wrapped in 6to4, Teredo or NAT64: those need an explicit IP pattern.
 A pattern without a port allows only the scheme's default port (80 for http, 443 for https).
 """
 
@@ -157,13 +158,39 @@ def refused_address(target: Target, address: str) -> str | None:
     ip = ipaddress.ip_address(address)
     if target.is_ip:
         return None if ip == ipaddress.ip_address(target.host) else f"{address} is not {target.host}"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    for kind in ("loopback", "link_local", "unspecified", "multicast", "reserved"):
-        if getattr(ip, f"is_{kind}"):
-            return (f"{target.host} resolved to {address}, a {kind.replace('_', '-')} address; "
-                    f"allow it by IP in REMOTE_CI_WEBHOOK_ALLOW to deliver there")
-    return None
+    ip, via = _embedded_ipv4(ip)
+    kind = "cloud metadata" if ip in _METADATA else next(
+        (k for k in ("loopback", "link_local", "unspecified", "multicast", "reserved")
+         if getattr(ip, f"is_{k}")), None)
+    if kind is None:
+        return None
+    return (f"{target.host} resolved to {address}, a {kind.replace('_', '-')} address{via}; "
+            f"allow it by IP in REMOTE_CI_WEBHOOK_ALLOW to deliver there")
+
+
+# Metadata services outside the link-local range: AWS's IPv6 one, GCP's IPv6 one, Alibaba's.
+_METADATA = frozenset(ipaddress.ip_address(a) for a in ("fd00:ec2::254", "fd20:ce::254",
+                                                         "100.100.100.200"))
+# NAT64 prefixes (RFC 6052's well-known one and RFC 8215's local-use one) carry an IPv4 address
+# in their last 32 bits; a NAT64 gateway connects to it.
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def _embedded_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                   ) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, str]:
+    """The IPv4 address an IPv6 one reaches through a translator (and how), else itself: the
+    rules apply to where the packets end up, not to the wrapping."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ip, ""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped, ""
+    if ip.sixtofour is not None:
+        return ip.sixtofour, " (through 6to4)"
+    if ip.teredo is not None:
+        return ip.teredo[1], " (through Teredo)"
+    if any(ip in net for net in _NAT64):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF), " (through NAT64)"
+    return ip, ""
 
 
 def sign(body: bytes, secret: str) -> str:

@@ -58,6 +58,9 @@ class _JsonErrorTask(ErrorTask):  # type: ignore[misc]
         body = json.dumps({"error": message}).encode()
         self.status = f"{error.code} {error.reason}"
         self.response_headers.append(("Content-Type", "application/json"))
+        self.response_headers.append(("X-Content-Type-Options", "nosniff"))
+        if error.code == 401:
+            self.response_headers.append(("WWW-Authenticate", 'Bearer realm="Remote CI"'))
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
@@ -145,10 +148,41 @@ class _Task(WSGITask):  # type: ignore[misc]
                 self.channel.server.task_dispatcher.give_back()
 
 
+# The host itself: a proxy in front (all its clients share its address) or local tools.
+UNLIMITED_CLIENTS = frozenset({"127.0.0.1", "::1"})
+
+
+def _busy_reply(limit: int) -> bytes:
+    body = json.dumps({"error": f"this address already holds {limit} connections to the server "
+                                "(REMOTE_CI_MAX_CONNECTIONS_PER_CLIENT); reuse or close one"}).encode()
+    return (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+            b"X-Content-Type-Options: nosniff\r\nRetry-After: 5\r\nConnection: close\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
 class _Channel(HTTPChannel):  # type: ignore[misc]
     task_class = _Task
     error_task_class = _JsonErrorTask
     stream_adj: Adjustments  # set on the class by create()
+    per_client_limit = 0  # set on the class by create(); 0: no cap
+
+    def __init__(self, server: Any, sock: socket.socket, addr: Any, adj: Adjustments,
+                 map: Any = None) -> None:
+        # One address may not take every connection slot (waitress' connection_limit is for
+        # all clients together). Counted from waitress' own table of open channels, on the
+        # main loop's thread, where channels are accepted.
+        host = addr[0] if isinstance(addr, tuple) else ""
+        limit = self.per_client_limit
+        if limit and host not in UNLIMITED_CLIENTS and sum(
+                1 for ch in list(server.active_channels.values())
+                if isinstance(ch.addr, tuple) and ch.addr[0] == host) >= limit:
+            try:
+                sock.send(_busy_reply(limit))  # a fresh socket's buffer takes it whole
+            except OSError:
+                pass
+            sock.close()
+            return  # never registered: waitress forgets this object
+        super().__init__(server, sock, addr, adj, map)
 
     def handle_close(self) -> None:
         # waitress leaves a request still being received (a client that hung up mid-upload)
@@ -187,5 +221,6 @@ def create(settings: Settings, app: Any, sock: socket.socket) -> Any:
     # A class per server, since it carries this server's stream settings.
     server.channel_class = type("Channel", (_Channel,), {
         "stream_adj": _stream_adjustments(server.adj),
+        "per_client_limit": settings.max_connections_per_client,
         "parser_class": type("Parser", (SpoolingParser,), {"spool_dir": settings.uploads_dir})})
     return server

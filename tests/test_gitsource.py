@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -178,6 +179,59 @@ def test_closed_port_fails_and_credentials_are_redacted(dest: Path, tmp_path: Pa
     assert "s3cret" not in message and "s3cret" not in log.read_text()
 
 
+def test_credentials_never_show_in_a_command_line_during_the_clone(dest: Path) -> None:
+    """/proc/<pid>/cmdline is world-readable: a password there is everyone's on the host."""
+    secret = "s3cret-in-cmdline"
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        url = f"https://ci-user:{secret}@127.0.0.1:{listener.getsockname()[1]}/org/repo.git"
+        failures: list[BaseException] = []
+
+        def clone() -> None:
+            try:
+                clone_git(url, "main", dest, timeout=20, allow_file=False)
+            except SourceError as exc:
+                failures.append(exc)
+
+        thread = threading.Thread(target=clone)
+        thread.start()
+        listener.settimeout(15)
+        conn, _ = listener.accept()  # git's https helper is connected: it runs now
+        with conn:
+            assert processes_mentioning(secret) == []
+        thread.join(20)
+    assert failures and secret not in str(failures[0])
+
+
+def test_the_credential_helper_answers_only_for_the_url_host(tmp_path: Path) -> None:
+    """git asks the helper built from the URL; another host (a redirect) gets nothing."""
+    from remoteci import gitsource
+
+    clean, credential = gitsource.split_credentials("https://u%40corp:p%3Ass@git.example.com/r.git")
+    assert clean == "https://git.example.com/r.git" and credential is not None
+    env = gitsource._git_env(str(tmp_path), clean, credential)
+
+    def fill(host: str) -> str:
+        return subprocess.run(["git", *gitsource._git_config(False), "credential", "fill"],
+                              input=f"protocol=https\nhost={host}\n\n", env=env,
+                              capture_output=True, text=True, timeout=10, check=False).stdout
+
+    assert "username=u@corp\npassword=p:ss\n" in fill("git.example.com")
+    assert "password=p:ss" not in fill("evil.example.com")
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://u:p@ss@host/r.git", "https://***@host/r.git"),
+    ("fatal: https://tok@host/r.git gone; mail a@b", "fatal: https://***@host/r.git gone; mail a@b"),
+    ("https://host/r@x.git", "https://host/r@x.git"),
+])
+def test_redaction_ends_the_userinfo_at_the_last_at_before_the_host(url: str, shown: str) -> None:
+    from remoteci.gitsource import redact_url
+
+    assert redact_url(url) == shown
+
+
 def test_a_silent_server_times_out_and_git_is_killed(dest: Path) -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -314,3 +368,20 @@ def test_malformed_refs_are_refused(ref: str) -> None:
         validate_git_ref(ref)
     assert caught.value.status == 400
     assert "field 'ref'" in caught.value.message
+
+
+@pytest.mark.parametrize("url", ["ssh://git:pw@host/org/repo.git", "git://u:pw@host/repo"])
+def test_a_password_where_it_cannot_be_used_is_refused(url: str) -> None:
+    from remoteci.gitsource import split_credentials
+
+    with pytest.raises(ApiError, match="carries a password") as caught:
+        split_credentials(validate_git_url(url, allow_file=False))
+    assert caught.value.status == 400
+
+
+def test_ssh_keeps_its_login_name() -> None:
+    from remoteci.gitsource import split_credentials
+
+    assert split_credentials("ssh://git@host/org/repo.git") == ("ssh://git@host/org/repo.git", None)
+    assert split_credentials("git@host:org/repo.git") == ("git@host:org/repo.git", None)
+    assert split_credentials("https://@host/r.git") == ("https://host/r.git", None)

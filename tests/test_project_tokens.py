@@ -7,6 +7,7 @@ import gzip
 import io
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -184,6 +185,49 @@ def test_symlink_to_another_workspace_is_judged_by_its_target(setup: Setup) -> N
                                 {"workspace": "shared-link", "script": "true"}, token=setup.alpha)
     assert resp.status == 403
     assert "'shared-link' (resolves to 'beta')" in resp.json()["error"]
+
+
+def test_a_workspace_swapped_for_a_link_while_queued_is_not_copied(setup: Setup) -> None:
+    """The patterns are checked at submission; the job must not copy what the path became."""
+    ws = setup.server.workspace_dir
+    setup.server.make_workspace("beta", {"secret.txt": "beta's secret\n"})
+    setup.server.make_workspace("alpha/x", {"own.txt": "alpha's own\n"})
+    blockers = [str(setup.submit(setup.alpha, "alpha", "sleep 60")["id"]) for _ in range(2)]
+    for blocker in blockers:
+        setup.server.wait_status(blocker, ("running",))
+    job = str(setup.submit(setup.alpha, "alpha/x", "cat *.txt")["id"])
+    assert setup.server.job(job)["status"] == "queued"
+    shutil.rmtree(ws / "alpha" / "x")
+    (ws / "alpha" / "x").symlink_to("../beta")  # the rsync user's swap, inside the root
+    for blocker in blockers:
+        assert setup.server.request("POST", f"/api/jobs/{blocker}/cancel").status == 202
+    final = setup.server.wait_final(job)
+    assert final["status"] == "error", final
+    assert "'alpha/x'" in final["error"] and "link" in final["error"]
+    assert b"beta's secret" not in setup.server.log(job)
+
+
+def test_a_project_cannot_tell_missing_workspaces_from_forbidden_ones(setup: Setup) -> None:
+    """Outside its patterns a project token gets one answer, whether the path exists or not."""
+    ws = setup.server.workspace_dir
+    (ws / "beta" / "deep").mkdir()
+    (ws / "alpha" / "to-beta").symlink_to("../beta/deep")
+    (ws / "alpha" / "to-beta-missing").symlink_to("../beta/nothing-here")
+    (ws / "gamma-link").symlink_to("beta")
+
+    def answer(workspace: str) -> tuple[int, str]:
+        resp = setup.server.request("POST", "/api/jobs/rsync",
+                                    {"workspace": workspace, "script": "true"}, token=setup.alpha)
+        return resp.status, resp.json()["error"].replace(repr(workspace), "'W'")
+
+    others = {w: answer(w) for w in ("beta", "beta/deep", "beta/nothing-here", "gamma-missing",
+                                     "gamma-link", "../outside", str(ws.parent))}
+    assert len(set(others.values())) == 1, others
+    assert others["beta"][0] == 403 and "beta" not in others["gamma-link"][1]
+    # Its own links: the same answer whether their target exists.
+    own = {w: answer(w)[0] for w in ("alpha/to-beta", "alpha/to-beta-missing")}
+    assert own == {"alpha/to-beta": 403, "alpha/to-beta-missing": 403}
+    assert answer("alpha/nothing-here")[0] == 400  # its own: missing may be said
 
 
 def test_upload_and_git_jobs_need_no_workspace(setup: Setup) -> None:

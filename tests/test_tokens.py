@@ -26,10 +26,21 @@ def test_file_with_comments_blank_lines_and_several_patterns() -> None:
     assert (api.name, api.workspaces) == ("api.v2", ("team-*/api",))
 
 
+def test_a_fourth_field_limits_the_git_hosts() -> None:
+    web, api = tokens.parse_text(f"web:{HASH}:web:github.com,*.corp.example\napi:{HASH}:api\n", "f")
+    assert web.git_hosts == ("github.com", "*.corp.example") and api.git_hosts == ()
+    assert tokens.git_host_allowed(web.git_hosts, "git.corp.example")
+    assert not tokens.git_host_allowed(web.git_hosts, "gitlab.com")
+    assert not tokens.git_host_allowed(web.git_hosts, None)  # a local repository
+    assert tokens.git_host_allowed(api.git_hosts, "anything.example")
+
+
 @pytest.mark.parametrize("line, fragment", [
     ("web", "expected name:sha256-hex:workspace-patterns"),
     (f"web:{HASH}", "expected name:sha256-hex:workspace-patterns"),
-    (f"web:{HASH}:a:b", "expected name:sha256-hex:workspace-patterns"),
+    (f"web:{HASH}:a:b:c", "git host pattern 'b:c'"),
+    (f"web:{HASH}:a:GitHub.com", "git host pattern"),
+    (f"web:{HASH}:a:", "git host pattern"),
     (f"we b:{HASH}:web", "token name must be 1-64"),
     (f"{'n' * 65}:{HASH}:web", "token name must be 1-64"),
     (f"admin:{HASH}:web", "reserved"),

@@ -115,7 +115,18 @@ def test_a_name_resolving_to_loopback_or_link_local_is_refused(address: str) -> 
     assert reason is not None and "allow it by IP" in reason
 
 
-@pytest.mark.parametrize("address", ["10.1.2.3", "192.168.0.9", "93.184.216.34", "2001:db8::1"])
+@pytest.mark.parametrize("address", [
+    "fd00:ec2::254", "100.100.100.200", "fd20:ce::254",  # cloud metadata (AWS v6, Alibaba, GCP v6)
+    "2002:7f00:1::1", "2002:a9fe:a9fe::", "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe",  # 6to4, NAT64
+    "64:ff9b:1::a9fe:a9fe", "::ffff:169.254.169.254",
+])
+def test_metadata_and_refused_addresses_behind_6to4_or_nat64_are_refused(address: str) -> None:
+    reason = refused_address(parse_target("http://hooks.internal:8080/"), address)
+    assert reason is not None and "allow it by IP" in reason
+
+
+@pytest.mark.parametrize("address", ["10.1.2.3", "192.168.0.9", "93.184.216.34", "2001:db8::1",
+                                     "2002:5db8:d822::1", "64:ff9b::5db8:d822"])
 def test_a_name_may_resolve_to_private_and_public_addresses(address: str) -> None:
     assert refused_address(parse_target("http://hooks.internal:8080/"), address) is None
 
