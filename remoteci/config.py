@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from remoteci.history_db import HistoryURL, parse_history_url
 from remoteci.isolation import DEFAULT_UID_RANGE, JobUser, named_user, parse_uid_range
 from remoteci.redis_client import parse_url
 from remoteci.tokens import ProjectToken, TokensFileError, hash_token, load_tokens_file
@@ -54,6 +55,8 @@ class Settings:
     webhook_retry_seconds: float = 20.0
     job_uid_range: tuple[int, int] = DEFAULT_UID_RANGE
     job_user: JobUser | None = None  # REMOTE_CI_JOB_USER: every job as this user
+    history_url: HistoryURL | None = None  # None: SQLite in the data dir
+    history_days: int = 365
 
     @property
     def webhooks_enabled(self) -> bool:
@@ -70,6 +73,10 @@ class Settings:
     @property
     def artifacts_dir(self) -> Path:
         return self.data_dir / "artifacts"
+
+    @property
+    def history(self) -> HistoryURL:
+        return self.history_url or HistoryURL("sqlite", str(self.data_dir / "history.sqlite3"))
 
     @property
     def redis_dir(self) -> Path:
@@ -181,6 +188,7 @@ _INT_SETTINGS: dict[str, tuple[str, int, int]] = {
     "REMOTE_CI_MAX_ARTIFACT_MB": ("max_artifact_mb", 1, 10_000_000),
     "REMOTE_CI_WEBHOOK_TIMEOUT": ("webhook_timeout", 1, 60),
     "REMOTE_CI_WEBHOOK_ATTEMPTS": ("webhook_attempts", 1, 20),
+    "REMOTE_CI_HISTORY_DAYS": ("history_days", 1, 36500),
 }
 _PATH_SETTINGS = {
     "REMOTE_CI_WORKSPACE_DIR": "workspace_dir",
@@ -251,6 +259,7 @@ def _webhook_values(env: Mapping[str, str]) -> dict[str, object]:
 _PARSED_SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
     "REMOTE_CI_JOB_UID_RANGE": ("job_uid_range", parse_uid_range),
     "REMOTE_CI_JOB_USER": ("job_user", named_user),
+    "REMOTE_CI_HISTORY_URL": ("history_url", parse_history_url),
 }
 
 

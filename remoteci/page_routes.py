@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, quote
 from remoteci import csrf, jobs, logs, pages
 from remoteci.config import Settings
 from remoteci.errors import ApiError
+from remoteci.history_db import HistoryDB
 from remoteci.http import Request, Response, cancel, visible_job
 from remoteci.identity import Identity, listing_owner
 from remoteci.queue import JobStore
@@ -22,9 +23,10 @@ FORM_BODY_MAX = 4096
 
 
 class PageRoutes:
-    def __init__(self, settings: Settings, store: JobStore):
+    def __init__(self, settings: Settings, store: JobStore, history: HistoryDB):
         self.settings = settings
         self.store = store
+        self.history = history
         self.csrf_key = csrf.derive_key(settings.tokens)
 
     def index(self, request: Request) -> Response:
@@ -91,7 +93,7 @@ class PageRoutes:
                               ("Content-Length", "0")], [b""])
 
     def _job(self, job_id: str, identity: Identity) -> dict[str, object]:
-        return visible_job(self.store, self.settings, job_id, identity)
+        return visible_job(self.store, self.settings, job_id, identity, self.history)
 
 
 def html_response(text: str) -> Response:
