@@ -132,6 +132,7 @@ class App:
         self.stopping = threading.Event()
         self.requests = metrics.RequestCounts()
         self.history = HistoryDB(settings.history)  # connects on first use
+        self.history_queue = HistoryQueue(store.r)
         # What /api/health says before any executor reported: in `serve` they have our rights.
         self.own_isolation = isolation.USER if isolation.can_switch_users() else isolation.NONE
         self.redis_watch = RedisWatch(COMPONENT, store.ping, self.stopping)
@@ -159,6 +160,7 @@ class App:
             Route("GET", _p(r"/api/history"), self.history_search, "api"),
             Route("GET", _p(r"/metrics"), self.metrics, "page"),
             Route("GET", _p(r"/"), web.index, "page"),
+            Route("GET", _p(r"/history"), web.history_page, "page"),
             Route("GET", _p(r"/jobs/(?P<id>[^/]+)"), web.job, "page"),
             Route("GET", _p(r"/jobs/(?P<id>[^/]+)/log"), web.job_log, "page"),
             Route("POST", _p(r"/jobs/(?P<id>[^/]+)/cancel"), web.cancel, "page"),
@@ -430,10 +432,10 @@ class App:
 
     def metrics(self, request: Request) -> Response:
         require_admin(request.identity, "/metrics")
-        history = HistoryQueue(self.store.r)
+        waiting = self.history_queue
         text = metrics.render(self.store.stats(), self.store.histogram_counts(),
                               self.requests.snapshot(),
-                              (history.pending(), history.lag_seconds(time.time())))
+                              (waiting.pending(), waiting.lag_seconds(time.time())))
         data = text.encode()
         return Response(200, [("Content-Type", metrics.CONTENT_TYPE),
                               ("Content-Length", str(len(data)))], [data])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, quote
 
-from remoteci import csrf, jobs, logs, pages
+from remoteci import csrf, history_api, jobs, logs, pages
 from remoteci.config import Settings
 from remoteci.errors import ApiError
 from remoteci.history_db import HistoryDB
@@ -91,6 +91,12 @@ class PageRoutes:
         # A job that ended meanwhile is no error for a person: the page shows how it ended.
         return Response(303, [("Location", f"/jobs/{quote(job_id, safe='')}"),
                               ("Content-Length", "0")], [b""])
+
+    def history_page(self, request: Request) -> Response:
+        search = history_api.search_from(request.query, request.identity, PAGE_SIZE)
+        found, next_cursor = history_api.page(self.history, search)
+        filters = {name: request.query(name) for name in ("status", "mode", "name", "since")}
+        return html_response(pages.history_page(found, filters, next_cursor))
 
     def _job(self, job_id: str, identity: Identity) -> dict[str, object]:
         return visible_job(self.store, self.settings, job_id, identity, self.history)
