@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from remoteci.history_db import HistoryURL, parse_history_url
 from remoteci.isolation import DEFAULT_UID_RANGE, JobUser, named_user, parse_uid_range
 from remoteci.redis_client import parse_url
 from remoteci.tokens import ProjectToken, TokensFileError, hash_token, load_tokens_file
@@ -57,6 +58,8 @@ class Settings:
     max_queued_per_owner: int = 1000  # 0: no cap
     max_stored_mb_per_owner: int = 51200  # uploads and artifacts; 0: no cap
     max_connections_per_client: int = 64  # open connections per client address; 0: no cap
+    history_url: HistoryURL | None = None  # None: SQLite in the data dir
+    history_days: int = 365
 
     @property
     def webhooks_enabled(self) -> bool:
@@ -73,6 +76,10 @@ class Settings:
     @property
     def artifacts_dir(self) -> Path:
         return self.data_dir / "artifacts"
+
+    @property
+    def history(self) -> HistoryURL:
+        return self.history_url or HistoryURL("sqlite", str(self.data_dir / "history.sqlite3"))
 
     @property
     def redis_dir(self) -> Path:
@@ -187,6 +194,7 @@ _INT_SETTINGS: dict[str, tuple[str, int, int]] = {
     "REMOTE_CI_MAX_QUEUED_PER_OWNER": ("max_queued_per_owner", 0, 10_000_000),
     "REMOTE_CI_MAX_STORED_MB_PER_OWNER": ("max_stored_mb_per_owner", 0, 1_000_000_000),
     "REMOTE_CI_MAX_CONNECTIONS_PER_CLIENT": ("max_connections_per_client", 0, 100_000),
+    "REMOTE_CI_HISTORY_DAYS": ("history_days", 1, 36500),
 }
 _PATH_SETTINGS = {
     "REMOTE_CI_WORKSPACE_DIR": "workspace_dir",
@@ -257,6 +265,7 @@ def _webhook_values(env: Mapping[str, str]) -> dict[str, object]:
 _PARSED_SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
     "REMOTE_CI_JOB_UID_RANGE": ("job_uid_range", parse_uid_range),
     "REMOTE_CI_JOB_USER": ("job_user", named_user),
+    "REMOTE_CI_HISTORY_URL": ("history_url", parse_history_url),
 }
 
 

@@ -7,6 +7,7 @@ import binascii
 import json
 import re
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -15,10 +16,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from remoteci import events, isolation, jobs, logs, metrics, submissions
+from remoteci import events, history_api, isolation, jobs, logs, metrics, submissions
 from remoteci.config import ConfigError, Settings
 from remoteci.errors import ApiError
 from remoteci.gitsource import redact_url, split_credentials, validate_git_ref, validate_git_url
+from remoteci.history_db import HistoryDB
+from remoteci.history_store import HistoryQueue
 from remoteci.identity import (
     Authenticator,
     Identity,
@@ -151,10 +154,12 @@ class App:
         self.store = store
         self.stopping = threading.Event()
         self.requests = metrics.RequestCounts()
+        self.history = HistoryDB(settings.history)  # connects on first use
+        self.history_queue = HistoryQueue(store.r)
         # What /api/health says before any executor reported: in `serve` they have our rights.
         self.own_isolation = isolation.USER if isolation.can_switch_users() else isolation.NONE
         self.redis_watch = RedisWatch(COMPONENT, store.ping, self.stopping)
-        web = PageRoutes(settings, store)
+        web = PageRoutes(settings, store, self.history)
         self.streams = StreamSlots(settings.max_followers)
         artifacts = ArtifactRoutes(settings, self._job, self.streams)
         self.auth = Authenticator(settings.tokens, settings.project_tokens)
@@ -177,8 +182,10 @@ class App:
             Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)/artifacts\.tar\.gz"), artifacts.tarball, "api"),
             Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)/artifacts/(?P<path>.+)"), artifacts.one, "api"),
             Route("GET", _p(r"/api/stats"), self.stats, "api"),
+            Route("GET", _p(r"/api/history"), self.history_search, "api"),
             Route("GET", _p(r"/metrics"), self.metrics, "page"),
             Route("GET", _p(r"/"), web.index, "page"),
+            Route("GET", _p(r"/history"), web.history_page, "page"),
             Route("GET", _p(r"/jobs/(?P<id>[^/]+)"), web.job, "page"),
             Route("GET", _p(r"/jobs/(?P<id>[^/]+)/log"), web.job_log, "page"),
             Route("POST", _p(r"/jobs/(?P<id>[^/]+)/cancel"), web.cancel, "page"),
@@ -392,7 +399,13 @@ class App:
         return json_response(200, self._job(request.params["id"], request.identity))
 
     def _job(self, job_id: str, identity: Identity) -> dict[str, Any]:
-        return visible_job(self.store, self.settings, job_id, identity)
+        return visible_job(self.store, self.settings, job_id, identity, self.history)
+
+    def history_search(self, request: Request) -> Response:
+        query = history_api.search_from(request.query, request.identity,
+                                        _int_query(request, "limit", 50, 1, LIST_LIMIT_MAX))
+        found, next_cursor = history_api.page(self.history, query)
+        return json_response(200, {"jobs": found, "next_cursor": next_cursor})
 
     def list_jobs(self, request: Request) -> Response:
         status = request.query("status") or None
@@ -475,16 +488,25 @@ class App:
 
     def metrics(self, request: Request) -> Response:
         require_admin(request.identity, "/metrics")
+        waiting = self.history_queue
         text = metrics.render(self.store.stats(), self.store.histogram_counts(),
-                              self.requests.snapshot())
+                              self.requests.snapshot(),
+                              (waiting.pending(), waiting.lag_seconds(time.time())))
         data = text.encode()
         return Response(200, [("Content-Type", metrics.CONTENT_TYPE),
                               ("Content-Length", str(len(data)))], [data])
 
 
-def visible_job(store: JobStore, settings: Settings, job_id: str, identity: Identity) -> dict[str, Any]:
-    """The job, or the API's 404: another owner's job gets the very answer an unknown id gets."""
+def visible_job(store: JobStore, settings: Settings, job_id: str, identity: Identity,
+                history: HistoryDB | None = None) -> dict[str, Any]:
+    """The job, or the API's 404: another owner's job gets the very answer an unknown id gets.
+
+    Once its Redis record expired, a job comes from the history database, with `log_expired`
+    saying whether its log is gone too.
+    """
     job = store.get(job_id)
+    if job is None and history is not None:
+        job = history_api.expired_job(history, job_id, settings.logs_dir)
     if job is None or not may_see(identity, job):
         raise ApiError(404, f"no job with id {job_id!r} (unknown, or older than "
                             f"{settings.retention_days} days)")

@@ -59,7 +59,9 @@ def _histogram(hist: histograms.Histogram, raw: Mapping[str, str]) -> list[str]:
 
 
 def render(stats: Stats, histogram_raw: Mapping[str, str],
-           requests: Mapping[tuple[str, str, int], int]) -> str:
+           requests: Mapping[tuple[str, str, int], int],
+           history: tuple[int, float] = (0, 0.0)) -> str:
+    """`history`: final records not yet in the history database, and the oldest one's age."""
     lines = [
         *_family("jobs_queued", "gauge", "Jobs waiting in the queue.",
                  [f"remoteci_jobs_queued {stats.queued}"]),
@@ -71,6 +73,11 @@ def render(stats: Stats, histogram_raw: Mapping[str, str],
                  [f"remoteci_jobs_finished_total{_labels(status=s)} {n}"
                   for s, n in stats.finished.items()]),
         *(line for hist in histograms.ALL for line in _histogram(hist, histogram_raw)),
+        *_family("history_pending", "gauge", "Final job records waiting for the history writer.",
+                 [f"remoteci_history_pending {history[0]}"]),
+        *_family("history_lag_seconds", "gauge",
+                 "How long the oldest record not yet in the history database has been final.",
+                 [f"remoteci_history_lag_seconds {history[1]:.3f}"]),
         *_family("http_requests_total", "counter", "API requests answered by this process.",
                  [f"remoteci_http_requests_total{_labels(route=r, method=m, code=str(c))} {n}"
                   for (r, m, c), n in sorted(requests.items())]),

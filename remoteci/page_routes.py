@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, quote
 
-from remoteci import csrf, jobs, logs, pages
+from remoteci import csrf, history_api, jobs, logs, pages
 from remoteci.config import Settings
 from remoteci.errors import ApiError
+from remoteci.history_db import HistoryDB
 from remoteci.http import Request, Response, cancel, visible_job
 from remoteci.identity import Identity, listing_owner
 from remoteci.queue import JobStore
@@ -22,9 +23,10 @@ FORM_BODY_MAX = 4096
 
 
 class PageRoutes:
-    def __init__(self, settings: Settings, store: JobStore):
+    def __init__(self, settings: Settings, store: JobStore, history: HistoryDB):
         self.settings = settings
         self.store = store
+        self.history = history
         self.csrf_key = csrf.derive_key(settings.tokens)
 
     def index(self, request: Request) -> Response:
@@ -90,8 +92,14 @@ class PageRoutes:
         return Response(303, [("Location", f"/jobs/{quote(job_id, safe='')}"),
                               ("Content-Length", "0")], [b""])
 
+    def history_page(self, request: Request) -> Response:
+        search = history_api.search_from(request.query, request.identity, PAGE_SIZE)
+        found, next_cursor = history_api.page(self.history, search)
+        filters = {name: request.query(name) for name in ("status", "mode", "name", "since")}
+        return html_response(pages.history_page(found, filters, next_cursor))
+
     def _job(self, job_id: str, identity: Identity) -> dict[str, object]:
-        return visible_job(self.store, self.settings, job_id, identity)
+        return visible_job(self.store, self.settings, job_id, identity, self.history)
 
 
 def html_response(text: str) -> Response:

@@ -205,7 +205,8 @@ def index_page(stats: Stats, executors: list[dict[str, Any]], running: list[dict
     body = (_tiles(stats)
             + "<h2>Executors</h2>" + _executors(executors, by_executor)
             + "<h2>Queue</h2>" + _queue(queued, queued_total)
-            + "<h2>Jobs</h2>" + _listing(listing))
+            + "<h2>Jobs</h2>" + _listing(listing)
+            + "<p><a href=\"/history\">History: every job of the last months »</a></p>")
     # A plain reload keeps the overview current with or without JavaScript.
     return _page("Remote CI", body, refresh=15)
 
@@ -236,3 +237,27 @@ def job_page(job: dict[str, Any], log_tail: bytes, log_start: int, cancel_token:
     # Without JavaScript, a running job's page reloads itself instead of tailing.
     return _page(f"Job {job_id}", body, refresh=5 if active else None, script=active,
                  refresh_only_without_js=True)
+
+
+def history_page(found: list[dict[str, Any]], filters: Mapping[str, str | None],
+                 next_cursor: str | None) -> str:
+    """Finished jobs from the history database, newest first, with the search's filters."""
+    form = ("<form class=filters method=get action=\"/history\">"
+            + _select("status", jobs.FINAL_STATUSES, filters.get("status"))
+            + _select("mode", jobs.MODES, filters.get("mode"))
+            + f"<input name=name placeholder=\"name starts with\" value=\"{_text(filters.get('name'))}\">"
+            + f"<input name=since type=date value=\"{_text(filters.get('since'))}\">"
+            + "<button>Search</button><a href=\"/history\">clear</a></form>")
+    rows = "".join(
+        f"<tr><td>{_job_link(j['id'])}</td><td>{_status(j['status'])}</td>"
+        f"<td>{_text(j['name'])}</td><td>{_text(j['mode'])}</td><td>{_text(j.get('owner'))}</td>"
+        f"<td>{_text(j['finished_at'])}</td><td>{_seconds(j['duration'])}</td></tr>"
+        for j in found) or "<tr><td colspan=7 class=muted>No jobs match.</td></tr>"
+    more = ""
+    if next_cursor is not None:
+        kept = {k: v for k, v in filters.items() if v}
+        more = (f"<div class=paging><a rel=next href=\""
+                f"{escape('/history?' + urlencode({**kept, 'cursor': next_cursor}))}\">older »</a></div>")
+    table = ("<table><tr><th>id</th><th>status</th><th>name</th><th>mode</th><th>owner</th>"
+             f"<th>finished</th><th>duration</th></tr>{rows}</table>")
+    return _page("History - Remote CI", "<h2>History</h2>" + form + table + more)

@@ -14,6 +14,8 @@ Keys (all under `rci:`):
   counters              hash of jobs finished per status since the data was created
   histograms            hash of duration / queue-wait histogram buckets (see histograms.py)
   webhooks              list of job ids whose webhook is due (see webhook_store.py)
+  history               list of final job records (JSON, without the payload) waiting for the
+                        history writer to copy them to the database (see history_store.py)
   job-uids              hash token owner -> the uid its jobs run as (kept, no TTL: stable
                         across hosts and restarts); job-uid-owners is its reverse, uid -> owner
   gitcred:<id>          a queued git job's credential (JSON), taken (GETDEL) when the job starts
@@ -24,7 +26,7 @@ Keys (all under `rci:`):
 
 Every status change is one Lua script, so it is one atomic transaction, and conditional:
 a job is claimed only while `queued`, finished only while `running`. The script that makes a job
-final also queues its webhook, so no final status can miss its delivery.
+final also queues its webhook and its history record, so no final status can miss either.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ OWNERS = P + "owners"
 COUNTERS = P + "counters"
 HISTOGRAMS = P + "histograms"
 WEBHOOKS = P + "webhooks"
+HISTORY = P + "history"
 JOB_UIDS = P + "job-uids"
 JOB_UID_OWNERS = P + "job-uid-owners"
 HEARTBEAT_TTL = 15
@@ -263,11 +266,27 @@ if owner then redis.call('ZREM', ARGV[4] .. owner, id) end
 return {payload, 'running', started_at}
 """
 
-# KEYS: job, inflight, index:status:<from>, index:status:<to>, counters, histograms, webhooks
+# The final record, as the history database keeps it: every field but the payload (which holds
+# the job's env secrets) and the cancel flag. Queued in the step that makes the job final, so
+# no final record can miss the history, and kept in full, so a writer that is down longer than
+# the record's TTL still finds it.
+_LUA_QUEUE_HISTORY = """
+local function queue_history(job_key, history_key)
+  local flat = redis.call('HGETALL', job_key)
+  local record = {}
+  for i = 1, #flat, 2 do
+    if flat[i] ~= 'payload' and flat[i] ~= 'cancel_requested' then record[flat[i]] = flat[i + 1] end
+  end
+  redis.call('RPUSH', history_key, cjson.encode(record))
+end
+"""
+
+# KEYS: job, inflight, index:status:<from>, index:status:<to>, counters, histograms, webhooks,
+#       history
 # ARGV: id, payload, from_status, to_status, ttl, n, then n histogram field/increment pairs,
 #       then field/value pairs
 # Ends a job that is in <from>; anything else only drops the payload from the in-flight list.
-_TRANSITION = """
+_TRANSITION = _LUA_QUEUE_HISTORY + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if KEYS[2] ~= '' then redis.call('LREM', KEYS[2], 1, ARGV[2]) end
 if status ~= ARGV[3] then return status or 'missing' end
@@ -280,12 +299,13 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[4], seq, ARGV[1])
 redis.call('HINCRBY', KEYS[5], ARGV[4], 1)
 if redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then redis.call('LPUSH', KEYS[7], ARGV[1]) end
+queue_history(KEYS[1], KEYS[8])
 return 'ok'
 """
 
-# KEYS: job, queue, index:status:queued, index:status:cancelled, counters, webhooks
+# KEYS: job, queue, index:status:queued, index:status:cancelled, counters, webhooks, history
 # ARGV: id, finished_at, ttl, owner queued index prefix
-_CANCEL = """
+_CANCEL = _LUA_QUEUE_HISTORY + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
 if status == 'queued' then
@@ -300,6 +320,7 @@ if status == 'queued' then
   redis.call('ZADD', KEYS[4], seq, ARGV[1])
   redis.call('HINCRBY', KEYS[5], 'cancelled', 1)
   if redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then redis.call('LPUSH', KEYS[6], ARGV[1]) end
+  queue_history(KEYS[1], KEYS[7])
   return 'dequeued'
 end
 if status == 'running' then
@@ -466,7 +487,7 @@ class JobStore:
         flat = [item for pair in fields.items() for item in pair]
         observed = [item for pair in (observations or {}).items() for item in pair]
         keys = [job_key(job_id), inflight, status_index(from_status), status_index(status),
-                COUNTERS, HISTOGRAMS, WEBHOOKS]
+                COUNTERS, HISTOGRAMS, WEBHOOKS, HISTORY]
         result = self._transition(keys=keys, args=[job_id, payload, from_status, status,
                                                    self.ttl, len(observed) // 2, *observed,
                                                    *flat])
@@ -484,7 +505,7 @@ class JobStore:
         """Cancel: 'dequeued' (it was queued), 'running' (its executor stops it), 'missing', or
         the final status it already had."""
         keys = [job_key(job_id), QUEUE, status_index(jobs.QUEUED), status_index(jobs.CANCELLED),
-                COUNTERS, WEBHOOKS]
+                COUNTERS, WEBHOOKS, HISTORY]
         outcome: str = self._cancel(keys=keys, args=[job_id, finished_at, self.ttl,
                                                      OWNER_QUEUED_PREFIX])
         return outcome

@@ -259,6 +259,15 @@ class _Commands:
             pairs += [field, field_value]
         return self._command(None, "HSET", name, *pairs)
 
+    def get(self, name: str) -> Any:
+        return self._command(None, "GET", name)
+
+    def llen(self, name: str) -> Any:
+        return self._command(None, "LLEN", name)
+
+    def lindex(self, name: str, index: int) -> Any:
+        return self._command(None, "LINDEX", name, index)
+
     def lrange(self, name: str, start: int, end: int) -> Any:
         return self._command(None, "LRANGE", name, start, end)
 

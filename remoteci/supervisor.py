@@ -12,6 +12,7 @@ from typing import Any
 from remoteci import events, jobdirs, jobs, proctree
 from remoteci.config import Settings
 from remoteci.executor import DRAIN_KILL_GRACE, executor_main
+from remoteci.history_writer import HISTORY_SLOT, history_main
 from remoteci.notify import Notifier
 from remoteci.queue import HEARTBEAT_TTL, JobStore
 from remoteci.redis_client import RedisError
@@ -58,6 +59,7 @@ class Supervisor:
         self._sweep()
         for slot in range(self.settings.concurrency):
             self._spawn(slot)
+        self._spawn(HISTORY_SLOT)
         if self.settings.webhooks_enabled:
             self._spawn(DELIVERER_SLOT)
         else:
@@ -105,7 +107,8 @@ class Supervisor:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 proctree.die_with_parent(signal.SIGTERM)
-                main = deliverer_main if slot == DELIVERER_SLOT else executor_main
+                main = {DELIVERER_SLOT: deliverer_main, HISTORY_SLOT: history_main}.get(
+                    slot, executor_main)
                 main(self.settings, self.make_store(), slot)
             except BaseException as exc:
                 events.error("executor", f"crashed: {exc!r}")
@@ -129,6 +132,9 @@ class Supervisor:
                 events.error(COMPONENT, f"webhook deliverer {executor_id} died (exit code {code}); "
                                         "restarting it")
                 self._hand_back_deliveries(executor_id)
+            elif slot == HISTORY_SLOT:
+                events.error(COMPONENT, f"history writer {executor_id} died (exit code {code}); "
+                                        "restarting it (what it had not copied waits in Redis)")
             else:
                 events.error(COMPONENT, f"executor {executor_id} died (exit code {code}); "
                                         "restarting it")

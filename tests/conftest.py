@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import redis
 from remoteci.queue import connect
 from remoteci.redis_client import Redis
 from tests.helpers import RedisServer, Server, running_server
+from tests.postgres import PostgresServer, pg_bin
 
 
 @pytest.fixture(scope="session")
@@ -79,3 +81,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                         {"REMOTE_CI_JOB_TIMEOUT": "60", "REMOTE_CI_KILL_GRACE": "2",
                          "REMOTE_CI_CANCEL_GRACE": "2", "REMOTE_CI_DRAIN_TIMEOUT": "5"}) as srv:
         yield srv
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    if pg_bin("initdb") is None:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    server = PostgresServer().init()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def history_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same tests on both databases: a fresh SQLite file or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/history.sqlite3"
+    pg: PostgresServer = request.getfixturevalue("postgres_server")
+    return pg.create_database(f"t_{os.urandom(6).hex()}")

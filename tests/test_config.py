@@ -111,3 +111,19 @@ def test_job_user_must_exist_and_not_be_root() -> None:
         load_settings({**TOKEN, "REMOTE_CI_JOB_USER": "no-such-user-x"})
     with pytest.raises(ConfigError, match="is root"):
         load_settings({**TOKEN, "REMOTE_CI_JOB_USER": "root"})
+
+
+def test_history_defaults_to_sqlite_in_the_data_dir_for_a_year() -> None:
+    s = load_settings({**TOKEN, "REMOTE_CI_DATA_DIR": "/srv/ci"})
+    assert str(s.history) == "sqlite:///srv/ci/history.sqlite3" and s.history_days == 365
+    pg = load_settings({**TOKEN, "REMOTE_CI_HISTORY_URL": "postgresql://ci@db/history",
+                        "REMOTE_CI_HISTORY_DAYS": "90"})
+    assert pg.history.dialect == "postgresql" and pg.history_days == 90
+
+
+def test_a_bad_history_setting_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"REMOTE_CI_HISTORY_URL: .*postgresql") as caught:
+        load_settings({**TOKEN, "REMOTE_CI_HISTORY_URL": "mysql://u:secret@h/db"})
+    assert "secret" not in str(caught.value)
+    with pytest.raises(ConfigError, match="REMOTE_CI_HISTORY_DAYS"):
+        load_settings({**TOKEN, "REMOTE_CI_HISTORY_DAYS": "0"})

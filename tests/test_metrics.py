@@ -75,7 +75,8 @@ def test_metrics_parse_strictly_with_every_family(server: Server) -> None:
         "remoteci_jobs_queued": "gauge", "remoteci_jobs_running": "gauge",
         "remoteci_executors": "gauge", "remoteci_jobs_finished_total": "counter",
         "remoteci_job_duration_seconds": "histogram", "remoteci_job_queue_wait_seconds": "histogram",
-        "remoteci_http_requests_total": "counter"}
+        "remoteci_http_requests_total": "counter", "remoteci_history_pending": "gauge",
+        "remoteci_history_lag_seconds": "gauge"}
     assert all(f.help for f in families.values())
     assert value(families, "remoteci_executors") == 2
 
