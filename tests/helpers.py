@@ -48,6 +48,18 @@ def shared_dir() -> Path:
     return path
 
 
+def read_head(sock: socket.socket, timeout: float = 5) -> bytes:
+    """Read from a raw connection until the end of an answer's head (or the connection's)."""
+    sock.settimeout(timeout)
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        reply += chunk
+    return reply
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import socket
 
-from tests.helpers import TOKEN, Server
+from tests.helpers import TOKEN, Server, read_head
 
 RAW_CSP = "default-src 'none'; sandbox"
 BASIC = {"Authorization": "Basic " + base64.b64encode(f"x:{TOKEN}".encode()).decode()}
@@ -45,11 +45,6 @@ def test_the_raw_log_is_sandboxed(server: Server) -> None:
 def test_a_malformed_request_gets_nosniff_too(server: Server) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
-        reply = b""
-        while b"\r\n\r\n" not in reply:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
+        reply = read_head(sock)
     head = reply.split(b"\r\n\r\n")[0].lower()
     assert head.startswith(b"http/1.1 400") and b"x-content-type-options: nosniff" in head

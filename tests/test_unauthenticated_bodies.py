@@ -7,18 +7,7 @@ import json
 import socket
 import time
 
-from tests.helpers import MakeServer, Server, wait_until
-
-
-def read_head(sock: socket.socket, timeout: float = 5) -> bytes:
-    sock.settimeout(timeout)
-    reply = b""
-    while b"\r\n\r\n" not in reply:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        reply += chunk
-    return reply
+from tests.helpers import MakeServer, Server, read_head, wait_until
 
 
 def test_a_body_without_a_token_is_refused_before_it_is_read(server: Server) -> None:
