@@ -20,6 +20,7 @@ QUEUE_SHOWN = 10
 RUNNING_SHOWN = 200  # more than any fleet's executors; maps executors to their current job
 LOG_CHUNK_MAX = 256 * 1024  # one live-tail answer; the page asks again at once if there is more
 FORM_BODY_MAX = 4096
+CHART_HOURS = 7 * 24
 
 
 class PageRoutes:
@@ -49,6 +50,11 @@ class PageRoutes:
         html = pages.index_page(stats, self.store.live_executors(), running, queued, listing,
                                 queued_total, time.time())
         return html_response(html)
+
+    def charts(self, request: Request) -> Response:
+        """Fleet-wide activity (no job ids, names or owners), as the overview's tiles."""
+        now = time.time()
+        return html_response(pages.charts_page(self.store.activity.hours(now, CHART_HOURS), now))
 
     def job(self, request: Request) -> Response:
         job = self._job(request.params["id"], request.identity)

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from remoteci import ansi, jobs, timefmt
+from remoteci import ansi, charts, jobs, timefmt
+from remoteci.activity import Hour
 from remoteci.queue import Stats
 
 LOG_TAIL_BYTES = 256 * 1024
@@ -47,6 +48,7 @@ button.danger{background:#cf222e;color:#fff;border:0;border-radius:4px}
 # The one script: static, in its own file so it reads as JavaScript.
 LIVE_TAIL_JS = (Path(__file__).parent / "live_tail.js").read_text()
 
+_STYLE += charts.STYLE
 LOG_STYLE = ansi.stylesheet()
 
 
@@ -298,3 +300,8 @@ def job_page(job: dict[str, Any], log_tail: bytes, log_start: int, cancel_token:
     # Without JavaScript, a running job's page reloads itself instead of tailing.
     return _page(f"Job {job_id}", body, refresh=5 if active else None, script=active,
                  refresh_only_without_js=True, log_style=True)
+
+
+def charts_page(week: list[Hour], now: float) -> str:
+    # Reloads itself now and then, as the overview does, so a wall screen stays current.
+    return _page("Remote CI charts", "<h2>Charts</h2>" + charts.body(week, now), refresh=60)

@@ -13,6 +13,8 @@ Keys (all under `rci:`):
   executor:<id>         heartbeat string (JSON) with a short TTL; gone means the executor is dead
   counters              hash of jobs finished per status since the data was created
   histograms            hash of duration / queue-wait histogram buckets (see histograms.py)
+  activity:<hour>       hash per hour of jobs ended, wait/run buckets, busy/up seconds per host;
+                        8-day TTL (see activity.py)
   webhooks              list of job ids whose webhook is due (see webhook_store.py)
   job-uids              hash token owner -> the uid its jobs run as (kept, no TTL: stable
                         across hosts and restarts); job-uid-owners is its reverse, uid -> owner
@@ -25,11 +27,13 @@ final also queues its webhook, so no final status can miss its delivery.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from remoteci import jobs
+from remoteci.activity import ActivityStore
 from remoteci.redis_client import Redis
 
 P = "rci:"
@@ -308,6 +312,7 @@ class JobStore:
         self._requeue = client.register_script(_REQUEUE_UNCLAIMED)
         self._forget_owner = client.register_script(_FORGET_OWNER)
         self._job_uid = client.register_script(_JOB_UID)
+        self.activity = ActivityStore(client)
 
     # --- accepting -------------------------------------------------------------------------
 
@@ -367,6 +372,8 @@ class JobStore:
         result = self._transition(keys=keys, args=[job_id, payload, from_status, status,
                                                    self.ttl, len(observed) // 2, *observed,
                                                    *flat])
+        if result == "ok":
+            self.activity.job_ended(job_key(job_id), status, time.time())
         return bool(result == "ok")
 
     def drop_inflight(self, executor_id: str, payload: str) -> None:
@@ -383,6 +390,8 @@ class JobStore:
         keys = [job_key(job_id), QUEUE, status_index(jobs.QUEUED), status_index(jobs.CANCELLED),
                 COUNTERS, WEBHOOKS]
         outcome: str = self._cancel(keys=keys, args=[job_id, finished_at, self.ttl])
+        if outcome == "dequeued":
+            self.activity.job_ended(job_key(job_id), jobs.CANCELLED, time.time())
         return outcome
 
     def payload(self, job_id: str) -> dict[str, Any] | None:
