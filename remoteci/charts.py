@@ -16,6 +16,7 @@ from remoteci.activity import Hour
 WIDTH, HEIGHT = 960, 170
 LEFT, BOTTOM, TOP = 46, 22, 8
 QUANTILES = (0.5, 0.9, 0.99)
+PENDING = "its executors' time is not reported yet (each host adds it every 10 s)"
 STYLE = (
     ".chart{display:block;background:#fff;border:1px solid #d0d7de;border-radius:6px;"
     "width:100%;max-width:960px;height:auto}.chart text{font-size:11px;fill:#57606a}"
@@ -161,24 +162,27 @@ def busy_chart(day: dict[str, float], week: dict[str, float]) -> str:
             for host, (busy, up) in activity.busy_share(summed).items()]
     if not rows:
         return "<p class=muted>No executor has reported yet.</p>"
+    pending = (f"<p class=muted>{escape(PENDING)}</p>"
+               if any(not up for *_, up in rows) else "")
     rows.sort(key=lambda r: (r[0], r[1] != "24 h"))
     row_h, label_w, bar_w = 24, 220, WIDTH - 220 - 70
     parts = [f'<svg class=chart viewBox="0 0 {WIDTH} {row_h * len(rows) + 8}" role=img '
              'aria-label="executor busy share per host"><title>executor busy share per host'
              "</title>"]
     for i, (host, window, busy, up) in enumerate(rows):
-        share = min(1.0, busy / up) if up else 0.0
+        share = min(1.0, busy / up) if up else 0.0  # jobs' clocks and ours differ a little
         y = 4 + i * row_h
         note = (f"{host}, {window}: {share:.0%} busy ({timefmt.span(busy)} of "
-                f"{timefmt.span(up)} executor time)")
+                f"{timefmt.span(up)} executor time)" if up else
+                f"{host}, {window}: {PENDING}")
         parts.append(f"<g><title>{escape(note)}</title>"
                      f'<text x="8" y="{y + 15}">{escape(host)} · {window}</text>'
                      f'<rect class=idle x="{label_w}" y="{y + 3}" width="{bar_w}" height="14"/>'
                      f'<rect class=busy x="{label_w}" y="{y + 3}" width="{bar_w * share:.1f}" '
                      f'height="14"/><text x="{label_w + bar_w + 8}" y="{y + 15}">'
-                     f"{share:.0%}</text></g>")
+                     f"{f'{share:.0%}' if up else '—'}</text></g>")
     parts.append("</svg>")
-    return "".join(parts)
+    return "".join(parts) + pending
 
 
 def body(week: Sequence[Hour], now: float) -> str:
