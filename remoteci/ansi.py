@@ -19,8 +19,10 @@ styles or pull in a renderer far bigger than this; SGR itself is a short, fixed 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import lru_cache
 from html import escape
+from typing import NamedTuple
 
 # One token at a time; the order matters: a CSI must win over the two-byte escape that would
 # match its first two characters.
@@ -74,8 +76,7 @@ def stylesheet() -> str:
             + ".s{text-decoration:line-through}.u.s{text-decoration:underline line-through}")
 
 
-@dataclass(frozen=True)
-class Style:
+class Style(NamedTuple):  # a tuple: hashed and compared in C, once per escape sequence
     fg: int | None = None  # palette index 0..255
     bg: int | None = None
     bold: bool = False
@@ -134,6 +135,7 @@ def _byte(value: int) -> int:
     return max(0, min(255, value))
 
 
+@lru_cache(maxsize=4096)  # logs repeat the same few sequences; a hit costs ~0.1 µs
 def apply_sgr(style: Style, raw: str) -> Style:
     """The style after one SGR sequence's parameters (`1;31`, `38;5;208`, `38:2::1:2:3`, ``)."""
     params: list[list[int | None]] = [
@@ -147,20 +149,20 @@ def apply_sgr(style: Style, raw: str) -> Style:
             style = Style()
         elif code in _FLAGS:
             on = params[i][1:2] != [0]  # 4:0 is "no underline"
-            style = replace(style, **_FLAGS[code]) if on or code != 4 else replace(
-                style, underline=False)
+            style = style._replace(**_FLAGS[code]) if on or code != 4 else style._replace(
+                underline=False)
         elif 30 <= code <= 37 or 90 <= code <= 97:
-            style = replace(style, fg=code - 30 if code < 90 else code - 82)
+            style = style._replace(fg=code - 30 if code < 90 else code - 82)
         elif 40 <= code <= 47 or 100 <= code <= 107:
-            style = replace(style, bg=code - 40 if code < 100 else code - 92)
+            style = style._replace(bg=code - 40 if code < 100 else code - 92)
         elif code in (38, 48):
             colour, used = _extended(params, i)
             if colour is not None:
-                style = replace(style, fg=colour) if code == 38 else replace(style, bg=colour)
+                style = style._replace(fg=colour) if code == 38 else style._replace(bg=colour)
         elif code == 39:
-            style = replace(style, fg=None)
+            style = style._replace(fg=None)
         elif code == 49:
-            style = replace(style, bg=None)
+            style = style._replace(bg=None)
         i += used
     return style
 
@@ -184,27 +186,35 @@ def unfinished_suffix(text: str) -> int:
     return 1 if text.endswith("\r") else 0
 
 
-def render(text: str, style: Style = Style()) -> Rendered:
+PLAIN = Style()
+
+
+def render(text: str, style: Style = PLAIN) -> Rendered:
     """Render terminal text from `style` on (a growing log: cut its unfinished_suffix first)."""
     lines: list[str] = []
     line: list[str] = []
     overwrite = False  # a carriage return came: the next text replaces the line
+    openings: dict[Style, str] = {PLAIN: ""}  # a log uses a few styles many times
+    opening = openings.get(style)
+    if opening is None:
+        opening = openings[style] = f'<span class="{style.classes()}">'
     for match in _TOKEN.finditer(text):
         kind = match.lastgroup
         if kind == "text":
             if overwrite:
                 line.clear()
                 overwrite = False
-            classes = style.classes()
-            chunk = escape(match.group("text"), quote=False)
-            line.append(f'<span class="{classes}">{chunk}</span>' if classes else chunk)
+            chunk = escape(match["text"], quote=False)
+            line.append(f"{opening}{chunk}</span>" if opening else chunk)
         elif kind == "nl":
             lines.append("".join(line) + "\n")
             line.clear()
             overwrite = False
         elif kind == "cr":
             overwrite = True
-        elif (kind == "final" and match.group("final") == "m"
-              and _SGR_PARAMS.fullmatch(match.group("csi"))):
-            style = apply_sgr(style, match.group("csi"))
+        elif kind == "final" and match["final"] == "m" and _SGR_PARAMS.fullmatch(match["csi"]):
+            style = apply_sgr(style, match["csi"])
+            opening = openings.get(style)
+            if opening is None:
+                opening = openings[style] = f'<span class="{style.classes()}">'
     return Rendered("".join(lines), "".join(line), style)
