@@ -52,9 +52,12 @@ def test_a_coloured_log_renders_coloured_and_a_hostile_one_as_text(server: Serve
 
 def test_the_live_tail_joins_an_sgr_split_across_chunks_and_keeps_hostile_text_text(
         server: Server, tmp_path: Path) -> None:
+    # The page is rendered with magenta still on (no reset yet): the tail must carry it on.
     job = server.submit(
-        "printf 'start\\n'; while [ ! -e go1 ]; do sleep 0.05; done; printf '\\033[3';"
-        "while [ ! -e go2 ]; do sleep 0.05; done; printf '2mgreen\\033[0m\\n';" + HOSTILE
+        "printf '\\033[35mstart\\n'; while [ ! -e go1 ]; do sleep 0.05; done;"
+        "printf 'still magenta\\033[0m \\033[3';"
+        "while [ ! -e go2 ]; do sleep 0.05; done;"
+        "printf '2mgreen\\033[0m \\033[1;38;2;255;0;0mred\\033[0m\\n';" + HOSTILE
         + "; sleep 30", name="live colours")
     server.wait_status(job["id"], ("running",))
     wait_until(lambda: b"start" in server.log(job["id"]), 10, "the first log line")
@@ -70,10 +73,14 @@ def test_the_live_tail_joins_an_sgr_split_across_chunks_and_keeps_hostile_text_t
         page.wait_for("(document.querySelector('#log .f2') || {}).textContent === 'green'", 20,
                       "the green word through the live tail")
         assert color(page, "#log .f2") == "rgb(63, 185, 80)"
+        magenta = page.evaluate("[...document.querySelectorAll('#log .f5')].map(e => e.textContent)")
+        assert magenta == ["start", "still magenta"]
+        assert color(page, "#log .f196.b") == "rgb(255, 0, 0)"  # truecolour, in the browser too
         page.wait_for("document.getElementById('log').textContent.indexOf('</pre>') >= 0", 20,
                       "the hostile line through the live tail")
         text = page.evaluate("document.getElementById('log').textContent")
-        assert "start\ngreen\n<img src=x onerror=alert(1)><script>" in text and "\x1b" not in text
+        assert "start\nstill magenta green red\n<img src=x onerror=alert(1)><script>" in text
+        assert "\x1b" not in text
         assert page.evaluate("document.querySelector('#log img, #log script, #injected')") is None
         page.screenshot(artifacts_dir() / "job-live.png")
     server.request("POST", f"/api/jobs/{job['id']}/cancel")
