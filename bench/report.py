@@ -157,6 +157,18 @@ def _growth_rows(g: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _pages_rows(pg: dict[str, Any]) -> list[str]:
+    if not pg or "error" in pg:
+        return [f"pages: {pg.get('error') if pg else 'not run'}"]
+    lines = ["| page | p50 (ms) | p90 (ms) | target | verdict |", "|---|---|---|---|---|"]
+    for key, value in pg.items():
+        if isinstance(value, dict) and "p50_ms" in value:
+            lines.append(f"| `GET {value['path']}` ({key.replace('_', ' ')}) | "
+                         f"{_fmt(value['p50_ms'], '', 2)} | {_fmt(value['p90_ms'], '', 2)} | "
+                         f"≤ 50 ms | {_verdict(value['p50_ms'] <= 50)} |")
+    return lines
+
+
 def table(results: dict[str, Any]) -> str:
     ours, peer = results.get("ours", {}), results.get("peer")
     lines = ["| scenario | ours | reference (celery_seed) | target | verdict |",
@@ -164,6 +176,10 @@ def table(results: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(r) + " |" for r in _rows(ours, peer)]
     if "growth" in ours:
         lines += ["", "Growth (ours):", "", *_growth_rows(ours["growth"])]
+    if "pages" in ours:
+        stored = ours["pages"].get("stored", "?")
+        lines += ["", f"Pages (ours, {stored:,} jobs stored):" if isinstance(stored, int)
+                  else "Pages (ours):", "", *_pages_rows(ours["pages"])]
     meta = results.get("meta", {})
     lines += ["", f"Measured {meta.get('date')} on {meta.get('nproc')} × {meta.get('cpu')}, "
                   f"Linux {meta.get('kernel')}, Python {meta.get('python')}, "

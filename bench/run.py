@@ -25,7 +25,7 @@ import scenarios
 import servers
 
 ALL = ["memory", "latency", "throughput", "api", "stats", "logs", "upload", "rsync", "orphans",
-       "growth"]
+       "growth", "pages"]
 Results = dict[str, dict[str, Any]]
 
 
@@ -96,6 +96,14 @@ def run_ours(ws: Path, only: set[str]) -> dict[str, Any]:
             res["growth"] = scenarios.growth(server)
         except Exception as exc:
             res["growth"] = {"error": repr(exc)[:500]}
+        finally:
+            servers.cleanup(server)
+    if "pages" in only:
+        server = servers.start_ours(ws, label="ours-pages")
+        try:
+            res["pages"] = scenarios.pages(server)
+        except Exception as exc:
+            res["pages"] = {"error": repr(exc)[:500]}
         finally:
             servers.cleanup(server)
     return res

@@ -330,3 +330,36 @@ def growth(server: Server, finished: int = 10_000) -> dict[str, Any]:
         {"comm": p["comm"], "rss_mb": round(p["rss_kb"] / 1024, 1)} for p in mem.get("detail", [])]
     api.close()
     return res
+
+
+# --- pages: server time of each HTML page with 10,000 jobs stored ------------------------------
+
+# A test runner's output: two colours and a bold 256-colour progress mark per line, ~350 KB,
+# so the job page renders a full 256 KiB tail of dense escapes (its worst case).
+COLOURED_LOG = ("for i in $(seq 5000); do printf '\\033[32mPASSED\\033[0m tests/test_%d.py::"
+                "test_case \\033[1;38;5;208m[ 50%%]\\033[0m\\n' $i; done")
+
+
+def pages(server: Server, stored: int = 10_000, n: int = 40) -> dict[str, Any]:
+    """p50/p90 ms of sequential GETs of each page on one keep-alive connection."""
+    api = Api(server.url)
+    coloured = api.submit("tiny", COLOURED_LOG)
+    plain = api.submit("tiny", "echo plain")
+    api.wait(coloured)
+    api.wait(plain)
+    log(f"pages: storing {stored} jobs")
+    t = time.monotonic()
+    _submit_many(server, stored, "true")
+    _wait_idle(api)
+    res: dict[str, Any] = {"scenario": "pages", "stored": stored + 2,
+                           "store_s": round(time.monotonic() - t, 1), "n": n}
+    paths = {"overview": "/", "overview_failed": "/?status=failed",
+             "job_coloured_log": f"/jobs/{coloured}", "job_plain": f"/jobs/{plain}",
+             "log_chunk": f"/jobs/{coloured}/log?offset=0", "raw_log": f"/jobs/{coloured}/log",
+             "charts": "/charts"}
+    for name, path in paths.items():
+        api.timed("GET", path, 2)  # warm-up
+        ms = api.timed("GET", path, n)
+        res[name] = {"path": path, "p50_ms": round(p50(ms), 2), "p90_ms": round(pct(ms, 90), 2)}
+    api.close()
+    return res

@@ -186,6 +186,7 @@ class App:
             Route("GET", _p(r"/metrics"), self.metrics, "page"),
             Route("GET", _p(r"/"), web.index, "page"),
             Route("GET", _p(r"/history"), web.history_page, "page"),
+            Route("GET", _p(r"/charts"), web.charts, "page"),
             Route("GET", _p(r"/jobs/(?P<id>[^/]+)"), web.job, "page"),
             Route("GET", _p(r"/jobs/(?P<id>[^/]+)/log"), web.job_log, "page"),
             Route("POST", _p(r"/jobs/(?P<id>[^/]+)/cancel"), web.cancel, "page"),

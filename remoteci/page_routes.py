@@ -5,6 +5,7 @@ Every read is bounded by the page size, never by the number of stored jobs.
 
 from __future__ import annotations
 
+import time
 from urllib.parse import parse_qs, quote
 
 from remoteci import csrf, history_api, jobs, logs, pages
@@ -20,6 +21,7 @@ QUEUE_SHOWN = 10
 RUNNING_SHOWN = 200  # more than any fleet's executors; maps executors to their current job
 LOG_CHUNK_MAX = 256 * 1024  # one live-tail answer; the page asks again at once if there is more
 FORM_BODY_MAX = 4096
+CHART_HOURS = 7 * 24
 
 
 class PageRoutes:
@@ -48,8 +50,13 @@ class PageRoutes:
             own = self.store.list_jobs(jobs.QUEUED, None, RUNNING_SHOWN, identity.owner)[::-1]
             queued, queued_total = own[:QUEUE_SHOWN], len(own)
         html = pages.index_page(stats, self.store.live_executors(), running, queued, listing,
-                                queued_total)
+                                queued_total, time.time())
         return html_response(html)
+
+    def charts(self, request: Request) -> Response:
+        """Fleet-wide activity (no job ids, names or owners), as the overview's tiles."""
+        now = time.time()
+        return html_response(pages.charts_page(self.store.activity.hours(now, CHART_HOURS), now))
 
     def job(self, request: Request) -> Response:
         job = self._job(request.params["id"], request.identity)
@@ -59,22 +66,29 @@ class PageRoutes:
         tail = b"".join(logs.read_range(path, start, size))
         token = (csrf.make_token(self.csrf_key, _cancel_action(job["id"]))
                  if job["status"] in pages.ACTIVE else None)
-        return html_response(pages.job_page(job, tail, start, token))
+        return html_response(pages.job_page(job, tail, start, token, time.time()))
 
     def job_log(self, request: Request) -> Response:
-        """Log bytes from ?offset= for the page's live tail (Basic auth works here, unlike /api)."""
+        """The raw log (Basic auth works here, unlike /api): all of it, as a download with
+        ?download=1, or from ?offset= in bounded chunks for the page's live tail."""
         job_id = request.params["id"]
         status = self._job(job_id, request.identity)["status"]
-        raw = request.query("offset") or "0"
-        if not raw.isdigit() or len(raw) > 18:
+        raw = request.query("offset")
+        if raw is not None and (not raw.isdigit() or len(raw) > 18):
             raise ApiError(400, "query parameter 'offset' must be a whole number >= 0")
+        download = request.query("download") or "0"
+        if download not in ("0", "1"):
+            raise ApiError(400, "query parameter 'download' must be 1 (save as a file) or 0")
         path = self.settings.logs_dir / f"{job_id}.log"
-        start = int(raw)
-        end = max(start, min(logs.log_size(path), start + LOG_CHUNK_MAX))
-        return Response(200, [("Content-Type", "text/plain; charset=utf-8"),
-                              ("Content-Length", str(end - start)), ("Cache-Control", "no-store"),
-                              ("X-Job-Status", str(status)), ("X-Log-Offset", str(end))],
-                        logs.read_range(path, start, end))
+        size = logs.log_size(path)
+        start = int(raw or 0)
+        end = max(start, min(size, start + LOG_CHUNK_MAX) if raw is not None else size)
+        headers = [("Content-Type", "text/plain; charset=utf-8"),
+                   ("Content-Length", str(end - start)), ("Cache-Control", "no-store"),
+                   ("X-Job-Status", str(status)), ("X-Log-Offset", str(end))]
+        if download == "1":  # job ids are [A-Za-z0-9_-]: nothing to quote in the file name
+            headers.append(("Content-Disposition", f'attachment; filename="{job_id}.log"'))
+        return Response(200, headers, logs.read_range(path, start, end))
 
     def cancel(self, request: Request) -> Response:
         job_id = request.params["id"]
@@ -96,7 +110,7 @@ class PageRoutes:
         search = history_api.search_from(request.query, request.identity, PAGE_SIZE)
         found, next_cursor = history_api.page(self.history, search)
         filters = {name: request.query(name) for name in ("status", "mode", "name", "since")}
-        return html_response(pages.history_page(found, filters, next_cursor))
+        return html_response(pages.history_page(found, filters, next_cursor, time.time()))
 
     def _job(self, job_id: str, identity: Identity) -> dict[str, object]:
         return visible_job(self.store, self.settings, job_id, identity, self.history)

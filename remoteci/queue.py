@@ -13,6 +13,8 @@ Keys (all under `rci:`):
   executor:<id>         heartbeat string (JSON) with a short TTL; gone means the executor is dead
   counters              hash of jobs finished per status since the data was created
   histograms            hash of duration / queue-wait histogram buckets (see histograms.py)
+  activity:<hour>       hash per hour of jobs ended, wait/run buckets, busy/up seconds per host;
+                        8-day TTL (see activity.py)
   webhooks              list of job ids whose webhook is due (see webhook_store.py)
   history               list of final job records (JSON, without the payload) waiting for the
                         history writer to copy them to the database (see history_store.py)
@@ -32,11 +34,13 @@ final also queues its webhook and its history record, so no final status can mis
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from remoteci import jobs
+from remoteci.activity import ActivityStore
 from remoteci.redis_client import Redis
 
 P = "rci:"
@@ -403,6 +407,7 @@ class JobStore:
         self._forget_owner = client.register_script(_FORGET_OWNER)
         self._job_uid = client.register_script(_JOB_UID)
         self._settle_stored = client.register_script(_SETTLE_STORED)
+        self.activity = ActivityStore(client)
 
     # --- accepting -------------------------------------------------------------------------
 
@@ -491,6 +496,8 @@ class JobStore:
         result = self._transition(keys=keys, args=[job_id, payload, from_status, status,
                                                    self.ttl, len(observed) // 2, *observed,
                                                    *flat])
+        if result == "ok":
+            self.activity.job_ended(job_key(job_id), status, time.time())
         return bool(result == "ok")
 
     def drop_inflight(self, executor_id: str, payload: str) -> None:
@@ -508,6 +515,8 @@ class JobStore:
                 COUNTERS, WEBHOOKS, HISTORY]
         outcome: str = self._cancel(keys=keys, args=[job_id, finished_at, self.ttl,
                                                      OWNER_QUEUED_PREFIX])
+        if outcome == "dequeued":
+            self.activity.job_ended(job_key(job_id), jobs.CANCELLED, time.time())
         return outcome
 
     def payload(self, job_id: str) -> dict[str, Any] | None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from remoteci import events, jobdirs, jobs, proctree
+from remoteci import activity, events, jobdirs, jobs, proctree
 from remoteci.config import Settings
 from remoteci.executor import DRAIN_KILL_GRACE, executor_main
 from remoteci.history_writer import HISTORY_SLOT, history_main
@@ -41,6 +41,7 @@ class Supervisor:
         self.suspects: dict[str, float] = {}  # executor id -> when its heartbeat was first missed
         self.stopping = False
         self.wakeup = SignalWakeup()
+        self.capacity_since = time.time()  # executor time before this is already counted
 
     def run(self) -> int:
         proctree.become_subreaper()  # orphans of a dead executor come to us, so we can stop them
@@ -75,6 +76,7 @@ class Supervisor:
             now = time.monotonic()
             if now >= next_scan:
                 next_scan = now + LOST_SCAN_EVERY
+                self._record_capacity()
                 self._reap_lost_executors()
                 self._reap_lost_deliverers()
             if now >= next_sweep:
@@ -82,6 +84,17 @@ class Supervisor:
                 self._sweep()
         self.notifier.stopping("draining running jobs")
         return self._drain()
+
+    def _record_capacity(self) -> None:
+        """Executor seconds this host offered since the last look: the charts' busy share."""
+        until = time.time()
+        executors = sum(1 for slot in self.executors.values() if slot != DELIVERER_SLOT)
+        try:
+            self.store.activity.add(activity.capacity(self.settings.node_name, executors,
+                                                      self.capacity_since, until))
+        except RedisError:
+            return  # the time is added at the next look that reaches Redis
+        self.capacity_since = until
 
     def _on_stop(self, *_: Any) -> None:
         self.stopping = True

@@ -79,6 +79,54 @@ def test_security_headers_allow_only_the_hashed_script(server: Server) -> None:
     assert resp.headers["x-content-type-options"] == "nosniff"
 
 
+def test_styles_are_allowed_by_hash_only_so_no_style_attribute_applies(server: Server) -> None:
+    csp = server.request("GET", "/", headers=BASIC, token=None).headers["content-security-policy"]
+    styles = csp.split("style-src")[1].split(";")[0].split()
+    assert styles and all(re.fullmatch(r"'sha256-[A-Za-z0-9+/=]+'", s) for s in styles)
+    job = server.submit("printf '\\033[31mred\\033[0m\\n'")
+    server.wait_final(job["id"])
+    html = page(server, f"/jobs/{job['id']}")
+    assert '<span class="f1">red</span>' in html and " style=" not in html
+
+
+def test_the_list_shows_relative_times_with_the_exact_one_queue_wait_and_duration(
+        server: Server) -> None:
+    job = server.submit("sleep 0.3", name="timed")
+    server.wait_final(job["id"])
+    html = jobs_section(page(server, "/"))
+    assert "<th>queue wait</th><th>duration</th>" in html
+    row = html.split(f'href="/jobs/{job["id"]}"', 1)[1].split("</tr>", 1)[0]
+    assert re.search(r'<time datetime="[^"]+Z" title="\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC">'
+                     r"(just now|\d+ s ago)</time>", row), row
+    wait, duration = re.findall(r"<td>(\d+\.\d) s</td>", row)[-2:]
+    assert float(wait) < 5 and 0.3 <= float(duration) < 5, row
+
+
+def test_the_raw_log_link_serves_all_of_it_and_the_download_is_an_attachment(
+        server: Server) -> None:
+    job = server.submit("head -c 300000 /dev/zero | tr '\\0' x; echo; echo end")
+    server.wait_final(job["id"])
+    html = page(server, f"/jobs/{job['id']}")
+    assert f'href="/jobs/{job["id"]}/log">Raw log' in html
+    assert f'href="/jobs/{job["id"]}/log?download=1" download>Download' in html
+    raw = server.request("GET", f"/jobs/{job['id']}/log", headers=BASIC, token=None)
+    assert raw.status == 200 and raw.body == server.log(job["id"]) and len(raw.body) > 300000
+    assert "content-disposition" not in raw.headers
+    saved = server.request("GET", f"/jobs/{job['id']}/log?download=1", headers=BASIC, token=None)
+    assert saved.body == raw.body
+    assert saved.headers["content-disposition"] == f'attachment; filename="{job["id"]}.log"'
+    bad = server.request("GET", f"/jobs/{job['id']}/log?download=yes", headers=BASIC, token=None)
+    assert bad.status == 400 and b"download" in bad.body
+
+
+def test_the_charts_page_is_svg_without_script(server: Server) -> None:
+    job = server.submit("true")
+    server.wait_final(job["id"])
+    html = page(server, "/charts")
+    assert html.count("<svg class=chart") >= 4 and "<script" not in html
+    assert "class=c-success" in html
+
+
 def test_running_job_page_tails_live_and_refreshes_without_js(server: Server) -> None:
     job = server.submit("echo first; sleep 20")
     server.wait_status(job["id"], ("running",))
