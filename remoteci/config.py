@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from remoteci import redis_conn
 from remoteci.isolation import DEFAULT_UID_RANGE, JobUser, named_user, parse_uid_range
-from remoteci.redis_client import parse_url
 from remoteci.tokens import ProjectToken, TokensFileError, hash_token, load_tokens_file
 from remoteci.webhooks import MIN_SECRET_CHARS, HostPattern, parse_allowlist
 
@@ -54,6 +54,7 @@ class Settings:
     webhook_retry_seconds: float = 20.0
     job_uid_range: tuple[int, int] = DEFAULT_UID_RANGE
     job_user: JobUser | None = None  # REMOTE_CI_JOB_USER: every job as this user
+    redis_min_replicas: int = 0  # a submission is answered 202 once this many replicas have it
 
     @property
     def webhooks_enabled(self) -> bool:
@@ -148,9 +149,9 @@ def _redis_url(raw: str | None) -> str | None:
         return None
     url = raw.strip()
     try:
-        parse_url(url)
+        redis_conn.parse(url)
     except ValueError as exc:
-        raise ConfigError(f"REMOTE_CI_REDIS_URL: {exc}") from None
+        raise ConfigError(f"REMOTE_CI_REDIS_URL: bad redis URL: {exc}") from None
     return url
 
 
@@ -181,6 +182,7 @@ _INT_SETTINGS: dict[str, tuple[str, int, int]] = {
     "REMOTE_CI_MAX_ARTIFACT_MB": ("max_artifact_mb", 1, 10_000_000),
     "REMOTE_CI_WEBHOOK_TIMEOUT": ("webhook_timeout", 1, 60),
     "REMOTE_CI_WEBHOOK_ATTEMPTS": ("webhook_attempts", 1, 20),
+    "REMOTE_CI_REDIS_MIN_REPLICAS": ("redis_min_replicas", 0, 100),
 }
 _PATH_SETTINGS = {
     "REMOTE_CI_WORKSPACE_DIR": "workspace_dir",
@@ -272,6 +274,9 @@ def _check_consistency(settings: Settings) -> None:
         )
     if ":" in settings.node_name or not settings.node_name:
         raise ConfigError("REMOTE_CI_NODE_NAME may not be empty or contain ':'")
+    if settings.redis_min_replicas and settings.redis_url is None:
+        raise ConfigError("REMOTE_CI_REDIS_MIN_REPLICAS needs REMOTE_CI_REDIS_URL: the embedded "
+                          "redis has no replicas, so no submission could be accepted")
     low, high = settings.job_uid_range
     if low <= os.geteuid() <= high:
         raise ConfigError(f"REMOTE_CI_JOB_UID_RANGE={low}-{high} holds the server's own uid "

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from remoteci import events, histograms, isolation, jobdirs, jobs, proctree
 from remoteci.config import Settings
 from remoteci.errors import SourceError
 from remoteci.identity import ADMIN_OWNER
 from remoteci.isolation import JobUser
 from remoteci.queue import JobStore, Taken
-from remoteci.redis_client import RedisError
 from remoteci.sources import discard_source, prepare_source
 from remoteci.wakeup import SignalWakeup
 

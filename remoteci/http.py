@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+from redis.exceptions import RedisError
+
 from remoteci import events, isolation, jobs, logs, metrics, submissions
 from remoteci.config import ConfigError, Settings
 from remoteci.errors import ApiError
 from remoteci.gitsource import redact_url, validate_git_ref, validate_git_url
 from remoteci.identity import Authenticator, Identity, check_workspace, listing_owner, may_see, require_admin
-from remoteci.queue import AlreadySubmitted, JobStore, QueueFull
-from remoteci.redis_client import RedisError
+from remoteci.queue import AlreadySubmitted, JobStore, NotReplicated, QueueFull
 from remoteci.redis_watch import RedisWatch
 from remoteci.sources import discard_source
 from remoteci.spool import UPLOAD_PATH
@@ -166,6 +167,9 @@ class App:
             response = self._dispatch(environ)
         except ApiError as exc:
             response = error_response(exc.status, exc.message, exc.headers)
+        except NotReplicated as exc:  # stored on the primary, but a failover could lose it
+            response = error_response(503, f"{exc}; retry with the same Idempotency-Key to get "
+                                           "this job, not a second one", [("Retry-After", "5")])
         except RedisError as exc:
             self.redis_watch.lost(exc)  # logs once per outage, not per request
             response = error_response(503, "the job store (Redis) is unreachable; "

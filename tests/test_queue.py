@@ -11,7 +11,7 @@ import redis
 
 from remoteci import jobs
 from remoteci.queue import QUEUE, JobStore, QueueFull, inflight_key, job_key
-from remoteci.redis_client import Redis
+from remoteci.redis_conn import Client as Redis
 
 TTL = 7 * 86400
 
