@@ -83,11 +83,15 @@ class Executor:
         self._register()
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         events.info(COMPONENT, f"executor {self.id} started")
+        unsure = False  # a take failed: its job may be in our in-flight list, claimed
         while not self.stopping:
             try:
-                taken = self.store.take(self.id, TAKE_TIMEOUT)
+                taken = (self.store.left_in_flight(self.id) if unsure
+                         else self.store.take(self.id, TAKE_TIMEOUT))
+                unsure = False
             except RedisError as exc:
                 self._redis_trouble(exc)
+                unsure = True
                 continue
             if taken is not None:
                 self._handle(taken)

@@ -335,6 +335,7 @@ class JobStore:
     def __init__(self, client: Redis, retention_seconds: int, min_replicas: int = 0):
         self.r = client
         self.ttl = retention_seconds
+        self.min_replicas = min_replicas
         self._enqueue = replicated(client, client.register_script(_ENQUEUE), min_replicas)
         self._claim = client.register_script(_CLAIM)
         self._transition = client.register_script(_TRANSITION)
@@ -372,7 +373,12 @@ class JobStore:
 
     def take(self, executor_id: str, timeout: float) -> Taken | None:
         """Block up to `timeout` for the oldest job, move it to our in-flight list (never lost)
-        and claim it, in one round trip; None when no job came."""
+        and claim it, in one round trip; None when no job came.
+
+        With min_replicas, a claim no replica confirmed raises NotReplicated: a failover could
+        lose it and hand the job to another executor, so the job is not run before
+        `left_in_flight` has read it back.
+        """
         keys = [inflight_key(executor_id), status_index(jobs.QUEUED), status_index(jobs.RUNNING)]
         args: list[str | int] = [job_key(""), executor_id, self.ttl]
         # The claim goes out with the move, so Redis runs it as soon as the move is done or
@@ -380,17 +386,38 @@ class JobStore:
         pipe = self.r.pipeline(transaction=False)
         pipe.blmove(QUEUE, keys[0], timeout, "RIGHT", "LEFT")  # type: ignore[arg-type]
         pipe.evalsha(self._claim.sha, len(keys), *keys, *args)
-        moved, reply = pipe.execute(raise_on_error=False)
+        if self.min_replicas:
+            pipe.wait(self.min_replicas, REPLICA_WAIT_MS)
+        moved, reply, *acked = pipe.execute(raise_on_error=False)
         if isinstance(moved, Exception):
             raise moved
         if isinstance(reply, NoScriptError):  # a restarted or new primary: the move stands
-            reply = self._claim(keys=keys, args=args)
+            reply = replicated(self.r, self._claim, self.min_replicas)(keys=keys, args=args)
         elif isinstance(reply, Exception):
             raise reply
+        elif reply is not None and acked and int(acked[0]) < self.min_replicas:
+            raise NotReplicated(int(acked[0]), self.min_replicas)
         if reply is None:
             return None
         payload, status, *started_at = reply
         return Taken(payload, status, started_at[0] if started_at else None)
+
+    def left_in_flight(self, executor_id: str) -> Taken | None:
+        """After a take whose answer was lost: the job it claimed for us, to be run now. Any
+        other entry of our in-flight list (we run nothing) goes back to the queue if it was
+        never claimed, and is dropped if it already ended."""
+        key = inflight_key(executor_id)
+        for payload in self.inflight(executor_id):
+            try:
+                job_id = json.loads(payload)["id"]
+            except (ValueError, KeyError, TypeError):
+                return Taken(payload, "malformed", None)
+            status, worker, started_at = self.r.hmget(job_key(job_id),
+                                                      ["status", "worker", "started_at"])
+            if status == jobs.RUNNING and worker == executor_id:
+                return Taken(payload, jobs.RUNNING, cast("str | None", started_at))
+            self._requeue(keys=[key, QUEUE, job_key(job_id)], args=[payload])
+        return None
 
     def set_fields(self, job_id: str, fields: Mapping[str, str]) -> None:
         self.r.hset(job_key(job_id), mapping=dict(fields))  # type: ignore[arg-type]

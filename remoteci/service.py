@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -26,6 +27,13 @@ from remoteci.supervisor import supervisor_main
 
 def _store_factory(settings: Settings, url: str) -> JobStore:
     return JobStore(connect(url), settings.retention_seconds, settings.redis_min_replicas)
+
+
+def _freeze_for_forks() -> None:
+    """Keep the garbage collector's hands off every object that exists now: a collection in a
+    fork would write to their pages and un-share them."""
+    gc.collect()
+    gc.freeze()
 
 
 def _prepare_dirs(settings: Settings) -> None:
@@ -125,6 +133,7 @@ def run_worker(settings: Settings) -> int:
     _prepare_dirs(settings)
     _prepare_job_isolation(settings)
     url = settings.redis_url
+    _freeze_for_forks()
     return _supervise(settings, url, notify.from_env())
 
 
@@ -147,6 +156,7 @@ def run_serve(settings: Settings) -> int:
 
 def _serve_with(settings: Settings, url: str, sock: socket.socket) -> int:
     # Fork before any thread or connection exists in this process.
+    _freeze_for_forks()
     supervisor_pid = os.fork()
     if supervisor_pid == 0:
         code = 1

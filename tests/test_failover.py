@@ -91,6 +91,8 @@ def test_a_failover_loses_no_job_and_runs_none_twice(cluster: Cluster, make_serv
         cluster.start_sentinel(port, primary)
     wait_until(lambda: all(_answers(p) for p in [primary, *replicas, *sentinels]), 20,
                "every redis-server and Sentinel to answer")
+    wait_until(lambda: all(_client(p).info("replication")["master_link_status"] == "up"
+                           for p in replicas), 20, "both replicas to finish their first sync")
     # Sentinels find the replicas and each other through the primary: a failover needs a
     # majority of them to agree, so wait until each knows the whole set.
     wait_until(lambda: all((s := _primary_seen_by(p)) and int(s["num-slaves"]) == 2
