@@ -338,7 +338,7 @@ class JobStore:
         self.min_replicas = min_replicas
         self._enqueue = replicated(client, client.register_script(_ENQUEUE), min_replicas)
         self._claim = client.register_script(_CLAIM)
-        self._transition = client.register_script(_TRANSITION)
+        self._transition = replicated(client, client.register_script(_TRANSITION), min_replicas)
         self._cancel = client.register_script(_CANCEL)
         self._requeue = client.register_script(_REQUEUE_UNCLAIMED)
         self._forget_owner = client.register_script(_FORGET_OWNER)
@@ -415,9 +415,23 @@ class JobStore:
             status, worker, started_at = self.r.hmget(job_key(job_id),
                                                       ["status", "worker", "started_at"])
             if status == jobs.RUNNING and worker == executor_id:
+                self._confirm_claim(job_id, executor_id)
                 return Taken(payload, jobs.RUNNING, cast("str | None", started_at))
             self._requeue(keys=[key, QUEUE, job_key(job_id)], args=[payload])
         return None
+
+    def _confirm_claim(self, job_id: str, executor_id: str) -> None:
+        """With min_replicas: the claim is on enough replicas, so this Redis is the primary the
+        others follow and not one a failover left behind (whose writes will be discarded).
+        Rewriting the claim's worker makes WAIT count up to it."""
+        if not self.min_replicas:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(job_key(job_id), "worker", executor_id)
+        pipe.wait(self.min_replicas, REPLICA_WAIT_MS)
+        acked = int(pipe.execute()[1])
+        if acked < self.min_replicas:
+            raise NotReplicated(acked, self.min_replicas)
 
     def set_fields(self, job_id: str, fields: Mapping[str, str]) -> None:
         self.r.hset(job_key(job_id), mapping=dict(fields))  # type: ignore[arg-type]

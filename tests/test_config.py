@@ -111,3 +111,13 @@ def test_job_user_must_exist_and_not_be_root() -> None:
         load_settings({**TOKEN, "REMOTE_CI_JOB_USER": "no-such-user-x"})
     with pytest.raises(ConfigError, match="is root"):
         load_settings({**TOKEN, "REMOTE_CI_JOB_USER": "root"})
+
+
+def test_min_replicas_needs_a_redis_of_its_own() -> None:
+    url = {"REMOTE_CI_REDIS_URL": "redis+sentinel://s1,s2,s3/main"}
+    assert load_settings({**TOKEN, **url, "REMOTE_CI_REDIS_MIN_REPLICAS": "1"}).redis_min_replicas == 1
+    assert load_settings({**TOKEN, **url}).redis_min_replicas == 0
+    with pytest.raises(ConfigError, match="REMOTE_CI_REDIS_MIN_REPLICAS needs REMOTE_CI_REDIS_URL"):
+        load_settings({**TOKEN, "REMOTE_CI_REDIS_MIN_REPLICAS": "1"})
+    with pytest.raises(ConfigError, match="REMOTE_CI_REDIS_MIN_REPLICAS=-1 is out of range"):
+        load_settings({**TOKEN, **url, "REMOTE_CI_REDIS_MIN_REPLICAS": "-1"})

@@ -153,3 +153,14 @@ def test_a_failover_loses_no_job_and_runs_none_twice(cluster: Cluster, make_serv
         assert runs.count(job_id) == 1, f"job {job_id} ran {runs.count(job_id)} times"
     assert len(runs) == len(set(runs)), "a job refused with 503 ran twice"
     assert srv.request("GET", "/api/stats").json()["running"] == 0
+
+
+def test_a_submission_no_replica_confirmed_is_a_503_naming_the_cause(make_server: MakeServer) -> None:
+    srv = make_server(env={"REMOTE_CI_REDIS_MIN_REPLICAS": "1"})  # its redis has no replica
+    srv.make_workspace("proj")
+    resp = srv.request("POST", "/api/jobs/rsync", {"workspace": "proj", "script": "true"},
+                       headers={"Idempotency-Key": "once"})
+    assert resp.status == 503 and resp.headers["retry-after"] == "5"
+    assert "only 0 of the 1 Redis replicas required" in resp.json()["error"]
+    assert "Idempotency-Key" in resp.json()["error"]
+    assert srv.request("GET", "/api/health", token=None).status == 200  # Redis itself is fine
