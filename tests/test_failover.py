@@ -19,6 +19,10 @@ from typing import Any
 import pytest
 import redis
 
+from remoteci import jobs
+from remoteci.config import Settings
+from remoteci.executor import Executor
+from remoteci.queue import JobStore
 from tests.helpers import MakeServer, free_port, shared_dir, wait_until
 
 SERVICE = "main"
@@ -164,3 +168,24 @@ def test_a_submission_no_replica_confirmed_is_a_503_naming_the_cause(make_server
     assert "only 0 of the 1 Redis replicas required" in resp.json()["error"]
     assert "Idempotency-Key" in resp.json()["error"]
     assert srv.request("GET", "/api/health", token=None).status == 200  # Redis itself is fine
+
+
+def test_an_end_lost_with_a_primary_comes_back_and_is_resent_not_run_again(
+        store_client: redis.Redis, tmp_path: Path) -> None:
+    """The executor wrote the end, the primary that took it was abandoned, and the promoted
+    replica still has the job running in the executor's in-flight list."""
+    store = JobStore(store_client, 3600)
+    record = {"id": "j1", "mode": "rsync", "status": jobs.QUEUED, "script": "exit 3"}
+    store.enqueue(record, {"id": "j1", "mode": "rsync", "script": "exit 3"}, max_queue=10)
+    assert store.take("ex1", 0.1) is not None  # claimed; then it ran and ended, elsewhere
+    settings = Settings(tokens=("t" * 8,), data_dir=tmp_path / "data",
+                        work_dir=tmp_path / "work", workspace_dir=tmp_path / "ws")
+    executor = Executor(settings, store, "ex1")
+    executor._ended["j1"] = ("failed", {"exit_code": "3", "finished_at": jobs.iso_now()}, {})
+    found = store.left_in_flight("ex1")
+    assert found is not None and found.claimed
+    executor._handle(found)
+    assert store.get("j1") is not None and store.get("j1")["status"] == "failed"  # type: ignore[index]
+    assert store.get("j1")["exit_code"] == 3  # type: ignore[index]
+    assert not (settings.logs_dir / "j1.log").exists()  # never started a second time
+    assert store.inflight("ex1") == []
