@@ -168,8 +168,10 @@ class App:
         except ApiError as exc:
             response = error_response(exc.status, exc.message, exc.headers)
         except NotReplicated as exc:  # stored on the primary, but a failover could lose it
-            response = error_response(503, f"{exc}; retry with the same Idempotency-Key to get "
-                                           "this job, not a second one", [("Retry-After", "5")])
+            response = error_response(503, f"the job was stored, but {exc}, so a Redis failover "
+                                           "could lose it; retry with the same Idempotency-Key "
+                                           "to get this job, not a second one",
+                                      [("Retry-After", "5")])
         except RedisError as exc:
             self.redis_watch.lost(exc)  # logs once per outage, not per request
             response = error_response(503, "the job store (Redis) is unreachable; "

@@ -48,7 +48,7 @@ JOB_UIDS = P + "job-uids"
 JOB_UID_OWNERS = P + "job-uid-owners"
 HEARTBEAT_TTL = 15
 SCAN_BATCHES = 20  # bound on index batches one listing page reads when a second filter is rare
-REPLICA_WAIT_MS = 2000  # how long a submission waits for REMOTE_CI_REDIS_MIN_REPLICAS acks
+REPLICA_WAIT_MS = 2000  # how long a write waits for REMOTE_CI_REDIS_MIN_REPLICAS acks
 
 
 def job_key(job_id: str) -> str:
@@ -105,7 +105,7 @@ class NotReplicated(RedisError):
 
     def __init__(self, acked: int, wanted: int):
         super().__init__(f"only {acked} of the {wanted} Redis replicas required "
-                         f"(REMOTE_CI_REDIS_MIN_REPLICAS) confirmed the job within "
+                         f"(REMOTE_CI_REDIS_MIN_REPLICAS) confirmed this write within "
                          f"{REPLICA_WAIT_MS / 1000:g} s")
         self.acked = acked
         self.wanted = wanted
