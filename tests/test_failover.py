@@ -114,6 +114,7 @@ def test_a_failover_loses_no_job_and_runs_none_twice(cluster: Cluster, make_serv
     srv.wait_status(in_flight["id"], ("running",))
 
     answers: list[tuple[float, int, str | None]] = []  # (when, status, job id)
+    reads: set[int] = set()  # statuses of the reads made meanwhile
     stop = threading.Event()
 
     def submit_stream() -> None:
@@ -122,6 +123,8 @@ def test_a_failover_loses_no_job_and_runs_none_twice(cluster: Cluster, make_serv
                                timeout=20)
             answers.append((time.monotonic(), resp.status,
                             resp.json().get("id") if resp.status == 202 else None))
+            reads.add(srv.request("GET", f"/api/jobs/{in_flight['id']}", timeout=20).status)
+            reads.add(srv.request("GET", "/api/jobs?limit=20", timeout=20).status)
             time.sleep(0.05)
 
     stream = threading.Thread(target=submit_stream, name="submissions")
@@ -142,6 +145,7 @@ def test_a_failover_loses_no_job_and_runs_none_twice(cluster: Cluster, make_serv
 
     statuses = {status for _, status, _ in answers}
     assert statuses == {202, 503}, sorted(statuses)  # 503 while Redis switches, never a 500
+    assert reads <= {200, 503}, sorted(reads)
     new_primary = _primary_seen_by(sentinels[0])
     assert new_primary is not None and int(new_primary["port"]) in replicas
     print(f"\nfailover: {first_after - killed_at:.1f} s from SIGKILL of the primary to the "
