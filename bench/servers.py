@@ -69,7 +69,7 @@ class OurServer(Server):
 
 
 def start_ours(workspace_root: Path, extra_env: dict[str, str] | None = None,
-               label: str = "ours") -> OurServer:
+               label: str = "ours", repo: Path = REPO) -> OurServer:
     base = Path(tempfile.mkdtemp(prefix=f"rci-bench-{label}-"))
     base.chmod(0o711)  # as root, jobs run as their own users and must pass it to the work dir
     port = free_port()
@@ -83,7 +83,7 @@ def start_ours(workspace_root: Path, extra_env: dict[str, str] | None = None,
         **(extra_env or {}),
     })
     err = open(base / "server.log", "wb")  # noqa: SIM115 - the child keeps it open
-    proc = subprocess.Popen([sys.executable, str(REPO / "remoteci.py"), "serve"], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, str(repo / "remoteci.py"), "serve"], cwd=repo,
                             env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
     server = OurServer(label, f"http://127.0.0.1:{port}", workspace_root, base,
                        [proc.pid], proc.pid, proc)

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import cast
+
+from redis.exceptions import RedisError
 
 from remoteci import events, histograms, timefmt
-from remoteci.redis_client import Redis, RedisError
+from remoteci.redis_conn import Client as Redis
 
 PREFIX = "rci:activity:"
 HOUR = 3600
@@ -104,7 +107,7 @@ class ActivityStore:
     def job_ended(self, job_key: str, status: str, now: float) -> None:
         """Count a job that just ended; the charts may miss one, the job's end is already kept."""
         try:
-            values = self.r.hmget(job_key, ENDED_FIELDS)
+            values = cast("list[str | None]", self.r.hmget(job_key, ENDED_FIELDS))
             self.add(ended(status, dict(zip(ENDED_FIELDS, values, strict=True)), now))
         except RedisError as exc:
             events.warning("activity", f"a job's end is missing from the charts: {exc}")

@@ -8,9 +8,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from remoteci import redis_conn
 from remoteci.history_db import HistoryURL, parse_history_url
 from remoteci.isolation import DEFAULT_UID_RANGE, JobUser, named_user, parse_uid_range
-from remoteci.redis_client import parse_url
 from remoteci.tokens import ProjectToken, TokensFileError, hash_token, load_tokens_file
 from remoteci.webhooks import MIN_SECRET_CHARS, HostPattern, parse_allowlist
 
@@ -60,6 +60,7 @@ class Settings:
     max_connections_per_client: int = 64  # open connections per client address; 0: no cap
     history_url: HistoryURL | None = None  # None: SQLite in the data dir
     history_days: int = 365
+    redis_min_replicas: int = 0  # a submission is answered 202 once this many replicas have it
 
     @property
     def webhooks_enabled(self) -> bool:
@@ -158,9 +159,9 @@ def _redis_url(raw: str | None) -> str | None:
         return None
     url = raw.strip()
     try:
-        parse_url(url)
+        redis_conn.parse(url)
     except ValueError as exc:
-        raise ConfigError(f"REMOTE_CI_REDIS_URL: {exc}") from None
+        raise ConfigError(f"REMOTE_CI_REDIS_URL: bad redis URL: {exc}") from None
     return url
 
 
@@ -195,6 +196,7 @@ _INT_SETTINGS: dict[str, tuple[str, int, int]] = {
     "REMOTE_CI_MAX_STORED_MB_PER_OWNER": ("max_stored_mb_per_owner", 0, 1_000_000_000),
     "REMOTE_CI_MAX_CONNECTIONS_PER_CLIENT": ("max_connections_per_client", 0, 100_000),
     "REMOTE_CI_HISTORY_DAYS": ("history_days", 1, 36500),
+    "REMOTE_CI_REDIS_MIN_REPLICAS": ("redis_min_replicas", 0, 100),
 }
 _PATH_SETTINGS = {
     "REMOTE_CI_WORKSPACE_DIR": "workspace_dir",
@@ -299,6 +301,9 @@ def _check_consistency(settings: Settings) -> None:
         )
     if ":" in settings.node_name or not settings.node_name:
         raise ConfigError("REMOTE_CI_NODE_NAME may not be empty or contain ':'")
+    if settings.redis_min_replicas and settings.redis_url is None:
+        raise ConfigError("REMOTE_CI_REDIS_MIN_REPLICAS needs REMOTE_CI_REDIS_URL: the embedded "
+                          "redis has no replicas, so no submission could be accepted")
     low, high = settings.job_uid_range
     if low <= os.geteuid() <= high:
         raise ConfigError(f"REMOTE_CI_JOB_UID_RANGE={low}-{high} holds the server's own uid "

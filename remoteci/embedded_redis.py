@@ -8,8 +8,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import redis
+from redis.exceptions import RedisError
+
 from remoteci import events, proctree
-from remoteci.redis_client import Address, Redis, RedisError
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 20.0
@@ -58,7 +60,8 @@ class EmbeddedRedis:
             preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + START_TIMEOUT
-        client = Redis(Address(unix_path=str(self.socket)), socket_timeout=2)
+        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=2,
+                             socket_connect_timeout=2)
         while True:
             if self.proc.poll() is not None:
                 raise EmbeddedRedisError(f"redis-server exited at start; see "

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from remoteci import events, histograms, isolation, jobdirs, jobs, proctree
 from remoteci.config import Settings
 from remoteci.errors import SourceError
 from remoteci.identity import ADMIN_OWNER
 from remoteci.isolation import JobUser
 from remoteci.queue import JobStore, Taken
-from remoteci.redis_client import RedisError
 from remoteci.sources import discard_source, prepare_source
 from remoteci.wakeup import SignalWakeup
 
@@ -29,6 +30,7 @@ CANCEL_POLL = 0.25  # seconds between checks for a cancel request while a job ru
 HEARTBEAT_EVERY = 5.0
 LEFTOVER_GRACE = 2.0  # seconds leftovers of a finished job get between SIGTERM and SIGKILL
 DRAIN_KILL_GRACE = 5.0
+REMEMBER_ENDED = 16  # job ends kept to resend, should a failover lose one
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -73,6 +75,9 @@ class Executor:
         self.isolated = isolation.can_switch_users()
         self.setpriv = shutil.which("setpriv") or "setpriv"
         self._uids: dict[str, int] = {}  # owner -> uid; an owner's uid never changes
+        # The ends of our last jobs: a Redis failover may lose the write of one, and the job
+        # then comes back to us as claimed and running (see JobStore.left_in_flight).
+        self._ended: dict[str, tuple[str, dict[str, str], dict[str, float]]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -82,11 +87,15 @@ class Executor:
         self._register()
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         events.info(COMPONENT, f"executor {self.id} started")
+        unsure = False  # a take failed: its job may be in our in-flight list, claimed
         while not self.stopping:
             try:
-                taken = self.store.take(self.id, TAKE_TIMEOUT)
+                taken = (self.store.left_in_flight(self.id) if unsure
+                         else self.store.take(self.id, TAKE_TIMEOUT))
+                unsure = False
             except RedisError as exc:
                 self._redis_trouble(exc)
+                unsure = True
                 continue
             if taken is not None:
                 self._handle(taken)
@@ -165,6 +174,12 @@ class Executor:
             discard_source(payload)
             events.info(COMPONENT, f"job {job_id} was {taken.status} before it started; skipped")
             return
+        if job_id in self._ended:  # our end of it was lost with a Redis primary: resend it
+            events.warning(COMPONENT, f"job {job_id}: its end was lost in a Redis failover; "
+                                      "recording it again, not running it again")
+            self._call_redis(lambda: self.store.finish(self.id, job_id, payload_json,
+                                                       *self._ended[job_id]))
+            return
         started_at = taken.started_at
         self.current_job = job_id
         events.info(COMPONENT, f"job {job_id} started mode={payload['mode']}")
@@ -187,6 +202,9 @@ class Executor:
         # The payload carries created_at, so the queue wait costs no extra round trip.
         observed = histograms.finish_observations(payload.get("created_at"), started_at,
                                                   outcome.duration)
+        self._ended[job_id] = (outcome.status, fields, observed)
+        while len(self._ended) > REMEMBER_ENDED:
+            del self._ended[next(iter(self._ended))]  # the oldest
         recorded = self._call_redis(lambda: self.store.finish(self.id, job_id, payload_json,
                                                               outcome.status, fields, observed))
         owner = payload.get("owner")

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from remoteci.queue import HISTORY, P
-from remoteci.redis_client import Redis
+from remoteci.redis_conn import Client as Redis
 
 LEASE = P + "history:lease"
 PRUNED_AT = P + "history:pruned-at"
@@ -56,8 +56,7 @@ class HistoryQueue:
             self.r.delete(LEASE)
 
     def oldest(self, count: int) -> list[str]:
-        batch: list[str] = self.r.lrange(HISTORY, 0, count - 1)
-        return batch
+        return cast("list[str]", self.r.lrange(HISTORY, 0, count - 1))
 
     def done(self, writer_id: str, count: int) -> bool:
         """Drop the `count` oldest records, copied; False when the lease was lost meanwhile."""
@@ -68,7 +67,7 @@ class HistoryQueue:
 
     def lag_seconds(self, now: float) -> float:
         """How long the oldest record not yet copied has been final (0 when none waits)."""
-        head = self.r.lindex(HISTORY, 0)
+        head = cast("str | None", self.r.lindex(HISTORY, 0))
         if head is None:
             return 0.0
         finished = _parse(head).get("finished_at")

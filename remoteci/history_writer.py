@@ -13,12 +13,13 @@ import signal
 import time
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from remoteci import events, jobs
 from remoteci.config import Settings
 from remoteci.history_db import HistoryDB, HistoryUnavailable
 from remoteci.history_store import HistoryQueue, parse_record
 from remoteci.queue import JobStore
-from remoteci.redis_client import RedisError
 from remoteci.wakeup import SignalWakeup
 
 COMPONENT = "history"

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+from redis.exceptions import RedisError
+
 from remoteci import events, history_api, isolation, jobs, logs, metrics, submissions
 from remoteci.config import ConfigError, Settings
 from remoteci.errors import ApiError
@@ -31,8 +33,7 @@ from remoteci.identity import (
     may_see,
     require_admin,
 )
-from remoteci.queue import AlreadySubmitted, JobStore, OverQuota, QueueFull, Quotas
-from remoteci.redis_client import RedisError
+from remoteci.queue import AlreadySubmitted, JobStore, NotReplicated, OverQuota, QueueFull, Quotas
 from remoteci.redis_watch import RedisWatch
 from remoteci.sources import discard_source
 from remoteci.spool import UPLOAD_PATH
@@ -199,6 +200,11 @@ class App:
             response = self._dispatch(environ)
         except ApiError as exc:
             response = error_response(exc.status, exc.message, exc.headers)
+        except NotReplicated as exc:  # stored on the primary, but a failover could lose it
+            response = error_response(503, f"the job was stored, but {exc}, so a Redis failover "
+                                           "could lose it; retry with the same Idempotency-Key "
+                                           "to get this job, not a second one",
+                                      [("Retry-After", "5")])
         except RedisError as exc:
             self.redis_watch.lost(exc)  # logs once per outage, not per request
             response = error_response(503, "the job store (Redis) is unreachable; "

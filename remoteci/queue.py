@@ -35,13 +35,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
+
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError, RedisError
 
 from remoteci import jobs
 from remoteci.activity import ActivityStore
-from remoteci.redis_client import Redis
+from remoteci.redis_conn import Client as Redis
 
 P = "rci:"
 QUEUE = P + "queue"
@@ -57,6 +60,7 @@ JOB_UIDS = P + "job-uids"
 JOB_UID_OWNERS = P + "job-uid-owners"
 HEARTBEAT_TTL = 15
 SCAN_BATCHES = 20  # bound on index batches one listing page reads when a second filter is rare
+REPLICA_WAIT_MS = 2000  # how long a write waits for REMOTE_CI_REDIS_MIN_REPLICAS acks
 
 
 def job_key(job_id: str) -> str:
@@ -119,10 +123,40 @@ def beat(r: Redis, members: str, member: str, key: str, value: str) -> None:
 
 def heartbeats(r: Redis, members: str, key_of: Callable[[str], str]) -> list[tuple[str, Any]]:
     """Every registered member with its heartbeat (None: expired, so the member is dead)."""
-    names: list[str] = sorted(r.smembers(members))
+    names = sorted(cast("set[str]", r.smembers(members)))
     if not names:
         return []
     return list(zip(names, r.mget([key_of(m) for m in names]), strict=True))
+
+
+class NotReplicated(RedisError):
+    """Fewer replicas than REMOTE_CI_REDIS_MIN_REPLICAS confirmed a write in time."""
+
+    def __init__(self, acked: int, wanted: int):
+        super().__init__(f"only {acked} of the {wanted} Redis replicas required "
+                         f"(REMOTE_CI_REDIS_MIN_REPLICAS) confirmed this write within "
+                         f"{REPLICA_WAIT_MS / 1000:g} s")
+        self.acked = acked
+        self.wanted = wanted
+
+
+def replicated(client: Redis, script: Script, min_replicas: int) -> Callable[..., Any]:
+    """`script`, answering only once `min_replicas` replicas have its writes (WAIT): a write
+    a failover could still lose raises NotReplicated. WAIT counts what its own connection
+    wrote, so script and WAIT go out in one pipeline."""
+    if min_replicas <= 0:
+        return script
+
+    def call(keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        pipe = client.pipeline(transaction=False)
+        script(keys=keys, args=args, client=pipe)
+        pipe.wait(min_replicas, REPLICA_WAIT_MS)
+        result, acked = pipe.execute()
+        if int(acked) < min_replicas:
+            raise NotReplicated(int(acked), min_replicas)
+        return result
+
+    return call
 
 
 class QueueFull(Exception):
@@ -396,12 +430,13 @@ class Stats:
 class JobStore:
     """All Redis access of the server goes through here; one method per transition."""
 
-    def __init__(self, client: Redis, retention_seconds: int):
+    def __init__(self, client: Redis, retention_seconds: int, min_replicas: int = 0):
         self.r = client
         self.ttl = retention_seconds
-        self._enqueue = client.register_script(_ENQUEUE)
+        self.min_replicas = min_replicas
+        self._enqueue = replicated(client, client.register_script(_ENQUEUE), min_replicas)
         self._claim = client.register_script(_CLAIM)
-        self._transition = client.register_script(_TRANSITION)
+        self._transition = replicated(client, client.register_script(_TRANSITION), min_replicas)
         self._cancel = client.register_script(_CANCEL)
         self._requeue = client.register_script(_REQUEUE_UNCLAIMED)
         self._forget_owner = client.register_script(_FORGET_OWNER)
@@ -459,22 +494,71 @@ class JobStore:
 
     def take_git_credential(self, job_id: str) -> str | None:
         """Read once, at the job's start: from then on it lives only in the clone's environment."""
-        secret: str | None = self.r.execute_command("GETDEL", git_credential_key(job_id))
-        return secret
+        return cast("str | None", self.r.getdel(git_credential_key(job_id)))
 
     # --- executing -------------------------------------------------------------------------
 
     def take(self, executor_id: str, timeout: float) -> Taken | None:
         """Block up to `timeout` for the oldest job, move it to our in-flight list (never lost)
-        and claim it, in one round trip; None when no job came."""
+        and claim it, in one round trip; None when no job came.
+
+        With min_replicas, a claim no replica confirmed raises NotReplicated: a failover could
+        lose it and hand the job to another executor, so the job is not run before
+        `left_in_flight` has read it back.
+        """
         keys = [inflight_key(executor_id), status_index(jobs.QUEUED), status_index(jobs.RUNNING)]
-        reply = self.r.blmove_then(QUEUE, keys[0], timeout, "RIGHT", "LEFT", self._claim,
-                                   keys=keys, args=[job_key(""), executor_id, self.ttl,
-                                                    OWNER_QUEUED_PREFIX])
+        args: list[str | int] = [job_key(""), executor_id, self.ttl, OWNER_QUEUED_PREFIX]
+        # The claim goes out with the move, so Redis runs it as soon as the move is done or
+        # timed out: whatever it does to the moved job costs no second round trip.
+        pipe = self.r.pipeline(transaction=False)
+        pipe.blmove(QUEUE, keys[0], timeout, "RIGHT", "LEFT")  # type: ignore[arg-type]
+        pipe.evalsha(self._claim.sha, len(keys), *keys, *args)
+        if self.min_replicas:
+            pipe.wait(self.min_replicas, REPLICA_WAIT_MS)
+        moved, reply, *acked = pipe.execute(raise_on_error=False)
+        if isinstance(moved, Exception):
+            raise moved
+        if isinstance(reply, NoScriptError):  # a restarted or new primary: the move stands
+            reply = replicated(self.r, self._claim, self.min_replicas)(keys=keys, args=args)
+        elif isinstance(reply, Exception):
+            raise reply
+        elif reply is not None and acked and int(acked[0]) < self.min_replicas:
+            raise NotReplicated(int(acked[0]), self.min_replicas)
         if reply is None:
             return None
         payload, status, *started_at = reply
         return Taken(payload, status, started_at[0] if started_at else None)
+
+    def left_in_flight(self, executor_id: str) -> Taken | None:
+        """After a take whose answer was lost: the job it claimed for us, to be run now. Any
+        other entry of our in-flight list (we run nothing) goes back to the queue if it was
+        never claimed, and is dropped if it already ended."""
+        key = inflight_key(executor_id)
+        for payload in self.inflight(executor_id):
+            try:
+                job_id = json.loads(payload)["id"]
+            except (ValueError, KeyError, TypeError):
+                return Taken(payload, "malformed", None)
+            status, worker, started_at = self.r.hmget(job_key(job_id),
+                                                      ["status", "worker", "started_at"])
+            if status == jobs.RUNNING and worker == executor_id:
+                self._confirm_claim(job_id, executor_id)
+                return Taken(payload, jobs.RUNNING, cast("str | None", started_at))
+            self._requeue(keys=[key, QUEUE, job_key(job_id)], args=[payload])
+        return None
+
+    def _confirm_claim(self, job_id: str, executor_id: str) -> None:
+        """With min_replicas: the claim is on enough replicas, so this Redis is the primary the
+        others follow and not one a failover left behind (whose writes will be discarded).
+        Rewriting the claim's worker makes WAIT count up to it."""
+        if not self.min_replicas:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(job_key(job_id), "worker", executor_id)
+        pipe.wait(self.min_replicas, REPLICA_WAIT_MS)
+        acked = int(pipe.execute()[1])
+        if acked < self.min_replicas:
+            raise NotReplicated(acked, self.min_replicas)
 
     def set_fields(self, job_id: str, fields: Mapping[str, str]) -> None:
         self.r.hset(job_key(job_id), mapping=dict(fields))  # type: ignore[arg-type]
@@ -535,7 +619,7 @@ class JobStore:
         return [m for m, b in heartbeats(self.r, EXECUTORS, heartbeat_key) if b is None]
 
     def inflight(self, executor_id: str) -> list[str]:
-        payloads: list[str] = self.r.lrange(inflight_key(executor_id), 0, -1)
+        payloads = cast("list[str]", self.r.lrange(inflight_key(executor_id), 0, -1))
         return payloads
 
     def reap_executor(self, executor_id: str, reason: str, finished_at: str) -> list[str]:
@@ -595,10 +679,10 @@ class JobStore:
 
     def running_ids(self) -> frozenset[str]:
         """Every job running now, on any host."""
-        return frozenset(self.r.zrange(status_index(jobs.RUNNING), 0, -1))
+        return frozenset(cast("list[str]", self.r.zrange(status_index(jobs.RUNNING), 0, -1)))
 
     def status(self, job_id: str) -> str | None:
-        status: str | None = self.r.hget(job_key(job_id), "status")
+        status = cast("str | None", self.r.hget(job_key(job_id), "status"))
         return status
 
     def list_jobs(self, status: str | None, mode: str | None, limit: int,
@@ -652,7 +736,7 @@ class JobStore:
 
     def next_queued(self, limit: int) -> list[dict[str, Any]]:
         """The jobs that start next, in the order they will start."""
-        ids: list[str] = self.r.zrange(status_index(jobs.QUEUED), 0, limit - 1)
+        ids = cast("list[str]", self.r.zrange(status_index(jobs.QUEUED), 0, limit - 1))
         return [jobs.job_object(*found) for found in self._fetch(ids) if found] if ids else []
 
     def stats(self) -> Stats:
@@ -667,22 +751,22 @@ class JobStore:
 
     def owners(self) -> list[str]:
         """Every owner with a job still stored, for an admin's owner filter."""
-        return sorted(self.r.smembers(OWNERS))
+        return sorted(cast("set[str]", self.r.smembers(OWNERS)))
 
     def histogram_counts(self) -> dict[str, str]:
-        counts: dict[str, str] = self.r.hgetall(HISTOGRAMS)
+        counts = cast("dict[str, str]", self.r.hgetall(HISTOGRAMS))
         return counts
 
     def prune_indexes(self, batch: int = 500) -> int:
         """Drop ids of expired records from the listing indexes; return how many went."""
         removed = 0
-        owners: set[str] = self.r.smembers(OWNERS)
+        owners = cast("set[str]", self.r.smembers(OWNERS))
         indexes = [INDEX_ALL] + [status_index(s) for s in jobs.STATUSES] + [
             mode_index(m) for m in jobs.MODES] + [owner_index(o) for o in owners] + [
             owner_queued_index(o) for o in owners]
         cursor = 0
         while True:
-            ids: list[str] = self.r.zrange(INDEX_ALL, cursor, cursor + batch - 1)
+            ids = cast("list[str]", self.r.zrange(INDEX_ALL, cursor, cursor + batch - 1))
             if not ids:
                 self._forget_idle_owners(owners)
                 return removed
@@ -714,7 +798,3 @@ class JobStore:
     def ping(self) -> None:
         self.r.ping()
 
-
-def connect(url: str) -> Redis:
-    """A client with bounded waits: a dead Redis is an error in seconds, not a hang."""
-    return Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)

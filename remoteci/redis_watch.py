@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from redis.exceptions import RedisError
+
 from remoteci import events
-from remoteci.redis_client import RedisError
 
 PROBE_EVERY = 2.0  # seconds between pings while Redis is lost
 

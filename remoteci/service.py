@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -11,19 +12,28 @@ import threading
 from types import FrameType
 from typing import Any
 
-from remoteci import events, isolation, listener, notify, proctree
+from remoteci import events, isolation, listener, notify, proctree, wsgi_server
 from remoteci.config import ConfigError, Settings
 from remoteci.embedded_redis import EmbeddedRedis
-from remoteci.queue import JobStore, connect
+from remoteci.http import App
+from remoteci.queue import JobStore
+from remoteci.redis_conn import connect
+from remoteci.supervisor import supervisor_main
 
-# Each side imports its own modules: the web side (remoteci.http, wsgi_server, waitress) in
-# _api(), the supervisor side (supervisor, executor, sources) in _supervise(). `serve` forks
-# its supervisor before either, so no process holds the other side's modules (every MB counts
-# several times: each executor is a fork of the supervisor).
+# Both sides' modules (redis-py, waitress, the app, the supervisor and executors) are imported
+# here, before `serve` forks its supervisor and the supervisor its executors: the forks share
+# those pages, so they count once in the memory (PSS) of the whole process tree.
 
 
 def _store_factory(settings: Settings, url: str) -> JobStore:
-    return JobStore(connect(url), settings.retention_seconds)
+    return JobStore(connect(url), settings.retention_seconds, settings.redis_min_replicas)
+
+
+def _freeze_for_forks() -> None:
+    """Keep the garbage collector's hands off every object that exists now: a collection in a
+    fork would write to their pages and un-share them."""
+    gc.collect()
+    gc.freeze()
 
 
 def _prepare_dirs(settings: Settings) -> None:
@@ -76,16 +86,11 @@ def _banner(settings: Settings, server: Any) -> str:
 
 def _api(settings: Settings, url: str, sock: socket.socket) -> tuple[Any, Any]:
     """The WSGI app and its (not yet running) waitress server on the bound socket."""
-    from remoteci import wsgi_server
-    from remoteci.http import App
-
     app = App(settings, _store_factory(settings, url))
     return app, wsgi_server.create(settings, app, sock)
 
 
 def _supervise(settings: Settings, url: str, notifier: notify.Notifier | None = None) -> int:
-    from remoteci.supervisor import supervisor_main
-
     return supervisor_main(settings, lambda: _store_factory(settings, url), notifier)
 
 
@@ -128,6 +133,7 @@ def run_worker(settings: Settings) -> int:
     _prepare_dirs(settings)
     _prepare_job_isolation(settings)
     url = settings.redis_url
+    _freeze_for_forks()
     return _supervise(settings, url, notify.from_env())
 
 
@@ -150,6 +156,7 @@ def run_serve(settings: Settings) -> int:
 
 def _serve_with(settings: Settings, url: str, sock: socket.socket) -> int:
     # Fork before any thread or connection exists in this process.
+    _freeze_for_forks()
     supervisor_pid = os.fork()
     if supervisor_pid == 0:
         code = 1

@@ -9,13 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from remoteci import activity, events, jobdirs, jobs, proctree
 from remoteci.config import Settings
 from remoteci.executor import DRAIN_KILL_GRACE, executor_main
 from remoteci.history_writer import HISTORY_SLOT, history_main
 from remoteci.notify import Notifier
 from remoteci.queue import HEARTBEAT_TTL, JobStore
-from remoteci.redis_client import RedisError
 from remoteci.redis_watch import RedisWatch
 from remoteci.wakeup import SignalWakeup
 from remoteci.webhook_store import WebhookStore

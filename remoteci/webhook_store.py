@@ -17,10 +17,10 @@ receiver may see a delivery twice and can tell by its X-RemoteCI-Delivery.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from remoteci.queue import WEBHOOKS, P, beat, heartbeats, job_key
-from remoteci.redis_client import Redis
+from remoteci.redis_conn import Client as Redis
 
 RETRY = P + "webhooks:retry"
 DELIVERERS = P + "deliverers"
@@ -87,9 +87,9 @@ class WebhookStore:
 
     def take(self, deliverer_id: str, timeout: float) -> str | None:
         """Block up to `timeout` for a due delivery; it moves to our in-flight list, never lost."""
-        job_id: str | None = self.r.blmove(WEBHOOKS, inflight_key(deliverer_id), timeout,
-                                           "RIGHT", "LEFT")
-        return job_id
+        job_id = self.r.blmove(WEBHOOKS, inflight_key(deliverer_id), timeout,  # type: ignore[arg-type]
+                               "RIGHT", "LEFT")
+        return cast("str | None", job_id)
 
     def promote_due(self, now: float) -> int:
         """Move retries whose time has come back to the queue; return how many."""
@@ -97,8 +97,7 @@ class WebhookStore:
 
     def record(self, job_id: str) -> dict[str, str]:
         """The job's stored hash ({} once it expired)."""
-        record: dict[str, str] = self.r.hgetall(job_key(job_id))
-        return record
+        return cast("dict[str, str]", self.r.hgetall(job_key(job_id)))
 
     def update(self, job_id: str, fields: Mapping[str, str]) -> None:
         self._update(keys=[job_key(job_id)], args=_flat(fields))

@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from redis.exceptions import RedisError
+
 from remoteci import events
 from remoteci.config import Settings
 from remoteci.queue import JobStore
-from remoteci.redis_client import RedisError
 from remoteci.webhook_store import WebhookStore
 from remoteci.webhooks import (
     Reply,

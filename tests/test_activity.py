@@ -10,7 +10,7 @@ import redis
 from remoteci import activity, charts, histograms, jobs
 from remoteci.activity import HOUR, ActivityStore, Hour
 from remoteci.queue import JobStore
-from remoteci.redis_client import Redis
+from remoteci.redis_conn import Client as Redis
 
 T0 = 1_796_000_000 // HOUR * HOUR  # the start of an hour
 

@@ -45,7 +45,7 @@ def test_several_tokens_comma_separated() -> None:
     ("REMOTE_CI_CONCURRENCY", "0", "REMOTE_CI_CONCURRENCY=0 is out of range"),
     ("REMOTE_CI_JOB_TIMEOUT", "-5", "out of range"),
     ("REMOTE_CI_REDIS_URL", "localhost:6379", "must start with redis://"),
-    ("REMOTE_CI_REDIS_URL", "redis://:secret@h:6379/zero", "bad redis URL: .*zero"),
+    ("REMOTE_CI_REDIS_URL", "redis://:secret@h:6379/zero", "database .zero. is not a number"),
     ("REMOTE_CI_GIT_ALLOW_FILE", "maybe", "not a boolean"),
     ("REMOTE_CI_DATA_DIR", " ", "empty"),
 ])
@@ -127,3 +127,11 @@ def test_a_bad_history_setting_is_refused() -> None:
     assert "secret" not in str(caught.value)
     with pytest.raises(ConfigError, match="REMOTE_CI_HISTORY_DAYS"):
         load_settings({**TOKEN, "REMOTE_CI_HISTORY_DAYS": "0"})
+def test_min_replicas_needs_a_redis_of_its_own() -> None:
+    url = {"REMOTE_CI_REDIS_URL": "redis+sentinel://s1,s2,s3/main"}
+    assert load_settings({**TOKEN, **url, "REMOTE_CI_REDIS_MIN_REPLICAS": "1"}).redis_min_replicas == 1
+    assert load_settings({**TOKEN, **url}).redis_min_replicas == 0
+    with pytest.raises(ConfigError, match="REMOTE_CI_REDIS_MIN_REPLICAS needs REMOTE_CI_REDIS_URL"):
+        load_settings({**TOKEN, "REMOTE_CI_REDIS_MIN_REPLICAS": "1"})
+    with pytest.raises(ConfigError, match="REMOTE_CI_REDIS_MIN_REPLICAS=-1 is out of range"):
+        load_settings({**TOKEN, **url, "REMOTE_CI_REDIS_MIN_REPLICAS": "-1"})

@@ -10,7 +10,8 @@ from html import unescape
 
 import pytest
 
-from remoteci.queue import JobStore, connect
+from remoteci.queue import JobStore
+from remoteci.redis_conn import connect
 from tests.helpers import TOKEN, Server, wait_until
 
 BASIC = {"Authorization": "Basic " + base64.b64encode(f"ci:{TOKEN}".encode()).decode()}

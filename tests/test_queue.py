@@ -11,7 +11,7 @@ import redis
 
 from remoteci import jobs
 from remoteci.queue import QUEUE, JobStore, QueueFull, inflight_key, job_key
-from remoteci.redis_client import Redis
+from remoteci.redis_conn import Client as Redis
 
 TTL = 7 * 86400
 
@@ -257,3 +257,16 @@ def test_each_owner_gets_its_own_stable_uid_until_the_range_is_full(store: JobSt
     assert store.job_uid("beta", 80000, 80001) == 80000
     assert store.job_uid("alpha", 80000, 80001) == 80001
     assert store.job_uid("alpha", 70000, 70002) == 70000, "back in the old range: its old uid"
+
+
+def test_a_take_whose_answer_was_lost_is_found_in_flight(store: JobStore,
+                                                         redis_client: redis.Redis) -> None:
+    claimed = submit(store, "claimed")
+    assert store.take("ex1", 0.1) is not None  # as if its answer never came back
+    unclaimed = submit(store, "unclaimed")
+    redis_client.lmove(QUEUE, inflight_key("ex1"), "RIGHT", "LEFT")  # moved, never claimed
+    found = store.left_in_flight("ex1")
+    assert found is not None and found.claimed and found.payload == claimed
+    assert [json.loads(p)["id"] for p in redis_client.lrange(QUEUE, 0, -1)] == ["unclaimed"]
+    assert store.take("ex2", 0.1).payload == unclaimed  # type: ignore[union-attr]
+    assert store.left_in_flight("ex3") is None

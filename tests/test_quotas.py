@@ -15,7 +15,7 @@ import redis
 
 from remoteci import jobs
 from remoteci.queue import JobStore, OverQuota, Quotas, job_key
-from remoteci.redis_client import Redis
+from remoteci.redis_conn import Client as Redis
 from tests.helpers import TOKEN, MakeServer, Server
 from tests.test_project_tokens import add_token
 

@@ -13,7 +13,7 @@ from remoteci.config import ConfigError, load_settings
 from remoteci.errors import ApiError
 from remoteci.identity import ADMIN, Authenticator, Identity, listing_owner
 from remoteci.queue import JobStore, owner_index
-from remoteci.redis_client import Redis
+from remoteci.redis_conn import Client as Redis
 
 HASH = hashlib.sha256(b"a-project-token").hexdigest()
 

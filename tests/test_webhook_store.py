@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 
 from remoteci.queue import WEBHOOKS, job_key
-from remoteci.redis_client import Redis
+from remoteci.redis_conn import Client as Redis
 from remoteci.webhook_store import RETRY, WebhookStore, inflight_key
 
 
