@@ -11,7 +11,7 @@ import pytest
 
 from remoteci.config import ConfigError, Settings, load_settings
 from remoteci.queue import JobStore
-from remoteci.redis_client import Redis
+from remoteci.redis_conn import Client as Redis
 from remoteci.supervisor import Supervisor
 from tests.test_queue import submit
 
