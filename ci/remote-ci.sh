@@ -447,6 +447,15 @@ follow() {  # the log from byte 0, across reconnects, never losing or repeating 
     fetch_log "follow=1&offset=$OFFSET" "$max"
     OFFSET=$((OFFSET + GOT))
     if [ "$LOG_CODE" = 200 ] && [ "$CURL_RC" = 28 ]; then continue; fi  # a quiet job: ask again
+    header X-Log-Poll-After "$TMP/log.hdr"
+    if [ "$LOG_CODE" = 200 ] && [ "$CURL_RC" = 0 ] && [ -n "$REPLY" ]; then
+      # A busy server (or a job far back in the queue) answered with what there is and when
+      # to ask again, instead of a stream. Not a failure: it spends none of --retry-for.
+      mark_ok
+      case $STATUS in success|failed|timeout|error|cancelled) return 0 ;; esac
+      poll_pause "$REPLY"
+      continue
+    fi
     [ "$CURL_RC" != 23 ] || die 1 "cannot write the log to stdout; is the output piped into a" \
       "command that exited?"
     if [ "$LOG_CODE" != 200 ] || [ "$CURL_RC" != 0 ]; then
@@ -466,6 +475,14 @@ follow() {  # the log from byte 0, across reconnects, never losing or repeating 
     fi
   done
   return 1
+}
+
+poll_pause() {  # sleep the server's X-Log-Poll-After (whole seconds, 1..60), never past --max-wait
+  local wait=${1%%.*} left=$((DEADLINE - SECONDS))
+  is_seconds "$wait" && [ "$wait" -ge 1 ] || wait=1
+  [ "$wait" -le 60 ] || wait=60
+  [ "$wait" -le "$left" ] || wait=$left
+  [ "$wait" -le 0 ] || run_bg sleep "$wait"
 }
 
 exit_code_for() {  # STATUS and the job object on stdin -> REPLY: this step's exit code

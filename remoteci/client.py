@@ -37,6 +37,7 @@ IGNORE_FILE = ".remoteciignore"
 CHUNK = 64 * 1024
 FOLLOW_READ_TIMEOUT = 60.0  # a quiet job is re-followed this often; a dead link is noticed by then
 REQUEST_TIMEOUT = 30.0
+POLL_AFTER_MAX = 60.0  # the longest pause a server's X-Log-Poll-After may ask for
 TAR_STALL_LIMIT = 600.0
 CANCEL_BUDGET = 10.0  # the public CI gives a cancelled step a few seconds before SIGKILL
 BACKOFF_FIRST, BACKOFF_MAX = 0.25, 10.0
@@ -601,10 +602,17 @@ def follow_log(api: Api, job_id: str, out: BinaryIO, patience: Patience) -> tupl
     offset = 0
     while patience.remaining() > 0:
         try:
-            offset = _copy_log(api, job_id, offset, True, out, patience)[0]
+            offset, status, poll_after = _copy_log(api, job_id, offset, True, out, patience)
+            if poll_after is not None:
+                # A busy server (or a job far back in the queue) answered with what there is
+                # and when to ask again, instead of a stream. Not a failure: no retry budget.
+                if status in FINAL:
+                    return status, offset
+                time.sleep(max(0.0, min(poll_after, patience.remaining())))
+                continue
             # The stream ended: the job is final, or the server stopped or cut a long stream. A
             # snapshot from our offset tells which, and carries any last bytes.
-            offset, status = _copy_log(api, job_id, offset, False, out, patience)
+            offset, status, _ = _copy_log(api, job_id, offset, False, out, patience)
         except Cut as cut:
             offset = cut.offset
             if not cut.timed_out:  # a timeout is only a quiet job: ask again at once
@@ -619,8 +627,9 @@ def follow_log(api: Api, job_id: str, out: BinaryIO, patience: Patience) -> tupl
 
 
 def _copy_log(api: Api, job_id: str, offset: int, follow: bool, out: BinaryIO,
-              patience: Patience) -> tuple[int, str]:
-    """One GET of the log from `offset`, written to `out`; returns (new offset, X-Job-Status)."""
+              patience: Patience) -> tuple[int, str, float | None]:
+    """One GET of the log from `offset`, written to `out`; returns (new offset, X-Job-Status,
+    X-Log-Poll-After when the server answered a follow with a snapshot instead of a stream)."""
     path = f"/api/jobs/{job_id}/logs?offset={offset}" + ("&follow=1" if follow else "")
     conn, resp = api.open("GET", path, timeout=max(0.1, min(FOLLOW_READ_TIMEOUT, patience.remaining())))
     try:
@@ -628,18 +637,31 @@ def _copy_log(api: Api, job_id: str, offset: int, follow: bool, out: BinaryIO,
             reply = Reply(resp.status, resp.headers, resp.read(64 * 1024))
             raise ClientError(f"the server would not show the log (HTTP {resp.status}): "
                               f"{reply.error_text()}", EXIT_ERROR)
+        poll_after = _seconds(resp.headers.get("X-Log-Poll-After")) if follow else None
         # A stream's X-Log-Offset is where it starts; anything else would duplicate or lose bytes.
+        # (A snapshot's is where it ends: checked by the bytes read.)
         started = resp.headers.get("X-Log-Offset", str(offset))
-        if follow and started != str(offset):
+        if follow and poll_after is None and started != str(offset):
             raise ClientError(f"the server resumed the log at byte {started}, not {offset}; "
                               f"read the whole log at {api.url(f'/jobs/{job_id}')}", EXIT_ERROR)
         patience.ok()
         while chunk := _read_some(resp, offset):
             _write_out(out, chunk)
             offset += len(chunk)
-        return offset, resp.headers.get("X-Job-Status", "")
+        return offset, resp.headers.get("X-Job-Status", ""), poll_after
     finally:
         conn.close()
+
+
+def _seconds(value: str | None) -> float | None:
+    """X-Log-Poll-After as a pause, bounded: a broken value means ask again in a second."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return 1.0
+    return min(seconds, POLL_AFTER_MAX) if seconds >= 0.1 else 1.0  # NaN is not >= 0.1 either
 
 
 def _read_some(resp: http.client.HTTPResponse, offset: int) -> bytes:

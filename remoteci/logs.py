@@ -11,6 +11,7 @@ from pathlib import Path
 CHUNK = 1024 * 1024
 FOLLOW_POLL = 0.1  # seconds between looks at a growing log
 FOLLOW_MAX_SECONDS = 1800  # a follower reconnects with ?offset= after this; no stream is endless
+POLL_AFTER_MAX = 10  # seconds; the longest a waiting client is told to wait before asking again
 
 
 def log_size(path: Path) -> int:
@@ -53,3 +54,26 @@ def follow(path: Path, start: int, is_final: Callable[[], bool], stop: threading
                 yield from read_range(path, position, size)
             return
         stop.wait(FOLLOW_POLL)
+
+
+def streams_now(status: str, queue_position: int | None, concurrency: int) -> bool:
+    """Whether a follow is worth a held thread: its job runs, or is next in line to run.
+
+    A follow holds a server thread for as long as it lasts, and a job far back in the queue
+    writes nothing for as long as it waits: were it streamed, the number of CI steps a server
+    could keep waiting would be its thread count, each costing a thread (and a status look
+    every FOLLOW_POLL) for the whole wait. So such a follow gets a poll answer instead: one
+    short request every poll_after() seconds, whatever the wait. The head of the queue (as
+    many jobs as one host runs at once) streams, so a job on an idle server shows at once.
+    """
+    if status != "queued":
+        return True
+    return queue_position is None or queue_position <= concurrency
+
+
+def poll_after(status: str, queue_position: int | None, concurrency: int) -> int:
+    """Seconds a client should wait before asking again: 1 for a job that runs (or is about
+    to), growing with its place in the queue, since a job far back will not start soon."""
+    if status != "queued" or not queue_position:
+        return 1
+    return max(1, min(POLL_AFTER_MAX, queue_position // max(1, 5 * concurrency) + 1))
