@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from remoteci import events, jobs, logs, metrics, submissions
+from remoteci import events, jobs, logs, metrics, submissions, zstd
 from remoteci.config import ConfigError, Settings
 from remoteci.errors import ApiError
 from remoteci.gitsource import redact_url, validate_git_ref, validate_git_url
@@ -131,6 +131,8 @@ class App:
         self.redis_watch = RedisWatch(COMPONENT, store.ping, self.stopping)
         web = PageRoutes(settings, store)
         self.streams = StreamSlots(settings.max_followers)
+        # What the clients may compress an upload with (they ask GET /api/health first).
+        self.upload_formats = ["gzip", "zstd"] if zstd.available() else ["gzip"]
         artifacts = ArtifactRoutes(settings, self._job, self.streams)
         self.auth = Authenticator(settings.tokens, settings.project_tokens)
         if settings.tokens_file is not None:
@@ -401,7 +403,7 @@ class App:
             self.redis_watch.lost(exc)
             return json_response(503, {"status": "error", "redis": "unreachable",
                                        "error": f"redis unreachable: {exc}"})
-        return json_response(200, {"status": "ok", "redis": "ok"})
+        return json_response(200, {"status": "ok", "redis": "ok", "uploads": self.upload_formats})
 
     def client_script(self, request: Request) -> Response:
         if not CLIENT_SCRIPT.is_file():

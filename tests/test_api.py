@@ -61,7 +61,7 @@ def test_second_token_of_a_comma_separated_list_works(make_server: MakeServer) -
 def test_health_needs_no_token(server: Server) -> None:
     resp = server.request("GET", "/api/health", token=None)
     assert resp.status == 200
-    assert resp.json() == {"status": "ok", "redis": "ok"}
+    assert resp.json() == {"status": "ok", "redis": "ok", "uploads": ["gzip", "zstd"]}
 
 
 # --- submitting --------------------------------------------------------------------------------

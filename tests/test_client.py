@@ -336,6 +336,37 @@ def test_upload_sends_the_dir_honouring_remoteciignore(cli: list[str], srv: Serv
     assert out.splitlines()[:3] == [b"./" + client.IGNORE_FILE.encode(), b"./src/a.py", b"K=v v"]
 
 
+def path_without_zstd(tmp_path: Path) -> str:
+    """A PATH with every program of this one but zstd: a runner that lacks it."""
+    bin_dir = tmp_path / "bin-without-zstd"
+    bin_dir.mkdir()
+    for directory in os.environ["PATH"].split(os.pathsep):
+        if not os.path.isdir(directory):
+            continue
+        for name in os.listdir(directory):
+            if not name.startswith("zstd") and not (bin_dir / name).exists():
+                (bin_dir / name).symlink_to(os.path.join(directory, name))
+    return str(bin_dir)
+
+
+@needs_upload
+@pytest.mark.parametrize("has_zstd", [True, False], ids=["zstd", "no-zstd"])
+def test_upload_packs_with_zstd_when_the_runner_has_it(cli: list[str], srv: Server, tmp_path: Path,
+                                                       has_zstd: bool) -> None:
+    src = tmp_path / "up"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "data.bin").write_bytes(bytes(range(256)) * 4000)
+    (src / "run.sh").write_text("echo packed\n")
+    env = {} if has_zstd else {"PATH": path_without_zstd(tmp_path)}
+    code, out, err = run(cli, srv, "--upload", str(src), "--script",
+                         "sh run.sh; cksum < sub/data.bin", env=env)
+    assert code == 0, err
+    expected = subprocess.run(["cksum"], input=bytes(range(256)) * 4000, stdout=subprocess.PIPE,
+                              check=True).stdout
+    assert out.startswith(b"packed\n" + expected), err
+    assert ("as tar.zst" if has_zstd else "as tar.gz") in err
+
+
 @needs_git
 def test_git_from_ci_variables_clones_this_commit(cli: list[str], srv: Server, tmp_path: Path) -> None:
     repo = tmp_path / "org" / "proj"
