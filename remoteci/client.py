@@ -108,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--workspace", help="a directory under the server's workspace root "
                                            "(the code is already there, e.g. via --rsync-to)")
-    where.add_argument("--upload", metavar="DIR", help="send DIR as a tar.gz (honours "
-                                                         f"{IGNORE_FILE}; skips .git)")
+    where.add_argument("--upload", metavar="DIR", help="send DIR as a tar.zst if this runner has "
+                                                         "zstd and the server takes it, else a tar.gz "
+                                                         f"(honours {IGNORE_FILE}; skips .git)")
     where.add_argument("--git", nargs="?", const="", metavar="URL",
                        help="let the server clone URL; without a value, this CI's own repository "
                             "(GITHUB_SERVER_URL/GITHUB_REPOSITORY or CI_REPOSITORY_URL)")
@@ -125,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fail-on-wait-timeout", action="store_true",
                         help="exit 1 instead of 0 when --max-wait ends the wait")
     parser.add_argument("--retry-for", type=float, default=300.0, metavar="SEC",
-                        help="keep retrying an unreachable server (or 503) this long (300)")
+                        help="keep retrying an unreachable server (or 502/503/504) this long (300); "
+                             "a busy server's poll answers do not count")
     parser.add_argument("--rsync-to", metavar="DEST", help="first `rsync -az --delete` the source "
                         "dir to DEST (user@host:/var/ci-workspace/NAME); --workspace defaults to NAME")
     parser.add_argument("--source-dir", default=".", metavar="DIR",
