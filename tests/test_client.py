@@ -542,3 +542,10 @@ def test_client_imports_only_the_standard_library() -> None:
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
                          check=True, timeout=30).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(("header", "pause"), [
+    (None, None), ("1", 1.0), ("2.5", 2.5), ("3600", client.POLL_AFTER_MAX), ("0", 1.0),
+    ("-4", 1.0), ("nan", 1.0), ("soon", 1.0)])
+def test_poll_after_is_a_bounded_pause(header: str | None, pause: float | None) -> None:
+    assert client._seconds(header) == pause
