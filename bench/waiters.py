@@ -126,35 +126,36 @@ def waiters(server: Server, count: int = WAITERS) -> dict[str, Any]:
             "log_requests_per_s": round(sum(polls.values()) / wall, 1)}
 
 
-def _pack_seconds(command: str, tree: Path, runs: int) -> list[float]:
+def _pack_seconds(argv: list[str], runs: int) -> list[float]:
     times = []
     for _ in range(runs):
         t = time.monotonic()
-        subprocess.run(["bash", "-c", command, "pack", str(tree)], check=True,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         times.append(round(time.monotonic() - t, 2))
     return times
 
 
+_PY_PACK = ("import sys; sys.path.insert(0, sys.argv[3]); from remoteci import client; "
+            "out = sys.stdout.buffer\n"
+            "for chunk in client.tar_stream(sys.argv[1], False, sys.argv[2]): out.write(chunk)")
+
+
 def upload_formats(root: Path, runs: int = 3) -> dict[str, Any]:
     """Packing only (the network and the server are not in it): what the client's CPU costs."""
-    tree = big_workspace(root)
-    subprocess.run(["tar", "cf", "-", "-C", str(tree), "."], check=True, stdout=subprocess.DEVNULL)
-    py = (f"{sys.executable} -c 'import sys; sys.path.insert(0, {str(REPO)!r}); from remoteci import "
-          "client; [sys.stdout.buffer.write(c) for c in client.tar_stream(sys.argv[1], False, "
-          "sys.argv[2])]'")
+    tree = str(big_workspace(root))
+    subprocess.run(["tar", "cf", "-", "-C", tree, "."], check=True, stdout=subprocess.DEVNULL)  # warm cache
     commands = {
-        "tar_to_devnull": 'tar cf - -C "$1" . > /dev/null',
-        "bash_gzip": 'tar -C "$1" -czf - . > /dev/null',
-        "bash_zstd": 'tar -C "$1" -cf - . | zstd -T0 -q -c > /dev/null',
-        "python_gzip": f'{py} "$1" gzip > /dev/null',
-        "python_zstd": f'{py} "$1" zstd > /dev/null',
+        "tar_to_devnull": ["tar", "cf", "-", "-C", tree, "."],
+        "bash_gzip": ["tar", "-C", tree, "-czf", "-", "."],
+        "bash_zstd": ["bash", "-c", 'tar -C "$1" -cf - . | zstd -T0 -q -c', "pack", tree],
+        "python_gzip": [sys.executable, "-c", _PY_PACK, tree, "gzip", str(REPO)],
+        "python_zstd": [sys.executable, "-c", _PY_PACK, tree, "zstd", str(REPO)],
     }
     out: dict[str, Any] = {"scenario": "upload_formats", "files": 20_000, "bytes": 300_000_000,
                            "cores": os.cpu_count(), "zstd": shutil.which("zstd") is not None}
-    for name, command in commands.items():
+    for name, argv in commands.items():
         log(f"upload_formats: {name}")
-        times = _pack_seconds(command, tree, runs)
+        times = _pack_seconds(argv, runs)
         out[name] = {"median_s": sorted(times)[len(times) // 2], "runs_s": times}
     base = out["tar_to_devnull"]["median_s"]
     for name in commands:
