@@ -16,17 +16,17 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from types import FrameType
-from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, NoReturn
 from urllib.parse import quote, urlencode, urlsplit
 
-# Imported where used: ssl, tarfile, subprocess, threading, queue, uuid. A CI step pays the
-# interpreter's start on every run, and these cost ~15 ms of it when only https, an upload,
-# artifacts or rsync need them.
+# A CI step pays the interpreter's start on every run, so this module imports little: ssl,
+# tarfile, subprocess, threading, queue and uuid where they are used (only https, an upload,
+# artifacts or rsync need them), and records are NamedTuples or plain classes, not dataclasses
+# (whose import and class set-up cost ~10 ms, an eighth of a short run).
 if TYPE_CHECKING:
     import queue
     import threading
+    from types import FrameType
 
 EXIT_SUCCESS = 0
 EXIT_ERROR = 1  # the job errored or was cancelled elsewhere, or the server stayed unreachable
@@ -70,22 +70,20 @@ def refused(message: str) -> ClientError:
 
 # --- options -----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Source:
+class Source(NamedTuple):
     mode: str  # "rsync" | "upload" | "git"
     value: str  # the workspace name, the directory to upload, or the repository URL
     ref: str | None = None
 
 
-@dataclass(frozen=True)
-class Options:
+class Options(NamedTuple):
     server: str
     token: str
     source: Source
     script: str
     timeout: int | None = None
     name: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = {}  # never changed: parse_args builds a new one per run
     max_wait: float = 1500.0
     fail_on_wait_timeout: bool = False
     retry_for: float = 300.0
@@ -236,8 +234,7 @@ def parse_env_pairs(pairs: Sequence[str], environ: Mapping[str, str]) -> dict[st
 
 # --- .remoteciignore ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class IgnoreRule:
+class IgnoreRule(NamedTuple):
     regex: re.Pattern[str]
     negate: bool
     dir_only: bool
@@ -445,8 +442,7 @@ def _next_chunk(chunks: queue.Queue[bytes | BaseException | None], root: str) ->
 
 # --- HTTP --------------------------------------------------------------------------------------
 
-@dataclass
-class Reply:
+class Reply(NamedTuple):
     status: int
     headers: http.client.HTTPMessage
     body: bytes
@@ -468,8 +464,7 @@ class Retryable(Exception):
     """The server could not be reached or answered 502/503/504: worth trying again."""
 
 
-@dataclass
-class Api:
+class Api(NamedTuple):
     server: str
     token: str
 
@@ -516,14 +511,14 @@ class Api:
             conn.close()
 
 
-@dataclass
 class Patience:
     """Bounds every wait: the overall --max-wait and the --retry-for budget since the last success."""
 
-    deadline: float  # time.monotonic() after which we stop waiting for the job
-    retry_for: float
-    last_ok: float = field(default_factory=time.monotonic)
-    delay: float = BACKOFF_FIRST
+    def __init__(self, deadline: float, retry_for: float):
+        self.deadline = deadline  # time.monotonic() after which we stop waiting for the job
+        self.retry_for = retry_for
+        self.last_ok = time.monotonic()
+        self.delay = BACKOFF_FIRST
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -570,7 +565,7 @@ def submission_fields(opts: Options) -> dict[str, Any]:
     if opts.name:
         fields["name"] = opts.name
     if opts.env:
-        fields["env"] = opts.env
+        fields["env"] = dict(opts.env)
     if opts.artifacts:
         fields["artifacts"] = list(opts.artifacts)
     if opts.webhook:
@@ -784,7 +779,6 @@ def say(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
-@dataclass
 class Run:
     """What the signal path needs: the job to cancel, if one was created.
 
@@ -792,10 +786,11 @@ class Run:
     the job may be accepted already, and only its id lets us cancel it. A second one stops at once.
     """
 
-    api: Api
-    job_id: str | None = None
-    submitting: bool = False
-    pending: int | None = None
+    def __init__(self, api: Api):
+        self.api = api
+        self.job_id: str | None = None
+        self.submitting = False
+        self.pending: int | None = None
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.submitting and self.pending is None:
