@@ -549,3 +549,34 @@ def test_client_imports_only_the_standard_library() -> None:
     ("-4", 1.0), ("nan", 1.0), ("soon", 1.0)])
 def test_poll_after_is_a_bounded_pause(header: str | None, pause: float | None) -> None:
     assert client._seconds(header) == pause
+
+
+def test_zstd_stream_is_a_valid_archive_of_the_kept_files(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f.txt").write_bytes(b"\0binary\xff" * 10000)
+    (tmp_path / "-dash").write_text("a name tar must not take for an option")
+    (tmp_path / "keep.tmp").write_text("kept by a negation")
+    (tmp_path / "skip.tmp").write_text("x")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "HEAD").write_text("ref\n")
+    (tmp_path / client.IGNORE_FILE).write_text("*.tmp\n!keep.tmp\n")
+    packed = b"".join(client.tar_stream(str(tmp_path), False, "zstd"))
+    data = subprocess.run(["zstd", "-d", "-q", "-c"], input=packed, stdout=subprocess.PIPE,
+                          check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        assert sorted(tar.getnames()) == sorted(["-dash", client.IGNORE_FILE, "a", "a/f.txt", "keep.tmp"])
+        member = tar.extractfile("a/f.txt")
+        assert member is not None and member.read() == b"\0binary\xff" * 10000
+
+
+def test_a_file_tar_cannot_read_stops_a_zstd_upload_naming_it(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # A file that vanishes between the listing and tar reading it (root reads every file, so
+    # this is how a test makes tar fail whoever runs it).
+    (tmp_path / "kept.txt").write_text("x")
+    listed = client.files_to_send
+    monkeypatch.setattr(client, "files_to_send",
+                        lambda *args: iter([*listed(*args), "vanished.txt"]))
+    with pytest.raises(client.ClientError, match=r"vanished\.txt") as caught:
+        b"".join(client.tar_stream(str(tmp_path), False, "zstd"))
+    assert caught.value.code == client.EXIT_REFUSED
