@@ -66,11 +66,19 @@ def cli(request: pytest.FixtureRequest) -> list[str]:
 
 def start(cli: list[str], server: Server, *args: str, env: dict[str, str] | None = None,
           cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    """The client as the public CI runs it: token and server from the environment."""
+    """The client as the public CI runs it: token and server from the environment, SIGINT and
+    SIGQUIT at their defaults even when the tests themselves run in a background job (which
+    ignores them, and bash cannot trap a signal ignored when it starts)."""
     environment = {"PATH": os.environ["PATH"], "HOME": str(server.base), "LANG": "C.UTF-8",
                    "REMOTE_CI_TOKEN": TOKEN, "REMOTE_CI_SERVER": server.url, **(env or {})}
     return subprocess.Popen([*cli, *args], env=environment, cwd=cwd or server.base,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_default_signals)
+
+
+def _default_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def finish(proc: subprocess.Popen[bytes]) -> tuple[int, bytes, str]:
