@@ -132,6 +132,25 @@ def _rows(ours: dict[str, Any], peer: dict[str, Any] | None) -> list[Row]:
         r, src = ref("orphans", _get(peer or {}, "orphans", "orphans_after_2s"))
         rows.append(("processes left after a timed-out job", _fmt(orph), _fmt(r) + src, "0",
                      _verdict(check(orph, lambda v: v == 0))))
+    if "waiters" in ours:
+        w = ours["waiters"]
+        bad = (w.get("false_failures"), w.get("wrong_logs"))
+        rows.append(("200 clients waiting, concurrency 2: false failures, wrong logs; wall vs "
+                     "200 × 1 s / 2; API threads, RSS, CPU while they wait",
+                     f"{_fmt(bad[0])}, {_fmt(bad[1])}; {_fmt(w.get('wall_s'), ' s')} "
+                     f"({_fmt(w.get('wall_over_ideal'), '×', 3)}); {_fmt(w.get('api_threads_max'))} "
+                     f"threads, {_fmt(w.get('api_rss_mb_max'), ' MB')}, "
+                     f"{_fmt(w.get('api_cpu_pct'), '%')} CPU",
+                     "not measured", "0, 0", _verdict(check(bad, lambda v: v == (0, 0)))
+                     if "error" not in w else "**FAIL** " + str(w["error"])[:60]))
+    if "upload_formats" in ours:
+        f = ours["upload_formats"]
+        rows.append(("packing 20,000 files / 300 MB (random bytes): seconds, × `tar cf - \\| cat`",
+                     "; ".join(f"{name} {_fmt(_get(f, name, 'median_s'), ' s', 2)} "
+                               f"({_fmt(_get(f, name, 'over_tar'), '×', 2)})"
+                               for name in ("tar_to_devnull", "tar_through_pipe", "bash_zstd", "python_zstd",
+                                            "bash_gzip", "python_gzip")),
+                     "not measured", "zstd ≪ gzip", "—"))
     return rows
 
 

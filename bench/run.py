@@ -23,9 +23,10 @@ import peer_bench
 import report
 import scenarios
 import servers
+import waiters
 
 ALL = ["memory", "latency", "throughput", "api", "stats", "logs", "upload", "rsync", "orphans",
-       "growth", "pages"]
+       "growth", "pages", "waiters", "upload_formats"]
 Results = dict[str, dict[str, Any]]
 
 
@@ -106,6 +107,16 @@ def run_ours(ws: Path, only: set[str]) -> dict[str, Any]:
             res["pages"] = {"error": repr(exc)[:500]}
         finally:
             servers.cleanup(server)
+    if "waiters" in only:
+        server = servers.start_ours(ws, {"REMOTE_CI_CONCURRENCY": "2"}, label="ours-waiters")
+        try:
+            res["waiters"] = waiters.waiters(server)
+        except Exception as exc:
+            res["waiters"] = {"error": repr(exc)[:500]}
+        finally:
+            servers.cleanup(server)
+    if "upload_formats" in only:
+        res["upload_formats"] = waiters.upload_formats(ws)
     return res
 
 

@@ -23,6 +23,7 @@ ENV_KEYS=() ENV_VALUES=()
 ARTIFACTS=() DOWNLOAD_DIR="" WEBHOOK=""
 TMP="" TMP_OWNER="" JOB_ID="" CHILD_PID="" SUBMITTING=0 PENDING_SIGNAL=""
 LAST_OK=0 DELAY=1
+COMPRESSION=gzip  # of an upload: zstd when both ends have it (choose_compression)
 
 say() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 # printf is a builtin: the token never appears on a command line that `ps` shows.
@@ -357,13 +358,31 @@ tar_excludes() {  # .remoteciignore lines as tar --exclude options (tar's globbi
   done < "$SOURCE/$IGNORE_FILE"
 }
 
+choose_compression() {  # zstd (every core) when we have it and the server unpacks it, else gzip
+  COMPRESSION=gzip
+  command -v zstd >/dev/null || return 0
+  curl_call health GET /api/health --max-time 10
+  [ "$HTTP_CODE" = 200 ] || return 0  # the submission's own retries will say what is wrong
+  local body="" line
+  while IFS= read -r line || [ -n "$line" ]; do body+=$line; done < "$TMP/health.body"
+  case $body in *'"uploads":['*'"zstd"'*) COMPRESSION=zstd ;; esac
+}
+
+pack() {  # the source dir as a compressed tar on stdout; $@ are tar's --exclude options
+  if [ "$COMPRESSION" = zstd ]; then
+    tar -C "$SOURCE" -cf - "$@" . | zstd -T0 -q -c
+  else
+    tar -C "$SOURCE" -czf - "$@" .
+  fi
+}
+
 send_upload() {  # streams tar's output as the body: no temp file, whatever the size
   local excludes=() line query
   while IFS= read -r line; do excludes+=("$line"); done < <(tar_excludes)
   upload_query; query=$REPLY
   : > "$TMP/submit.hdr"
-  tar -C "$SOURCE" -czf - ${excludes[@]+"${excludes[@]}"} . </dev/null 2>"$TMP/tar.err" \
-    | curl -sS -X POST -T - -H @"$TMP/auth" -H 'Content-Type: application/gzip' -H 'Expect:' \
+  pack ${excludes[@]+"${excludes[@]}"} </dev/null 2>"$TMP/tar.err" \
+    | curl -sS -X POST -T - -H @"$TMP/auth" -H "Content-Type: application/$COMPRESSION" -H 'Expect:' \
       -H "Idempotency-Key: $SUBMISSION_KEY" \
       --connect-timeout 10 --speed-limit 1 --speed-time 120 -D "$TMP/submit.hdr" \
       -o "$TMP/submit.body" -w '%{http_code}' "$SERVER/api/jobs/upload?$query" \
@@ -447,6 +466,15 @@ follow() {  # the log from byte 0, across reconnects, never losing or repeating 
     fetch_log "follow=1&offset=$OFFSET" "$max"
     OFFSET=$((OFFSET + GOT))
     if [ "$LOG_CODE" = 200 ] && [ "$CURL_RC" = 28 ]; then continue; fi  # a quiet job: ask again
+    header X-Log-Poll-After "$TMP/log.hdr"
+    if [ "$LOG_CODE" = 200 ] && [ "$CURL_RC" = 0 ] && [ -n "$REPLY" ]; then
+      # A busy server (or a job far back in the queue) answered with what there is and when
+      # to ask again, instead of a stream. Not a failure: it spends none of --retry-for.
+      mark_ok
+      case $STATUS in success|failed|timeout|error|cancelled) return 0 ;; esac
+      poll_pause "$REPLY"
+      continue
+    fi
     [ "$CURL_RC" != 23 ] || die 1 "cannot write the log to stdout; is the output piped into a" \
       "command that exited?"
     if [ "$LOG_CODE" != 200 ] || [ "$CURL_RC" != 0 ]; then
@@ -466,6 +494,14 @@ follow() {  # the log from byte 0, across reconnects, never losing or repeating 
     fi
   done
   return 1
+}
+
+poll_pause() {  # sleep the server's X-Log-Poll-After (whole seconds, 1..60), never past --max-wait
+  local wait=${1%%.*} left=$((DEADLINE - SECONDS))
+  is_seconds "$wait" && [ "$wait" -ge 1 ] || wait=1
+  [ "$wait" -le 60 ] || wait=60
+  [ "$wait" -le "$left" ] || wait=$left
+  [ "$wait" -le 0 ] || run_bg sleep "$wait"
 }
 
 exit_code_for() {  # STATUS and the job object on stdin -> REPLY: this step's exit code
@@ -578,6 +614,10 @@ main() {
   (umask 077 && auth_header > "$TMP/auth")
   mark_ok
   [ -z "$RSYNC_TO" ] || run_rsync
+  if [ "$MODE" = upload ]; then
+    choose_compression
+    if [ "$COMPRESSION" = zstd ]; then say "packing $SOURCE as tar.zst"; else say "packing $SOURCE as tar.gz"; fi
+  fi
   submit
   json_field queue_position < "$TMP/submit.body"; position=$REPLY
   say "job $JOB_ID queued${position:+, queue position $position}: $SERVER/jobs/$JOB_ID"

@@ -15,15 +15,17 @@ import stat
 import struct
 import tarfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import IO, Self, TypeVar
 
+from remoteci import zstd
 from remoteci.errors import ApiError, SourceError
 
-ARCHIVE_KINDS = ".tar.gz, .tgz or .tar"
+ARCHIVE_KINDS = ".tar.gz, .tgz, .tar.zst or .tar"
 _CHUNK = 64 * 1024
 # pax and GNU long-name headers are read whole into memory (and may nest), so each is kept small;
 # real ones hold a path, a few times and maybe some xattrs.
@@ -36,12 +38,18 @@ _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError, RecursionError,
 
 
 def sniff_archive(path: Path) -> None:
-    """Refuse an upload that is neither gzip nor tar at submission, so the CI user hears at once."""
+    """Refuse an upload that is neither gzip, zstd nor tar at submission, so the CI user hears at once."""
     with path.open("rb") as f:
         head = f.read(tarfile.BLOCKSIZE)
     if head[:2] == b"\x1f\x8b" or head[257:262] == b"ustar" or _is_v7_tar_header(head):
         return
-    raise ApiError(400, f"code must be a {ARCHIVE_KINDS} archive; the uploaded file is neither gzip nor tar")
+    if head.startswith(zstd.MAGIC):
+        if zstd.available():
+            return
+        raise ApiError(400, "this server cannot unpack zstd (it has no zstd program); send the "
+                            "archive as .tar.gz")
+    raise ApiError(400, f"code must be a {ARCHIVE_KINDS} archive; the uploaded file is neither "
+                        "gzip, zstd nor tar")
 
 
 def _is_v7_tar_header(block: bytes) -> bool:
@@ -92,11 +100,21 @@ def extract_archive(archive: Path, dest: Path, *, max_bytes: int, max_members: i
         os.close(root_fd)
 
 
-def _open_stream(archive: Path) -> tarfile.TarFile:
-    """Open forward-only ("r|*"), so memory stays flat whatever the archive size."""
+@contextmanager
+def _open_stream(archive: Path) -> Iterator[tarfile.TarFile]:
+    """Open forward-only ("r|*"), so memory stays flat whatever the archive size; a zstd
+    archive is read through the zstd program (zstd.py), the rest as tarfile finds them."""
     if not archive.is_file():
         raise SourceError("the uploaded archive is no longer on the server; submit the job again")
-    return _read(lambda: tarfile.open(archive, mode="r|*", tarinfo=_checked_tarinfo()))
+    with archive.open("rb") as f:
+        is_zstd = f.read(len(zstd.MAGIC)) == zstd.MAGIC
+    if not is_zstd:
+        with _read(lambda: tarfile.open(archive, mode="r|*", tarinfo=_checked_tarinfo())) as tar:
+            yield tar
+        return
+    with zstd.decompressed(archive) as stream, \
+            _read(lambda: tarfile.open(fileobj=stream, mode="r|", tarinfo=_checked_tarinfo())) as tar:
+        yield tar
 
 
 def _read(step: Callable[[], _T]) -> _T:

@@ -30,9 +30,10 @@ def _server_parser(name: str, help_text: str, sub: argparse._SubParsersAction) -
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["submit"]:
+        from remoteci.client import exit_now
         from remoteci.client import main as submit_main
 
-        return submit_main(args_list[1:])
+        exit_now(submit_main(args_list[1:]))
     if args_list[:1] == ["token"]:  # edits a file only: needs neither a token nor redis
         from remoteci.token_cli import main as token_main
 

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 
 from redis.exceptions import RedisError
 
-from remoteci import events, history_api, isolation, jobs, logs, metrics, submissions
+from remoteci import events, history_api, isolation, jobs, logs, metrics, submissions, zstd
 from remoteci.config import ConfigError, Settings
 from remoteci.errors import ApiError
 from remoteci.gitsource import redact_url, split_credentials, validate_git_ref, validate_git_url
@@ -162,6 +162,8 @@ class App:
         self.redis_watch = RedisWatch(COMPONENT, store.ping, self.stopping)
         web = PageRoutes(settings, store, self.history)
         self.streams = StreamSlots(settings.max_followers)
+        # What the clients may compress an upload with (they ask GET /api/health first).
+        self.upload_formats = ["gzip", "zstd"] if zstd.available() else ["gzip"]
         artifacts = ArtifactRoutes(settings, self._job, self.streams)
         self.auth = Authenticator(settings.tokens, settings.project_tokens)
         self.quotas = Quotas(settings.max_queued_per_owner,
@@ -427,19 +429,29 @@ class App:
 
     def get_logs(self, request: Request) -> Response:
         job_id = request.params["id"]
-        status = self._job(job_id, request.identity)["status"]
+        job = self._job(job_id, request.identity)
+        status = str(job["status"])
         offset = _int_query(request, "offset", 0, 0, 2**62)
         path = self.settings.logs_dir / f"{job_id}.log"
         headers: Headers = [("Content-Type", "text/plain; charset=utf-8"),
-                            ("X-Job-Status", str(status)), ("Cache-Control", "no-store")]
+                            ("X-Job-Status", status), ("Cache-Control", "no-store")]
         if request.query("follow") in ("1", "true", "yes"):
-            return self._follow(request.environ, job_id, path, offset, headers)
+            position = job.get("queue_position")
+            if logs.streams_now(status, position, self.settings.concurrency):
+                response = self._follow(request.environ, job_id, path, offset, headers)
+                if response is not None:
+                    return response
+            # No stream for this one (see logs.streams_now), or every slot is taken: what
+            # exists now, and when to ask again. Never a 503: a busy server is not a broken one.
+            wait = logs.poll_after(status, position, self.settings.concurrency)
+            headers.append(("X-Log-Poll-After", str(wait)))
         end = max(offset, logs.log_size(path))
         headers += [("X-Log-Offset", str(end)), ("Content-Length", str(end - offset))]
         return Response(200, headers, logs.read_range(path, offset, end))
 
     def _follow(self, environ: dict[str, Any], job_id: str, path: Path, offset: int,
-                headers: Headers) -> Response:
+                headers: Headers) -> Response | None:
+        """The log streamed as it grows, or None when every stream slot is taken."""
         def is_final() -> bool:
             try:
                 return self.store.status(job_id) not in (jobs.QUEUED, jobs.RUNNING)
@@ -450,7 +462,10 @@ class App:
         # waitress tells whether the client hung up, so a quiet job does not pin a slot.
         disconnected = environ.get("waitress.client_disconnected") or _never
         stream = logs.follow(path, offset, is_final, self.stopping, disconnected)
-        body = self.streams.hold(stream, "poll with ?offset= instead")
+        body = self.streams.try_hold(stream)
+        if body is None:
+            stream.close()
+            return None
         return Response(200, [*headers, ("X-Log-Offset", str(offset))], body, streamed=True)
 
     def stats(self, request: Request) -> Response:
@@ -468,7 +483,8 @@ class App:
             return json_response(503, {"status": "error", "redis": "unreachable",
                                        "error": f"redis unreachable: {exc}"})
         return json_response(200, {"status": "ok", "redis": "ok",
-                                   "isolation": isolation.weakest(reported, self.own_isolation)})
+                                   "isolation": isolation.weakest(reported, self.own_isolation),
+                                   "uploads": self.upload_formats})
 
     def client_script(self, request: Request) -> Response:
         if not CLIENT_SCRIPT.is_file():
@@ -567,10 +583,17 @@ class StreamSlots:
 
     def hold(self, body: Iterable[bytes], instead: str) -> Iterable[bytes]:
         """`body`, holding a slot until the server closes it; a 503 saying `instead` if none is free."""
-        if not self._free.acquire(blocking=False):
+        held = self.try_hold(body)
+        if held is None:
             raise ApiError(503, f"too many log followers and downloads at once "
                                 f"(REMOTE_CI_MAX_FOLLOWERS={self.limit}); {instead}",
                            [("Retry-After", "5")])
+        return held
+
+    def try_hold(self, body: Iterable[bytes]) -> Iterable[bytes] | None:
+        """`body`, holding a slot until the server closes it; None if none is free."""
+        if not self._free.acquire(blocking=False):
+            return None
         return _ReleasingStream(body, self._free.release)
 
 

@@ -31,7 +31,8 @@ from remoteci.archives import ARCHIVE_KINDS, sniff_archive
 from remoteci.errors import ApiError
 from remoteci.spool import spooled_path
 
-RAW_TYPES = ("application/gzip", "application/x-gzip", "application/x-tar", "application/octet-stream")
+RAW_TYPES = ("application/gzip", "application/x-gzip", "application/zstd", "application/x-tar",
+             "application/octet-stream")
 MAX_FIELD_BYTES = 1024 * 1024
 MAX_FIELDS = 50
 # Room in a multipart body for the text fields and part headers next to the archive itself.

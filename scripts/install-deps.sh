@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what Remote CI needs on Debian/Ubuntu when it is missing: the system packages
-# (redis-server, rsync, git, curl, python3-venv) and a venv with requirements.txt.
+# (redis-server, rsync, git, curl, zstd, python3-venv) and a venv with requirements.txt.
 # Usage: scripts/install-deps.sh [requirements-file]   (default requirements.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,7 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v rsync >/dev/null || missing+=(rsync)
 command -v git >/dev/null || missing+=(git)
 command -v curl >/dev/null || missing+=(curl)
+command -v zstd >/dev/null || missing+=(zstd)  # unpacks .tar.zst uploads
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
   echo "installing system packages: ${missing[*]}" >&2

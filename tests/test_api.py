@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from remoteci import logs
 from tests.helpers import TOKEN, MakeServer, Server, wait_until
 
 JOB_FIELDS = ["id", "mode", "status", "name", "script", "source", "timeout", "created_at",
@@ -61,7 +62,8 @@ def test_health_needs_no_token(server: Server) -> None:
     resp = server.request("GET", "/api/health", token=None)
     assert resp.status == 200
     isolation = "user" if os.geteuid() == 0 else "none"  # root may switch users
-    assert resp.json() == {"status": "ok", "redis": "ok", "isolation": isolation}
+    assert resp.json() == {"status": "ok", "redis": "ok", "isolation": isolation,
+                           "uploads": ["gzip", "zstd"]}
 
 
 # --- submitting --------------------------------------------------------------------------------
@@ -280,7 +282,7 @@ def test_follow_from_an_offset_resumes_without_duplicates(server: Server) -> Non
 
 def test_followers_are_capped_so_the_api_stays_up(make_server: MakeServer) -> None:
     srv = make_server(env={"REMOTE_CI_MAX_FOLLOWERS": "2", "REMOTE_CI_HTTP_THREADS": "4"})
-    job = srv.submit("sleep 30")
+    job = srv.submit("echo started; sleep 30")
     conns = []
     for _ in range(2):
         conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
@@ -288,22 +290,41 @@ def test_followers_are_capped_so_the_api_stays_up(make_server: MakeServer) -> No
                      headers={"Authorization": f"Bearer {TOKEN}"})
         assert conn.getresponse().status == 200
         conns.append(conn)
-    third = srv.request("GET", f"/api/jobs/{job['id']}/logs?follow=1")
-    assert third.status == 503
-    assert "REMOTE_CI_MAX_FOLLOWERS" in third.json()["error"]
+    wait_until(lambda: srv.log(job["id"]).startswith(b"started\n"), 10, "the job's first line")
+    # A third follower is not refused: it gets what there is now, and when to ask again.
+    third = srv.request("GET", f"/api/jobs/{job['id']}/logs?follow=1&offset=2")
+    assert third.status == 200
+    assert third.body == b"arted\n"
+    assert third.headers["x-log-offset"] == "8" and third.headers["x-job-status"] == "running"
+    assert third.headers["x-log-poll-after"] == "1"
     assert srv.request("GET", "/api/stats").status == 200  # the API still answers
     for conn in conns:
         conn.close()
     # A follower that hangs up gives its slot back.
-    wait_until(lambda: _follow_status(srv, job["id"]) == 200, 10, "a free follower slot")
+    wait_until(lambda: _follow_streams(srv, job["id"]), 10, "a free follower slot")
+    srv.request("POST", f"/api/jobs/{job['id']}/cancel")
 
 
-def _follow_status(srv: Server, job_id: str) -> int:
+def _follow_streams(srv: Server, job_id: str) -> bool:
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
     conn.request("GET", f"/api/jobs/{job_id}/logs?follow=1", headers={"Authorization": f"Bearer {TOKEN}"})
-    status = conn.getresponse().status
+    resp = conn.getresponse()
     conn.close()
-    return status
+    return resp.status == 200 and resp.getheader("X-Log-Poll-After") is None
+
+
+def test_follow_of_a_job_far_back_in_the_queue_is_a_poll_answer(make_server: MakeServer) -> None:
+    # A job that waits holds no thread: its follower is told when to ask again.
+    srv = make_server(env={"REMOTE_CI_CONCURRENCY": "1"}, wait_workers=1)
+    blocker = srv.submit("sleep 30")
+    srv.wait_status(blocker["id"], ("running",))
+    waiting = [srv.submit("true") for _ in range(2)]  # positions 1 (next to run, streams) and 2
+    head = srv.request("GET", f"/api/jobs/{waiting[1]['id']}/logs?follow=1", timeout=5)
+    assert head.status == 200 and head.headers["x-log-poll-after"] == "1"
+    assert head.headers["x-job-status"] == "queued" and head.headers["x-log-offset"] == "0"
+    assert head.body == b""
+    for job in (*waiting, blocker):
+        srv.request("POST", f"/api/jobs/{job['id']}/cancel")
 
 
 # --- the job's world ---------------------------------------------------------------------------
@@ -444,3 +465,14 @@ def test_a_malformed_idempotency_key_is_400(server: Server, key: str) -> None:
                           headers={"Idempotency-Key": key.encode().decode("latin-1")})
     assert resp.status == 400
     assert "Idempotency-Key" in resp.json()["error"]
+
+
+@pytest.mark.parametrize(("status", "position", "concurrency", "streams", "wait"), [
+    ("running", None, 2, True, 1), ("queued", 1, 2, True, 1), ("queued", 2, 2, True, 1),
+    ("queued", 3, 2, False, 1), ("queued", 25, 2, False, 3), ("queued", 5000, 2, False, 10),
+    ("success", None, 2, True, 1),
+])
+def test_who_streams_and_how_long_pollers_wait(status: str, position: int | None, concurrency: int,
+                                               streams: bool, wait: int) -> None:
+    assert logs.streams_now(status, position, concurrency) is streams
+    assert logs.poll_after(status, position, concurrency) == wait

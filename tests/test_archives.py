@@ -340,5 +340,5 @@ def test_sniff_refuses_what_is_not_an_archive(tmp_path: Path, content: bytes) ->
     with pytest.raises(ApiError) as caught:
         sniff_archive(tmp_path / "upload")
     assert caught.value.status == 400
-    assert ".tar.gz, .tgz or .tar" in caught.value.message
+    assert ".tar.gz, .tgz, .tar.zst or .tar" in caught.value.message
 

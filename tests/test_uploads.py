@@ -178,7 +178,7 @@ def test_empty_raw_body(uploads: Path) -> None:
 
 def test_file_that_is_not_an_archive(uploads: Path) -> None:
     refused(environ(form(("code", "notes.txt", b"hello, not a tarball\n" * 50))), uploads, 400,
-            ".tar.gz, .tgz or .tar")
+            ".tar.gz, .tgz, .tar.zst or .tar")
 
 
 def test_part_without_a_name(uploads: Path) -> None:
