@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from remoteci import events, jobs, logs, metrics, submissions
+from remoteci import events, jobs, logs, metrics, openapi, submissions
 from remoteci.config import ConfigError, Settings
 from remoteci.errors import ApiError
 from remoteci.gitsource import redact_url, validate_git_ref, validate_git_url
@@ -133,11 +133,13 @@ class App:
         self.streams = StreamSlots(settings.max_followers)
         artifacts = ArtifactRoutes(settings, self._job, self.streams)
         self.auth = Authenticator(settings.tokens, settings.project_tokens)
+        self.openapi_document = openapi.render(settings.job_timeout)
         if settings.tokens_file is not None:
             events.info(COMPONENT, f"{self.auth.project_count} project tokens from "
                                    f"{settings.tokens_file}")
         self.routes = [
             Route("GET", _p(r"/api/health"), self.health, "none"),
+            Route("GET", _p(r"/api/openapi\.json"), self.openapi, "none"),
             Route("GET", _p(r"/ci/remote-ci\.sh"), self.client_script, "none"),
             Route("POST", _p(r"/api/jobs/rsync"), self.submit_rsync, "api"),
             Route("POST", _p(re.escape(UPLOAD_PATH)), self.submit_upload, "api"),  # spool.py
@@ -389,6 +391,11 @@ class App:
             return json_response(503, {"status": "error", "redis": "unreachable",
                                        "error": f"redis unreachable: {exc}"})
         return json_response(200, {"status": "ok", "redis": "ok"})
+
+    def openapi(self, request: Request) -> Response:
+        data = self.openapi_document
+        return Response(200, [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(data)))], [data])
 
     def client_script(self, request: Request) -> Response:
         if not CLIENT_SCRIPT.is_file():
