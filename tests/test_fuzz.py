@@ -155,7 +155,9 @@ def _snapshot(client: redis.Redis, data_dir: Path) -> dict[str, frozenset[str]]:
         pipe.type(key)
     kinds = [kind.decode() for kind in pipe.execute()]
     read = {"string": lambda k: pipe.mget([k]), "hash": pipe.hkeys,
-            "list": lambda k: pipe.lrange(k, 0, -1), "zset": lambda k: pipe.zrange(k, 0, -1),
+            # Jobs are pushed at the head and never taken here: the head holds what is new, and
+            # the whole queue (thousands of payloads in a long run) would be read twice a request.
+            "list": lambda k: pipe.lrange(k, 0, 9), "zset": lambda k: pipe.zrange(k, 0, -1),
             "set": pipe.smembers}
     for key, kind in zip(keys, kinds, strict=True):
         read.get(kind, pipe.type)(key)
