@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from remoteci import openapi
 from tests.helpers import TOKEN, RedisServer, Server, wait_until
 
 IDLE_TIMEOUT = 2  # REMOTE_CI_HTTP_IDLE_TIMEOUT of this module's server
@@ -193,3 +194,13 @@ def test_the_idle_timeout_is_bounded_and_checked_often_enough() -> None:
     with pytest.raises(ConfigError, match="REMOTE_CI_HTTP_IDLE_TIMEOUT"):
         load_settings({**env, "REMOTE_CI_HTTP_IDLE_TIMEOUT": "0"})
     assert [idle_check_interval(t) for t in (1, 2, 40, 120, 3600)] == [1, 1, 10, 30, 30]
+
+
+def test_a_request_line_over_the_header_limit_is_the_documented_431(api: Server) -> None:
+    """Found by the fuzz: a raw upload's script in the query string may be long enough to pass
+    waitress' 256 KiB header limit, which answers 431 itself (now in the document)."""
+    resp = api.request("POST", "/api/jobs/upload?script=" + "x" * 300_000, _tar(),
+                       headers={"Content-Type": "application/x-tar"})
+    assert resp.status == 431 and "exceeds max_header" in resp.json()["error"], resp.body[:200]
+    documented = openapi.load()["paths"]["/api/jobs/upload"]["post"]["responses"]
+    assert "431" in documented
