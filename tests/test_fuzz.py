@@ -45,6 +45,10 @@ def _tar_gz() -> bytes:
 EXAMPLES = int(os.environ.get("REMOTE_CI_FUZZ_EXAMPLES", "100"))
 # `make test` sees the same examples on every run; a longer run (`make fuzz`) new ones each time.
 DERANDOMIZE = "REMOTE_CI_FUZZ_EXAMPLES" not in os.environ
+# Left out: positive_data_acceptance (a valid submission may still name a workspace that does
+# not exist, or a webhook off the allowlist) and negative_data_rejection, which a run of 150
+# examples found failing only where the server is lenient as HTTP servers are: unknown query
+# parameters ignored, an empty Idempotency-Key taken as none, and waitress' own 431.
 CHECKS = [schemathesis.checks.not_a_server_error, openapi_checks.status_code_conformance,
           openapi_checks.content_type_conformance, openapi_checks.response_headers_conformance,
           openapi_checks.response_schema_conformance]
