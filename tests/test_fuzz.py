@@ -6,7 +6,9 @@ conform to the document (status, content type, headers, body schema), and each r
 create Redis keys and files only for the job it was answered 202 with.
 
 The `api` runs without executors, so accepted jobs stay queued and nothing is ever run or
-cloned (a generated git URL must never reach the network). `REMOTE_CI_FUZZ_EXAMPLES` sets the
+cloned (a generated git URL must never reach the network); a log follow is sent only for a
+job that has ended (a random id is a 404 at once), never for a queued one, whose stream would
+wait for an end that no executor brings. `REMOTE_CI_FUZZ_EXAMPLES` sets the
 examples per operation: 100 in `make test`, 1000 in `make fuzz`.
 """
 
@@ -60,6 +62,7 @@ schemathesis.serializer.alias([t for t in RAW_TYPES if t != "application/octet-s
 SUBMISSIONS = ("/api/jobs/rsync", "/api/jobs/git", "/api/jobs/upload")
 ARCHIVE = _tar_gz()
 ACCEPTED: list[str] = []  # ids of the jobs the server made, for the requests that read them
+ENDED: list[str] = []  # a job that has ended (cancelled), for log follows
 
 
 
@@ -117,8 +120,6 @@ def test_the_api_keeps_its_document(method: str, path: str, kind: str, api_schem
                          suppress_health_check=list(hypothesis.HealthCheck))
     @hypothesis.given(case=operation.as_strategy(mode))
     def one_request(case: Any) -> None:
-        if case.query and "follow" in case.query:
-            case.query.pop("follow")  # a follow of a queued job streams until it ends: never here
         if steer:
             _make_acceptable(case)
         before = _snapshot(client, srv.data_dir)
@@ -141,6 +142,8 @@ def _fresh_start(srv: Server, client: redis.Redis) -> None:
     client.flushall()
     shutil.rmtree(srv.data_dir / "uploads", ignore_errors=True)
     ACCEPTED[:] = [srv.submit(f"echo {n}", "project-a", name=f"seed {n}")["id"] for n in range(3)]
+    ENDED[:] = [srv.submit("echo ended", "project-a")["id"]]
+    assert srv.request("POST", f"/api/jobs/{ENDED[0]}/cancel").status == 202
 
 
 def _make_acceptable(case: Any) -> None:
@@ -150,7 +153,10 @@ def _make_acceptable(case: Any) -> None:
     if "{id}" in case.operation.path:
         # One of the jobs, picked by the generated id, so that the pick varies as it does.
         pick = zlib.crc32(str(case.path_parameters.get("id")).encode()) % len(ACCEPTED)
-        case.path_parameters = {**case.path_parameters, "id": ACCEPTED[pick]}
+        job_id = ACCEPTED[pick]
+        if case.query and case.query.get("follow"):
+            job_id = ENDED[0]  # a follow streams until its job ends: no executor ends a queued one
+        case.path_parameters = {**case.path_parameters, "id": job_id}
         return
     if case.operation.path == "/api/jobs/upload":
         if isinstance(case.body, dict):
