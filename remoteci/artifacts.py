@@ -22,6 +22,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+from remoteci import strict_json
 from remoteci.errors import ApiError
 
 MAX_PATTERNS = 50
@@ -56,9 +57,9 @@ def parse_patterns(value: Any) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise ApiError(400, f"field 'artifacts' must be JSON here: {_HINT}") from None
+            value = strict_json.loads(value)
+        except strict_json.JsonError as exc:
+            raise ApiError(400, f"field 'artifacts' must be JSON here: {_HINT} ({exc})") from None
     if not isinstance(value, list) or not 1 <= len(value) <= MAX_PATTERNS:
         raise ApiError(400, f"field 'artifacts' must be {_HINT}, with 1..{MAX_PATTERNS} patterns")
     return tuple(_pattern(item) for item in value)

@@ -42,6 +42,7 @@ class Settings:
     max_queue: int = 10_000
     max_followers: int = 8
     http_threads: int = 12
+    http_idle_timeout: int = 120  # seconds a connection may stay silent (a trickled body) before it is closed
     git_allow_file: bool = False
     git_timeout: int = 600
     max_artifact_mb: int = 1024
@@ -188,6 +189,7 @@ _INT_SETTINGS: dict[str, tuple[str, int, int]] = {
     "REMOTE_CI_MAX_QUEUE": ("max_queue", 1, 10_000_000),
     "REMOTE_CI_MAX_FOLLOWERS": ("max_followers", 1, 1000),
     "REMOTE_CI_HTTP_THREADS": ("http_threads", 2, 1000),
+    "REMOTE_CI_HTTP_IDLE_TIMEOUT": ("http_idle_timeout", 1, 3600),
     "REMOTE_CI_GIT_TIMEOUT": ("git_timeout", 1, 86400),
     "REMOTE_CI_MAX_ARTIFACT_MB": ("max_artifact_mb", 1, 10_000_000),
     "REMOTE_CI_WEBHOOK_TIMEOUT": ("webhook_timeout", 1, 60),

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 
 from redis.exceptions import RedisError
 
-from remoteci import events, history_api, isolation, jobs, logs, metrics, submissions, zstd
+from remoteci import events, history_api, isolation, jobs, logs, metrics, openapi, submissions, zstd
 from remoteci.config import ConfigError, Settings
 from remoteci.errors import ApiError
 from remoteci.gitsource import redact_url, split_credentials, validate_git_ref, validate_git_url
@@ -168,11 +168,13 @@ class App:
         self.auth = Authenticator(settings.tokens, settings.project_tokens)
         self.quotas = Quotas(settings.max_queued_per_owner,
                              settings.max_stored_mb_per_owner * 1024 * 1024)
+        self.openapi_document = openapi.render(settings.job_timeout)
         if settings.tokens_file is not None:
             events.info(COMPONENT, f"{self.auth.project_count} project tokens from "
                                    f"{settings.tokens_file}")
         self.routes = [
             Route("GET", _p(r"/api/health"), self.health, "none"),
+            Route("GET", _p(r"/api/openapi\.json"), self.openapi, "none"),
             Route("GET", _p(r"/ci/remote-ci\.sh"), self.client_script, "none"),
             Route("POST", _p(r"/api/jobs/rsync"), self.submit_rsync, "api"),
             Route("POST", _p(re.escape(UPLOAD_PATH)), self.submit_upload, "api"),  # spool.py
@@ -485,6 +487,11 @@ class App:
         return json_response(200, {"status": "ok", "redis": "ok",
                                    "isolation": isolation.weakest(reported, self.own_isolation),
                                    "uploads": self.upload_formats})
+
+    def openapi(self, request: Request) -> Response:
+        data = self.openapi_document
+        return Response(200, [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(data)))], [data])
 
     def client_script(self, request: Request) -> Response:
         if not CLIENT_SCRIPT.is_file():

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from remoteci import strict_json
 from remoteci.artifacts import parse_patterns
 from remoteci.errors import ApiError
 from remoteci.webhooks import HostPattern, validate_webhook
@@ -38,8 +38,8 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
         raise ApiError(400, "the request body is empty; send a JSON object such as "
                             '{"workspace": "project-a", "script": "make test"}')
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = strict_json.loads(body)
+    except strict_json.JsonError as exc:
         raise ApiError(400, f"the request body is not valid JSON ({exc}); send a JSON object") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object, not "
@@ -125,10 +125,10 @@ def _env(value: Any) -> dict[str, str]:
         return {}
     if isinstance(value, str):
         try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise ApiError(400, "field 'env' must be a JSON object of strings, "
-                                'e.g. {"NODE_ENV": "test"}') from None
+            value = strict_json.loads(value)
+        except strict_json.JsonError as exc:
+            raise ApiError(400, f"field 'env' must be a JSON object of strings, "
+                                f'e.g. {{"NODE_ENV": "test"}}: {exc}') from None
     if not isinstance(value, dict):
         raise ApiError(400, "field 'env' must be an object of string to string")
     if len(value) > MAX_ENV_VARS:

@@ -48,11 +48,19 @@ from remoteci.config import Settings
 from remoteci.spool import SpoolingParser
 from remoteci.uploads import max_request_bytes
 
+# waitress' words for a malformed request, with what the client should change.
+_HINTS = {
+    "Invalid header": ": a header name or value holds a character HTTP does not allow (NUL or "
+                      "another control character), or a line has no ':'; remove it",
+    "Content-Length is invalid": ": it must be one whole number of bytes, with no sign, and "
+                                 "sent once",
+}
+
 
 class _JsonErrorTask(ErrorTask):  # type: ignore[misc]
     def execute(self) -> None:
         error = self.request.error
-        message = f"{error.reason}: {error.body}"
+        message = f"{error.reason}: {error.body}{_HINTS.get(error.body, '')}"
         if error.code == 413:
             message += " (REMOTE_CI_MAX_UPLOAD_MB sets the limit)"
         body = json.dumps({"error": message}).encode()
@@ -200,6 +208,11 @@ def _stream_adjustments(adj: Adjustments) -> Adjustments:
     return stream
 
 
+def idle_check_interval(idle_timeout: int) -> int:
+    """How often waitress looks for idle connections: a quarter of the timeout, 1..30 s."""
+    return max(1, min(30, idle_timeout // 4))
+
+
 def create(settings: Settings, app: Any, sock: socket.socket) -> Any:
     """A waitress server for `app` on a bound socket, not yet running (call .run())."""
     server = waitress.create_server(
@@ -208,7 +221,11 @@ def create(settings: Settings, app: Any, sock: socket.socket) -> Any:
         # checks) and each brings its own, so streams can never starve the API.
         threads=settings.http_threads,  # the most; see _Dispatcher
         _dispatcher=_Dispatcher(settings.http_threads - settings.max_followers),
-        connection_limit=200, channel_timeout=120, asyncore_use_poll=True,
+        connection_limit=200, asyncore_use_poll=True,
+        # A connection that sends nothing for this long (between requests, or in the middle of a
+        # trickled body) is closed; waitress looks every cleanup_interval, so the bound is the sum.
+        channel_timeout=settings.http_idle_timeout,
+        cleanup_interval=idle_check_interval(settings.http_idle_timeout),
         # waitress spools bodies to a temp file before calling the app: over this, it refuses
         # them from the Content-Length alone, before reading them.
         max_request_body_size=max_request_bytes(settings.max_upload_mb * 1024 * 1024),
