@@ -16,7 +16,8 @@ from remoteci.gitsource import MAX_REF_CHARS
 from remoteci.gitsource import MAX_URL_CHARS as MAX_REPO_CHARS
 from remoteci.http import LIST_LIMIT_MAX, MAX_JSON_BODY, App
 from remoteci.page_routes import PageRoutes
-from remoteci.queue import JobStore, connect
+from remoteci.queue import JobStore
+from remoteci.redis_conn import connect
 from remoteci.webhooks import MAX_URL_CHARS as MAX_WEBHOOK_CHARS
 from tests.helpers import Server
 
@@ -60,7 +61,7 @@ def test_every_route_is_documented_and_nothing_else(app: App) -> None:
 
 def test_html_pages_are_the_only_routes_left_out(app: App) -> None:
     left_out = {route.label for route in app.routes} - {path for _, path in _documented()}
-    assert left_out == {"/", "/jobs/{id}", "/jobs/{id}/log", "/jobs/{id}/cancel"}
+    assert left_out == {"/", "/jobs/{id}", "/jobs/{id}/log", "/jobs/{id}/cancel", "/history", "/charts"}
 
 
 def test_every_documented_route_is_answered_by_the_live_server(server: Server) -> None:
@@ -81,7 +82,8 @@ def test_served_without_a_token_with_this_servers_timeout(server: Server) -> Non
 
 
 def test_the_job_schema_names_every_field_the_job_object_can_have() -> None:
-    assert set(SCHEMAS["Job"]["properties"]) == {*jobs.SHOWN_FIELDS, "queue_position"}
+    # log_expired: on a job answered from history once its Redis record expired
+    assert set(SCHEMAS["Job"]["properties"]) == {*jobs.SHOWN_FIELDS, "queue_position", "log_expired"}
     assert SCHEMAS["Job"]["properties"]["status"]["enum"] == list(jobs.STATUSES)
     assert SCHEMAS["Job"]["properties"]["mode"]["enum"] == list(jobs.MODES)
     assert SCHEMAS["JobId"]["pattern"] == f"^{jobs.JOB_ID_RE.pattern}$"
