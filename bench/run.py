@@ -74,6 +74,25 @@ def main_scenarios(server: servers.Server, only: set[str], ours: bool) -> dict[s
     return out
 
 
+# Ours only, each on an instance of its own: name -> (extra environment, the scenario).
+FRESH_INSTANCE: dict[str, tuple[dict[str, str], Callable[[Any], dict[str, Any]]]] = {
+    "growth": ({}, scenarios.growth),
+    "pages": ({}, scenarios.pages),
+    "waiters": ({"REMOTE_CI_CONCURRENCY": "2"}, waiters.waiters),
+}
+
+
+def _on_fresh_instance(ws: Path, name: str, env: dict[str, str],
+                       scenario: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    server = servers.start_ours(ws, env, label=f"ours-{name}")
+    try:
+        return scenario(server)
+    except Exception as exc:  # one broken scenario must not lose the others
+        return {"error": repr(exc)[:500]}
+    finally:
+        servers.cleanup(server)
+
+
 def run_ours(ws: Path, only: set[str]) -> dict[str, Any]:
     res: dict[str, Any] = {}
     if only & set(ALL[:8]):
@@ -91,30 +110,9 @@ def run_ours(ws: Path, only: set[str]) -> dict[str, Any]:
                                             "--soft-limit", "3")
         finally:
             servers.cleanup(server)
-    if "growth" in only:
-        server = servers.start_ours(ws, label="ours-growth")
-        try:
-            res["growth"] = scenarios.growth(server)
-        except Exception as exc:
-            res["growth"] = {"error": repr(exc)[:500]}
-        finally:
-            servers.cleanup(server)
-    if "pages" in only:
-        server = servers.start_ours(ws, label="ours-pages")
-        try:
-            res["pages"] = scenarios.pages(server)
-        except Exception as exc:
-            res["pages"] = {"error": repr(exc)[:500]}
-        finally:
-            servers.cleanup(server)
-    if "waiters" in only:
-        server = servers.start_ours(ws, {"REMOTE_CI_CONCURRENCY": "2"}, label="ours-waiters")
-        try:
-            res["waiters"] = waiters.waiters(server)
-        except Exception as exc:
-            res["waiters"] = {"error": repr(exc)[:500]}
-        finally:
-            servers.cleanup(server)
+    for name, (env, scenario) in FRESH_INSTANCE.items():
+        if name in only:
+            res[name] = _on_fresh_instance(ws, name, env, scenario)
     if "upload_formats" in only:
         res["upload_formats"] = waiters.upload_formats(ws)
     return res

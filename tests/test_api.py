@@ -288,8 +288,11 @@ def test_followers_are_capped_so_the_api_stays_up(make_server: MakeServer) -> No
         conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
         conn.request("GET", f"/api/jobs/{job['id']}/logs?follow=1",
                      headers={"Authorization": f"Bearer {TOKEN}"})
-        assert conn.getresponse().status == 200
-        conns.append(conn)
+        # Kept: the answer says Connection: close, so http.client hands the socket to the
+        # response, and dropping it would hang up (and free the slot).
+        follower = conn.getresponse()
+        assert follower.status == 200
+        conns.append(follower)
     wait_until(lambda: srv.log(job["id"]).startswith(b"started\n"), 10, "the job's first line")
     # A third follower is not refused: it gets what there is now, and when to ask again.
     third = srv.request("GET", f"/api/jobs/{job['id']}/logs?follow=1&offset=2")
