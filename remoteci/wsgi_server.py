@@ -1,7 +1,7 @@
 """waitress, configured for this API: thread and body limits, and JSON even for its own errors.
 
 waitress answers some requests itself before the app sees them (a body over the limit, a
-malformed request line); its stock answer is plain text. API.md promises JSON errors, so its
+malformed request line); its stock answer is plain text. The API promises JSON errors, so its
 error task is replaced by one that says the same thing as `{"error": ...}`.
 
 Short answers and long ones want different channel settings. A short answer is best written

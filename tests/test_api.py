@@ -1,4 +1,4 @@
-"""The HTTP contract of API.md for the core routes, against a real `serve` process."""
+"""The HTTP contract of the README for the core routes, against a real `serve` process."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Artifacts end to end (API.md, "Artifacts"): a real server keeps what jobs name, whatever their
+"""Artifacts end to end (the README, "Artifacts"): a real server keeps what jobs name, whatever their
 outcome, never through a link, within its caps, and serves it whole, in ranges, or as a tar.gz."""
 
 from __future__ import annotations

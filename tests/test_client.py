@@ -1,4 +1,4 @@
-"""The CI-side client (API.md, "The CI-side client"): both clients, Python and bash, against real
+"""The CI-side client (ci/README.md): both clients, Python and bash, against real
 server processes; then the Python client's pure parts."""
 
 from __future__ import annotations
