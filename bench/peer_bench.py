@@ -1,4 +1,4 @@
-"""Run one scenario of the shared harness (../shared/peers/bench.py) against a server.
+"""Run one scenario of the reference harness (`bench.py` in BENCH_PEERS_DIR) against a server.
 
 The harness is called from where it lives, never copied: both servers meet the same code.
 """

@@ -1,7 +1,7 @@
 """`python bench/run.py`: benchmark our server against the limit and against the Celery design.
 
 Starts our server (embedded redis, temp dirs, free port) and the celery_seed peer, runs every
-scenario against both through the shared harness (../shared/peers/bench.py) plus our own
+scenario against both through the reference harness (`bench.py` in BENCH_PEERS_DIR) plus our own
 scenarios (bench/scenarios.py), prints a table and rewrites the numbers in bench/README.md.
 """
 

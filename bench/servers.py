@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PEERS = (REPO.parent / "shared" / "peers").resolve()
+# The reference design and the harness both servers are measured with live outside this
+# repository; BENCH_PEERS_DIR says where (by default beside the checkout, as the team keeps it).
+PEERS = Path(os.environ.get("BENCH_PEERS_DIR", REPO.parent / "shared" / "peers")).resolve()
 CELERY_SEED = PEERS / "celery_seed"
 CELERY_VENV = Path(os.environ.get("BENCH_CELERY_VENV", "/tmp/venv-celery"))
 TOKEN = "bench-token-0123456789"
