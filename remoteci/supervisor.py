@@ -89,7 +89,8 @@ class Supervisor:
     def _record_capacity(self) -> None:
         """Executor seconds this host offered since the last look: the charts' busy share."""
         until = time.time()
-        executors = sum(1 for slot in self.executors.values() if slot != DELIVERER_SLOT)
+        # Job executors have slots 0..; the deliverer and the history writer negative ones.
+        executors = sum(1 for slot in self.executors.values() if slot >= 0)
         try:
             self.store.activity.add(activity.capacity(self.settings.node_name, executors,
                                                       self.capacity_since, until))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import redis
@@ -11,6 +12,7 @@ from remoteci import activity, charts, histograms, jobs
 from remoteci.activity import HOUR, ActivityStore, Hour
 from remoteci.queue import JobStore
 from remoteci.redis_conn import Client as Redis
+from tests.helpers import MakeServer, wait_until
 
 T0 = 1_796_000_000 // HOUR * HOUR  # the start of an hour
 
@@ -98,3 +100,19 @@ def test_the_charts_body_escapes_host_names() -> None:
     hours = [Hour(T0, {"jobs:success": 2, "busy:<b>x</b>": 5, "up:<b>x</b>": 10})]
     body = charts.body(hours, T0 + 10)
     assert "<b>x" not in body and "&lt;b&gt;x&lt;/b&gt;" in body and "50%" in body
+
+
+def test_a_host_offers_only_its_job_executors_time(make_server: MakeServer) -> None:
+    # The supervisor also runs a history writer (and maybe a webhook deliverer): neither runs
+    # jobs, so neither may count in the busy share's denominator.
+    started = time.time()
+    server = make_server(env={"REMOTE_CI_CONCURRENCY": "1", "REMOTE_CI_NODE_NAME": "onehost"},
+                         wait_workers=1)
+    client = redis.Redis.from_url(str(server.redis_url))
+
+    def offered() -> float:
+        return sum(float(client.hget(key, "up:onehost") or 0)
+                   for key in client.scan_iter(f"{activity.PREFIX}*"))
+
+    up = wait_until(offered, 30, "the supervisor to report its executors' time")
+    assert 0 < up <= (time.time() - started) * 1.05, "one executor: at most one second a second"
