@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from remoteci import jobs
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 CONNECT_TIMEOUT = 5  # seconds; also SQLite's wait for a lock
 _COLUMNS = ("id", "status", "mode", "owner", "name", "created_at", "started_at", "finished_at",
@@ -101,8 +103,7 @@ def normalise_time(raw: str) -> str:
                          "2026-12-01T08:00:00Z)") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return jobs.iso_time(moment.timestamp())
 
 
 def row_values(record: dict[str, str]) -> tuple[Any, ...]:

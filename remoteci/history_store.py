@@ -13,9 +13,9 @@ Keys (all under `rci:`):
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any, cast
 
+from remoteci import timefmt
 from remoteci.queue import HISTORY, P
 from remoteci.redis_conn import Client as Redis
 
@@ -68,12 +68,8 @@ class HistoryQueue:
     def lag_seconds(self, now: float) -> float:
         """How long the oldest record not yet copied has been final (0 when none waits)."""
         head = cast("str | None", self.r.lindex(HISTORY, 0))
-        if head is None:
-            return 0.0
-        finished = _parse(head).get("finished_at")
-        if not finished:
-            return 0.0
-        return max(0.0, now - datetime.fromisoformat(finished).timestamp())
+        finished = timefmt.epoch(_parse(head).get("finished_at")) if head is not None else None
+        return 0.0 if finished is None else max(0.0, now - finished)
 
     def pruned_at(self) -> float:
         raw = self.r.get(PRUNED_AT)

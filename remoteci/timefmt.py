@@ -10,7 +10,7 @@ def epoch(iso: str | None) -> float | None:
     if not iso:
         return None
     try:
-        moment = datetime.fromisoformat(iso)
+        moment = datetime.fromisoformat(iso)  # C, reads the Z since 3.11; strptime took ~100 µs
     except ValueError:
         return None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
