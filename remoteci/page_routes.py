@@ -120,8 +120,7 @@ def html_response(text: str) -> Response:
     data = text.encode()
     return Response(200, [("Content-Type", "text/html; charset=utf-8"),
                           ("Content-Length", str(len(data))), ("Cache-Control", "no-store"),
-                          ("Content-Security-Policy", pages.CSP),
-                          ("X-Content-Type-Options", "nosniff"),
+                          ("Content-Security-Policy", pages.CSP),  # nosniff: App adds it to all
                           ("Referrer-Policy", "same-origin")], [data])
 
 
