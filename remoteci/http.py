@@ -538,8 +538,8 @@ def visible_job(store: JobStore, settings: Settings, job_id: str, identity: Iden
     if job is None and history is not None:
         job = history_api.expired_job(history, job_id, settings.logs_dir)
     if job is None or not may_see(identity, job):
-        raise ApiError(404, f"no job with id {job_id!r} (unknown, or older than "
-                            f"{settings.retention_days} days)")
+        kept = settings.history_days if history is not None else settings.retention_days
+        raise ApiError(404, f"no job with id {job_id!r} (unknown, or older than {kept} days)")
     return job
 
 
