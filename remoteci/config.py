@@ -11,6 +11,7 @@ from pathlib import Path
 from remoteci import redis_conn
 from remoteci.history_db import HistoryURL, parse_history_url
 from remoteci.isolation import DEFAULT_UID_RANGE, JobUser, named_user, parse_uid_range
+from remoteci.shipping.protocol import parse_api_url
 from remoteci.tokens import ProjectToken, TokensFileError, hash_token, load_tokens_file
 from remoteci.webhooks import MIN_SECRET_CHARS, HostPattern, parse_allowlist
 
@@ -62,6 +63,7 @@ class Settings:
     history_url: HistoryURL | None = None  # None: SQLite in the data dir
     history_days: int = 365
     redis_min_replicas: int = 0  # a submission is answered 202 once this many replicas have it
+    api_url: str | None = None  # REMOTE_CI_API_URL: a worker that shares no disk with the API
 
     @property
     def webhooks_enabled(self) -> bool:
@@ -270,6 +272,7 @@ _PARSED_SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
     "REMOTE_CI_JOB_UID_RANGE": ("job_uid_range", parse_uid_range),
     "REMOTE_CI_JOB_USER": ("job_user", named_user),
     "REMOTE_CI_HISTORY_URL": ("history_url", parse_history_url),
+    "REMOTE_CI_API_URL": ("api_url", parse_api_url),
 }
 
 

@@ -171,7 +171,8 @@ class Executor:
             self._call_redis(lambda: self.store.drop_inflight(self.id, payload_json))
             return
         if not taken.claimed:
-            discard_source(payload)
+            if self.settings.api_url is None:  # else the upload is the API's, dropped by its cancel
+                discard_source(payload)
             events.info(COMPONENT, f"job {job_id} was {taken.status} before it started; skipped")
             return
         if job_id in self._ended:  # our end of it was lost with a Redis primary: resend it
@@ -247,12 +248,19 @@ class Executor:
         jobdirs.make(home)
         log_path = self.settings.logs_dir / f"{job_id}.log"
         log_fd = os.open(log_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        remote = None
+        if self.settings.api_url is not None:  # no shared disk: upload, log, artifacts by HTTP
+            from remoteci.shipping.remote_job import RemoteJob
+
+            remote = RemoteJob(self.settings, job_id, log_path)
         if payload.get("git_credential"):  # taken once: from now on only git's environment has it
             secret = self._call_redis(lambda: self.store.take_git_credential(job_id))
             payload = {**payload, "git_credential": secret}
         try:
             try:
                 user = self._job_user(payload)
+                if remote is not None and payload["mode"] == "upload":
+                    payload = remote.fetch_upload(payload)
                 extra = prepare_source(payload, scratch, self.settings, log_fd)
             except SourceError as exc:
                 _log_line(log_fd, f"error: {exc}")
@@ -273,6 +281,10 @@ class Executor:
 
                 kept = collect(scratch, payload["artifacts"], self.settings.artifacts_dir / job_id,
                                Limits(self.settings.max_artifact_mb * 1024 * 1024))
+                unsent = None if remote is None else remote.send_artifacts(
+                    self.settings.artifacts_dir / job_id, kept.manifest)
+                if unsent is not None:
+                    kept.manifest.files, kept.manifest.truncated = [], unsent
                 _log_line(log_fd, kept.summary())
                 fields["artifacts"] = str(len(kept.manifest.files))
                 fields["artifact_bytes"] = str(sum(f.size for f in kept.manifest.files))
@@ -280,7 +292,10 @@ class Executor:
             return outcome
         finally:
             os.close(log_fd)
-            discard_source(payload)
+            if remote is None:
+                discard_source(payload)
+            else:  # the job's end is recorded once its log is on the API (or waited for long)
+                fields["log_bytes"] = str(remote.end(payload))
 
     def _job_user(self, payload: dict[str, Any]) -> JobUser | None:
         """Who the job runs as: None (the server's own user) only without isolation."""

@@ -35,6 +35,8 @@ from remoteci.identity import (
 )
 from remoteci.queue import AlreadySubmitted, JobStore, NotReplicated, OverQuota, QueueFull, Quotas
 from remoteci.redis_watch import RedisWatch
+from remoteci.shipping.digest import file_digest
+from remoteci.shipping.follow import log_complete
 from remoteci.sources import discard_source
 from remoteci.spool import UPLOAD_PATH
 from remoteci.uploads import receive_upload
@@ -150,6 +152,7 @@ class App:
     def __init__(self, settings: Settings, store: JobStore):
         from remoteci.artifact_routes import ArtifactRoutes  # these build on this module's
         from remoteci.page_routes import PageRoutes  # Request and Response
+        from remoteci.shipping.routes import ShippingRoutes
 
         self.settings = settings
         self.store = store
@@ -165,6 +168,8 @@ class App:
         # What the clients may compress an upload with (they ask GET /api/health first).
         self.upload_formats = ["gzip", "zstd"] if zstd.available() else ["gzip"]
         artifacts = ArtifactRoutes(settings, self._job, self.streams)
+        shipping = ShippingRoutes(settings, store, self.streams)
+        worker = r"/api/worker/jobs/(?P<id>[^/]+)"  # admin only: remote workers' side
         self.auth = Authenticator(settings.tokens, settings.project_tokens)
         self.quotas = Quotas(settings.max_queued_per_owner,
                              settings.max_stored_mb_per_owner * 1024 * 1024)
@@ -187,6 +192,11 @@ class App:
             Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)/artifacts\.tar\.gz"), artifacts.tarball, "api"),
             Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)/artifacts/(?P<path>.+)"), artifacts.one, "api"),
             Route("GET", _p(r"/api/stats"), self.stats, "api"),
+            Route("PATCH", _p(worker + r"/log"), shipping.append_log, "api"),
+            Route("GET", _p(worker + r"/upload"), shipping.fetch_upload, "api"),
+            Route("DELETE", _p(worker + r"/upload"), shipping.drop_upload, "api"),
+            Route("PUT", _p(worker + r"/artifacts/(?P<path>.+)"), shipping.put_artifact, "api"),
+            Route("POST", _p(worker + r"/artifacts"), shipping.commit_artifacts, "api"),
             Route("GET", _p(r"/api/history"), self.history_search, "api"),
             Route("GET", _p(r"/metrics"), self.metrics, "page"),
             Route("GET", _p(r"/"), web.index, "page"),
@@ -337,8 +347,11 @@ class App:
             fields = {k: v for k, v in fields.items() if k != "code"}
             submissions.check_known_fields(fields, "upload")
             common = self._common(fields)
-            return self._accept(request, "upload", common, "upload", {"path": str(archive)},
-                                stored_bytes=archive.stat().st_size)
+            # Size and sha256 go with the job, so a worker on another host checks its copy.
+            size, digest = file_digest(archive)
+            return self._accept(request, "upload", common, "upload",
+                                {"path": str(archive), "size": size, "sha256": digest},
+                                stored_bytes=size)
         except BaseException:
             archive.unlink(missing_ok=True)
             raise
@@ -456,7 +469,8 @@ class App:
         """The log streamed as it grows, or None when every stream slot is taken."""
         def is_final() -> bool:
             try:
-                return self.store.status(job_id) not in (jobs.QUEUED, jobs.RUNNING)
+                # A remote worker's log may still be arriving (see shipping.follow).
+                return log_complete(self.store, job_id, path)
             except RedisError:
                 return False  # keep following; the outage shows in /api/health
 

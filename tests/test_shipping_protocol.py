@@ -1,0 +1,50 @@
+"""The worker routes' wire format, pure."""
+
+from __future__ import annotations
+
+import pytest
+
+from remoteci.shipping import protocol
+
+
+def test_content_range_round_trips() -> None:
+    header = protocol.content_range(10, 5)
+    assert header == "bytes 10-14/*"
+    assert protocol.parse_append(header, 5) == protocol.Append(10, 15)
+
+
+@pytest.mark.parametrize("header,length", [("bytes 0-4/*", 4), ("bytes 4-0/*", 5),
+                                           ("bytes 0-4/5", 5), ("bytes -4/*", 4), ("", 0),
+                                           ("bytes 0-4/* ,1-2/*", 5)])
+def test_a_content_range_that_does_not_match_the_body_is_refused(header: str, length: int) -> None:
+    with pytest.raises(ValueError):
+        protocol.parse_append(header, length)
+
+
+def test_an_append_is_bounded() -> None:
+    size = protocol.MAX_LOG_APPEND + 1
+    with pytest.raises(ValueError, match="at most"):
+        protocol.parse_append(protocol.content_range(0, size), size)
+
+
+@pytest.mark.parametrize("path", ["", "/etc/passwd", "a/../b", "..", "./a", "a//b", "a/",
+                                  "a\x00b", "a\\b", "/".join(["d"] * 65), "x" * 5000])
+def test_artifact_paths_that_could_leave_the_dir_are_refused(path: str) -> None:
+    with pytest.raises(ValueError):
+        protocol.artifact_path(path)
+
+
+def test_plain_artifact_paths_pass() -> None:
+    assert protocol.artifact_path("dist/deep/é.whl") == "dist/deep/é.whl"
+    assert protocol.artifact_path(".hidden/x") == ".hidden/x"
+
+
+@pytest.mark.parametrize("raw", ["ftp://x", "http://", "localhost:5000", "http://a/?q=1",
+                                 "http://u:p@a", "http://a:99999"])
+def test_bad_api_urls_are_refused(raw: str) -> None:
+    with pytest.raises(ValueError):
+        protocol.parse_api_url(raw)
+
+
+def test_an_api_url_loses_its_trailing_slash() -> None:
+    assert protocol.parse_api_url(" https://ci.example.com/ ") == "https://ci.example.com"
