@@ -61,7 +61,13 @@ class Supervisor:
         self._sweep()
         for slot in range(self.settings.concurrency):
             self._spawn(slot)
-        self._spawn(HISTORY_SLOT)
+        if self.settings.api_url is not None and self.settings.history.dialect == "sqlite":
+            # SQLite history lives in the API's data dir, which a remote worker does not have.
+            events.info(COMPONENT, "no history writer on this host: its history would go to a "
+                                   "SQLite file the API never reads; the API host's `serve` "
+                                   "writes it, or set REMOTE_CI_HISTORY_URL=postgresql://...")
+        else:
+            self._spawn(HISTORY_SLOT)
         if self.settings.webhooks_enabled:
             self._spawn(DELIVERER_SLOT)
         else:
