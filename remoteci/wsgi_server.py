@@ -228,9 +228,7 @@ def create(settings: Settings, app: Any, sock: socket.socket) -> Any:
         cleanup_interval=idle_check_interval(settings.http_idle_timeout),
         # waitress spools bodies to a temp file before calling the app: over this, it refuses
         # them from the Content-Length alone, before reading them.
-        # (a remote worker's artifact file may be larger than an upload)
-        max_request_body_size=max(max_request_bytes(settings.max_upload_mb * 1024 * 1024),
-                                  max_request_bytes(settings.max_artifact_mb * 1024 * 1024)),
+        max_request_body_size=max_request_bytes(settings.max_upload_mb * 1024 * 1024),
         recv_bytes=256 * 1024,  # upload bodies arrive in large reads, not 8 KB ones
         # channel_request_lookahead stays 0 (a channel is not read while its request runs)
         # and send_bytes is set below; long answers switch to _stream_adjustments.

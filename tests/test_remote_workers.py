@@ -206,14 +206,14 @@ def test_a_worker_killed_mid_job_leaves_the_log_it_sent(hosts: Hosts) -> None:
 
 def test_artifacts_are_sent_to_the_api_and_served_from_it(hosts: Hosts) -> None:
     job = hosts.api.submit("mkdir -p out/deep && echo one > out/a.txt && "
-                           "head -c 300000 /dev/urandom > out/deep/b.bin",
+                           "head -c 5000000 /dev/urandom > out/deep/b.bin",
                            artifacts=["out/**"])
     job_id = str(job["id"])
     final = hosts.api.wait_final(job_id, 60)
     assert final["status"] == "success", hosts.api.log(job_id)
     listing = hosts.api.request("GET", f"/api/jobs/{job_id}/artifacts").json()
     sizes = {a["path"]: a["size"] for a in listing["artifacts"]}
-    assert sizes == {"out/a.txt": 4, "out/deep/b.bin": 300000}
+    assert sizes == {"out/a.txt": 4, "out/deep/b.bin": 5000000}  # b.bin: sent in pieces
     assert hosts.api.request("GET", f"/api/jobs/{job_id}/artifacts/out/a.txt").body == b"one\n"
     tarball = hosts.api.request("GET", f"/api/jobs/{job_id}/artifacts.tar.gz").body
     with tarfile.open(fileobj=io.BytesIO(tarball)) as tar:

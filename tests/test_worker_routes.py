@@ -120,3 +120,23 @@ def test_an_upload_is_served_to_workers_with_its_sha256_then_deleted(make_server
     assert srv.request("DELETE", f"/api/worker/jobs/{job_id}/upload").status == 200
     assert srv.request("GET", f"/api/worker/jobs/{job_id}/upload").status == 404
     assert list((srv.data_dir / "uploads").iterdir()) == []
+
+
+def test_a_large_artifact_arrives_in_pieces_each_at_the_files_length(api: Api) -> None:
+    srv, job_id = api.server, api.job_id
+    url = f"/api/worker/jobs/{job_id}/artifacts/big.bin"
+
+    def piece(start: int, data: bytes) -> int:
+        headers = {"Content-Range": f"bytes {start}-{start + len(data) - 1}/*"}
+        return srv.request("PUT", url, data, headers).status
+
+    assert piece(3, b"late") == 416  # nothing there yet
+    assert piece(0, b"abc") == 200
+    assert piece(5, b"gap") == 416
+    assert piece(3, b"def") == 200
+    assert piece(0, b"new") == 200  # a piece at 0 starts the file over
+    assert piece(3, b"xyz") == 200
+    digest = hashlib.sha256(b"newxyz").hexdigest()
+    manifest = {"files": [{"path": "big.bin", "size": 6, "sha256": digest}]}
+    assert srv.request("POST", f"/api/worker/jobs/{job_id}/artifacts", manifest).status == 200
+    assert srv.request("GET", f"/api/jobs/{job_id}/artifacts/big.bin").body == b"newxyz"

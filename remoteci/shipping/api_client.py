@@ -145,10 +145,21 @@ class ApiClient:
     # --- artifacts -------------------------------------------------------------------------
 
     def put_artifact(self, job_id: str, rel: str, source: Path) -> None:
-        with open(source, "rb") as f:
+        """The file in pieces of at most MAX_LOG_APPEND bytes; a failed piece starts it over."""
+        path = f"{protocol.PREFIX}/{job_id}/artifacts/{quote(rel)}"
+        with open(source, "rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
-            self._call("PUT", f"{protocol.PREFIX}/{job_id}/artifacts/{quote(rel)}", f,
-                       {"Content-Length": str(size), "Content-Type": "application/octet-stream"})
+            position = 0
+            while True:
+                piece = os.pread(f.fileno(), min(protocol.MAX_LOG_APPEND, size - position),
+                                 position)
+                headers = {"Content-Type": "application/octet-stream"}
+                if piece:
+                    headers["Content-Range"] = protocol.content_range(position, len(piece))
+                self._call("PUT", path, piece, headers)
+                position += len(piece)
+                if position >= size:
+                    return
 
     def commit_artifacts(self, job_id: str, manifest: dict[str, Any]) -> None:
         self._call("POST", f"{protocol.PREFIX}/{job_id}/artifacts",

@@ -26,7 +26,7 @@ from remoteci.shipping.api_client import ApiClient, Refused, Unreachable
 
 COMPONENT = "shipper"
 POLL = 0.05  # seconds between looks at a quiet log: followers see a line within ~0.1 s
-PIECE = min(4 * 1024 * 1024, protocol.MAX_LOG_APPEND)  # bytes per append, in memory at once
+PIECE = protocol.MAX_LOG_APPEND  # bytes per append, the most in memory at once
 RETRY_FIRST = 0.1
 RETRY_MAX = 1.0  # a returning API gets the copy going again within a second
 OUTAGE_NOTE_EVERY = 30.0  # seconds between worker log lines while the API stays unreachable

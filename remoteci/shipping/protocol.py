@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 PREFIX = "/api/worker/jobs"
-MAX_LOG_APPEND = 8 * 1024 * 1024  # bytes in one log append; the shipper sends at most this
+# Bytes in one log append or artifact piece. The API's server refuses bodies over
+# REMOTE_CI_MAX_UPLOAD_MB + 2 MiB from their Content-Length, and that setting is at least 1:
+# 2 MiB always passes, whatever the API's upload limit.
+MAX_LOG_APPEND = 2 * 1024 * 1024
 MAX_ARTIFACT_PATH = 4096
 MAX_ARTIFACT_DEPTH = 64
 SHA256_HEADER = "X-Content-SHA256"
@@ -44,6 +47,14 @@ def parse_append(header: str, body_length: int) -> Append:
         raise ValueError(f"a log append may carry at most {MAX_LOG_APPEND} bytes; send "
                          "smaller pieces")
     return Append(first, last + 1)
+
+
+def whole_body(body_length: int) -> Append:
+    """A body without Content-Range: all of a small file at once."""
+    if body_length > MAX_LOG_APPEND:
+        raise ValueError(f"a body may carry at most {MAX_LOG_APPEND} bytes; send larger files "
+                         "in pieces with 'Content-Range: bytes <first>-<last>/*'")
+    return Append(0, body_length)
 
 
 def artifact_path(raw: str) -> str:

@@ -60,8 +60,13 @@ class ShippingRoutes:
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         path = self.settings.logs_dir / f"{job_id}.log"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(path, flags, 0o640)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        # Created only by an append at 0: a refused one leaves no file behind.
+        try:
+            fd = os.open(path, flags | (os.O_CREAT if append.start == 0 else 0), 0o640)
+        except FileNotFoundError:
+            raise ApiError(416, f"the log of job {job_id} has 0 bytes; send the bytes from "
+                                "offset 0 on", [("X-Log-Offset", "0")]) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # two appends at once (a retry racing its original)
             size = os.fstat(fd).st_size
@@ -118,31 +123,49 @@ class ShippingRoutes:
         return self.settings.artifacts_dir / f"{job_id}{INCOMING}"
 
     def put_artifact(self, request: Request) -> Response:
+        """A file in one body, or in pieces with Content-Range (bounded like log appends): a
+        piece at 0 starts the file over, a later one lands only at the file's length."""
         job_id = self._job(request, "storing a job's artifacts")
         try:
             rel = protocol.artifact_path(_utf8(request.params["path"]))
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         length = request.content_length()
-        if length > self.max_artifacts:
+        header = request.header("Content-Range")
+        try:
+            piece = (protocol.parse_append(header, length) if header
+                     else protocol.whole_body(length))
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        if piece.end > self.max_artifacts:
             raise ApiError(413, f"artifact {rel!r} is larger than REMOTE_CI_MAX_ARTIFACT_MB="
                                 f"{self.settings.max_artifact_mb}")
         target = self._incoming(job_id) / "files" / rel
+        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(target, flags, 0o600)
+            if piece.start == 0:
+                fd = os.open(target, flags | os.O_CREAT | os.O_TRUNC, 0o600)
+            else:
+                fd = os.open(target, flags | os.O_APPEND)
+        except FileNotFoundError:
+            raise ApiError(416, f"artifact {rel!r} has no bytes yet; send it from offset "
+                                "0") from None
         except (NotADirectoryError, FileExistsError, IsADirectoryError):
             raise ApiError(400, f"artifact {rel!r} clashes with another artifact's path "
                                 "(a file where a directory is, or the reverse)") from None
         try:
+            size = os.fstat(fd).st_size
+            if size != piece.start:
+                raise ApiError(416, f"artifact {rel!r} has {size} bytes; send it again from "
+                                    "offset 0")
             _copy_body(request.environ["wsgi.input"], fd, length)
         except OSError as exc:
             raise ApiError(503, f"cannot store artifact {rel!r}: {exc.strerror}; retry",
                            [("Retry-After", "5")]) from None
         finally:
             os.close(fd)
-        return json_response(200, {"path": rel, "size": length})
+        return json_response(200, {"path": rel, "size": piece.end})
 
     def commit_artifacts(self, request: Request) -> Response:
         """The manifest last: each file is checked against it, then all appear at once."""
