@@ -342,6 +342,8 @@ class Executor:
             return Outcome(jobs.ERROR, code, "server shutting down: killed after "
                            f"REMOTE_CI_DRAIN_TIMEOUT={self.settings.drain_timeout}s", duration)
         if reason == "log":
+            events.warning(COMPONENT, f"job {job_id}: killed, its log grew beyond "
+                                      f"REMOTE_CI_MAX_LOG_MB={self.settings.max_log_mb}")
             return Outcome(jobs.FAILED, code, "killed: its log grew beyond "
                            f"REMOTE_CI_MAX_LOG_MB={self.settings.max_log_mb}", duration)
         return Outcome(jobs.SUCCESS if code == 0 else jobs.FAILED, code, None, duration)

@@ -111,6 +111,10 @@ def run_api(settings: Settings) -> int:
     sock = listener.bind(settings)
     _prepare_dirs(settings)
     app, server = _api(settings, settings.redis_url, sock)
+    # No supervisor here sweeps the data dir: with workers on other hosts, only we can.
+    from remoteci.shipping import sweeper
+
+    sweeper.start(settings, app.stopping)
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGHUP, lambda *_: app.reload_tokens())
     notifier = notify.from_env()
