@@ -4,8 +4,9 @@ Two setups, each on a redis-server of its own, on 127.0.0.1:
   local   `serve`: the executors write the log into the API's own data dir
   remote  `api` with data dir A and a `worker` with data and work dirs B and REMOTE_CI_API_URL:
           the worker writes its log to B and ships it to the API while the job runs
-Figures: wall time of `yes ... | head -c 200MB` from the POST until the job is seen final
-(median of the runs, setups alternating), remote/local; and follow latency, from a line's
+Figures: wall time from the POST until the job is seen final (median of the runs, setups
+alternating), remote/local, for `yes ... | head -c 200MB` (burst: as fast as the job can write)
+and for the same bytes in 100 pieces 0.1 s apart (paced, as builds print); and follow latency, from a line's
 timestamp (written by the job) to the moment a `?follow=1` reader of the API receives it, p50
 and p99 over 300 lines written 20 ms apart.
 
@@ -141,9 +142,19 @@ def upload_job(port: int, script: str) -> str:
     return str(job["id"])
 
 
-def big_log(port: int, size: int) -> float:
+def burst(size: int) -> str:
+    """The whole log as fast as the job can write it: the copy cannot keep pace."""
+    return f"yes '{LINE}' | head -c {size}"
+
+
+def paced(size: int) -> str:
+    """The same bytes in 100 pieces 0.1 s apart, as a build or test run prints them."""
+    return f"for i in $(seq 1 100); do yes '{LINE}' | head -c {size // 100}; sleep 0.1; done"
+
+
+def big_log(port: int, script: str, size: int) -> float:
     started = time.monotonic()
-    job_id = upload_job(port, f"yes '{LINE}' | head -c {size}")
+    job_id = upload_job(port, script)
     while True:
         _, job = request(port, "GET", f"/api/jobs/{job_id}")
         if job["status"] not in ("queued", "running"):  # type: ignore[index]
@@ -192,23 +203,28 @@ def main() -> None:
     parser.add_argument("--bytes", type=int, default=200_000_000)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="rci-bench-remote-"))
-    times: dict[str, list[float]] = {"local": [], "remote": []}
+    shapes = {"burst": burst(args.bytes), "paced": paced(args.bytes)}
+    times: dict[tuple[str, str], list[float]] = {}
     latency: dict[str, list[float]] = {}
     try:
         with setup("local", root) as local, setup("remote", root) as remote:
             ports = {"local": local, "remote": remote}
-            for _ in range(args.runs):
-                for kind in ("local", "remote"):
-                    times[kind].append(big_log(ports[kind], args.bytes))
+            for shape, script in shapes.items():
+                for _ in range(args.runs):
+                    for kind in ("local", "remote"):
+                        took = big_log(ports[kind], script, args.bytes)
+                        times.setdefault((shape, kind), []).append(took)
             for kind in ("local", "remote"):
                 latency[kind] = follow_latency(ports[kind])
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    local_t, remote_t = statistics.median(times["local"]), statistics.median(times["remote"])
-    print(f"{args.bytes / 1e6:.0f} MB log, median of {args.runs}: local {local_t:.2f} s, "
-          f"remote {remote_t:.2f} s, remote/local {remote_t / local_t:.2f}x "
-          f"(runs: local {[round(t, 2) for t in times['local']]}, "
-          f"remote {[round(t, 2) for t in times['remote']]})")
+    for shape in shapes:
+        local_t = statistics.median(times[(shape, "local")])
+        remote_t = statistics.median(times[(shape, "remote")])
+        print(f"{shape}: {args.bytes / 1e6:.0f} MB log, median of {args.runs}: local "
+              f"{local_t:.2f} s, remote {remote_t:.2f} s, remote/local {remote_t / local_t:.2f}x "
+              f"(runs: local {[round(t, 2) for t in times[(shape, 'local')]]}, "
+              f"remote {[round(t, 2) for t in times[(shape, 'remote')]]})")
     for kind, values in latency.items():
         print(f"follow latency {kind}: p50 {pct(values, 50) * 1000:.1f} ms, "
               f"p99 {pct(values, 99) * 1000:.1f} ms over {len(values)} lines")
