@@ -295,7 +295,7 @@ class Executor:
             if remote is None:
                 discard_source(payload)
             else:  # the job's end is recorded once its log is on the API (or waited for long)
-                fields["log_bytes"] = str(remote.end(payload))
+                fields["log_bytes"] = str(remote.end(payload, self.drain_deadline))
 
     def _job_user(self, payload: dict[str, Any]) -> JobUser | None:
         """Who the job runs as: None (the server's own user) only without isolation."""

@@ -140,3 +140,41 @@ def test_a_large_artifact_arrives_in_pieces_each_at_the_files_length(api: Api) -
     manifest = {"files": [{"path": "big.bin", "size": 6, "sha256": digest}]}
     assert srv.request("POST", f"/api/worker/jobs/{job_id}/artifacts", manifest).status == 200
     assert srv.request("GET", f"/api/jobs/{job_id}/artifacts/big.bin").body == b"newxyz"
+
+
+def test_a_follow_outlasts_the_jobs_end_until_its_shipped_log_is_whole(api: Api) -> None:
+    """A worker records the log's final length with the job's end; should the end come before
+    the last bytes (an API unreachable for longer than the worker waits), a follower keeps
+    streaming until they arrive, and never ends on a short log."""
+    import http.client
+    import threading
+
+    import redis
+
+    from remoteci.queue import job_key
+    from tests.helpers import TOKEN, wait_until
+
+    srv, job_id = api.server, api.job_id
+    assert append(srv, job_id, 0, b"head\n") == (200, "5")
+    assert srv.redis_url is not None
+    client = redis.Redis.from_url(srv.redis_url)
+    client.hset(job_key(job_id), mapping={"status": "success", "log_bytes": "11",
+                                          "finished_at": "2099-01-01T00:00:00.000Z"})
+    client.close()
+    received: list[bytes] = []
+
+    def follow() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        conn.request("GET", f"/api/jobs/{job_id}/logs?follow=1",
+                     headers={"Authorization": f"Bearer {TOKEN}"})
+        received.append(conn.getresponse().read())
+        conn.close()
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    reader.join(1.0)
+    assert reader.is_alive()  # final, but 6 bytes short: the follow goes on
+    assert append(srv, job_id, 5, b"tail!\n") == (200, "11")
+    reader.join(10)
+    wait_until(lambda: received, 10, "the follow to end")
+    assert received == [b"head\ntail!\n"]

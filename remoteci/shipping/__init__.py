@@ -9,4 +9,7 @@ with an admin token, as GitLab runners and Buildkite agents talk to their coordi
   log_shipper.py  a thread of the executor that sends the log's new bytes as they are written
   remote_job.py   what an executor does differently for one job when the API is remote
   routes.py       the API's side: admin-only routes that write only the job's own files
+  follow.py       the API's follow ends only once a remote job's log is whole here
+  digest.py       an upload's size and sha256, recorded when it arrives
+  sweeper.py      retention of the API's data dir where no supervisor runs (`api`)
 """

@@ -88,9 +88,10 @@ class RemoteJob:
         shutil.rmtree(kept_dir, ignore_errors=True)  # the API's copy is the one served
         return None
 
-    def end(self, payload: dict[str, Any]) -> int:
+    def end(self, payload: dict[str, Any], give_up_at: float = float("inf")) -> int:
         """After the last log line: drop the upload (ours and the API's), wait for the log to
-        arrive; return the log's final length."""
+        arrive (up to LOG_WAIT, or `give_up_at` on the monotonic clock: a drain's end); return
+        the log's final length."""
         if payload.get("mode") == "upload":
             if self.local_upload is not None:
                 self.local_upload.unlink(missing_ok=True)
@@ -100,11 +101,12 @@ class RemoteJob:
                 events.warning(COMPONENT, f"job {self.job_id}: {exc}")
         self.client.close()
         final = os.stat(self.log_path).st_size
-        if self.shipper.finish(LOG_WAIT) and self.shipper.complete:
+        wait = max(1.0, min(LOG_WAIT, give_up_at - time.monotonic()))
+        if self.shipper.finish(wait) and self.shipper.complete:
             self.log_path.unlink(missing_ok=True)  # the API's copy is the log now
         elif self.shipper.failed is None:
             events.error(COMPONENT, f"job {self.job_id}: its log has not reached the API after "
-                                    f"{LOG_WAIT:g} s ({self.shipper.sent} of {final} bytes); "
+                                    f"{wait:g} s ({self.shipper.sent} of {final} bytes); "
                                     "recording its end anyway, the rest follows when the API "
                                     "answers")
         return final
