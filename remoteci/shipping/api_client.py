@@ -30,6 +30,10 @@ class Refused(Exception):
     """The API answered that this request cannot succeed; the message is its reason."""
 
 
+class TooLarge(Refused):
+    """413: something between us and the API (a proxy's body limit) takes smaller bodies."""
+
+
 @dataclass
 class Answer:
     status: int
@@ -90,6 +94,8 @@ class ApiClient:
             return answer
         if answer.status >= 500 or answer.status == 429:
             raise Unreachable(f"{method} {path}: {answer.status} {answer.error()}")
+        if answer.status == 413:
+            raise TooLarge(f"{method} {path}: 413 {answer.error()}")
         raise Refused(f"{method} {path}: {answer.status} {answer.error()}")
 
     # --- the log ---------------------------------------------------------------------------
@@ -147,16 +153,22 @@ class ApiClient:
     def put_artifact(self, job_id: str, rel: str, source: Path) -> None:
         """The file in pieces of at most MAX_LOG_APPEND bytes; a failed piece starts it over."""
         path = f"{protocol.PREFIX}/{job_id}/artifacts/{quote(rel)}"
+        limit = protocol.MAX_LOG_APPEND
         with open(source, "rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
             position = 0
             while True:
-                piece = os.pread(f.fileno(), min(protocol.MAX_LOG_APPEND, size - position),
-                                 position)
+                piece = os.pread(f.fileno(), min(limit, size - position), position)
                 headers = {"Content-Type": "application/octet-stream"}
                 if piece:
                     headers["Content-Range"] = protocol.content_range(position, len(piece))
-                self._call("PUT", path, piece, headers)
+                try:
+                    self._call("PUT", path, piece, headers)
+                except TooLarge:
+                    if limit <= protocol.MIN_PIECE:
+                        raise
+                    limit //= 2  # a proxy's body limit: smaller pieces, the same bytes
+                    continue
                 position += len(piece)
                 if position >= size:
                     return

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from remoteci import events
 from remoteci.shipping import protocol
-from remoteci.shipping.api_client import ApiClient, Refused, Unreachable
+from remoteci.shipping.api_client import ApiClient, Refused, TooLarge, Unreachable
 
 COMPONENT = "shipper"
 POLL = 0.05  # seconds between looks at a quiet log: followers see a line within ~0.1 s
@@ -40,6 +40,7 @@ class LogShipper:
         self.job_id = job_id
         self.path = path
         self.sent = 0  # bytes the API has, as it last said
+        self.piece = PIECE  # halved when something on the way answers 413
         self.failed: str | None = None  # why shipping stopped for good, if it did
         self._closing = threading.Event()
         self._done = threading.Event()
@@ -88,9 +89,17 @@ class LogShipper:
                     return
                 self._closing.wait(POLL)
                 continue
-            piece = os.pread(fd, min(PIECE, size - self.sent), self.sent)
+            piece = os.pread(fd, min(self.piece, size - self.sent), self.sent)
             try:
                 self.sent = self.client.append_log(self.job_id, self.sent, piece)
+            except TooLarge:
+                if self.piece <= protocol.MIN_PIECE:
+                    raise
+                self.piece //= 2
+                events.warning(COMPONENT, f"job {self.job_id}: the API (or a proxy before it) "
+                                          f"refused a log piece as too large; sending pieces of "
+                                          f"{self.piece} bytes")
+                continue
             except Unreachable as exc:
                 now = time.monotonic()
                 if down_since is None:

@@ -11,6 +11,7 @@ PREFIX = "/api/worker/jobs"
 # REMOTE_CI_MAX_UPLOAD_MB + 2 MiB from their Content-Length, and that setting is at least 1:
 # 2 MiB always passes, whatever the API's upload limit.
 MAX_LOG_APPEND = 2 * 1024 * 1024
+MIN_PIECE = 64 * 1024  # a worker halves its pieces down to this when a proxy answers 413
 MAX_ARTIFACT_PATH = 4096
 MAX_ARTIFACT_DEPTH = 64
 SHA256_HEADER = "X-Content-SHA256"
