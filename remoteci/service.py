@@ -143,6 +143,9 @@ def run_worker(settings: Settings) -> int:
 
 def run_serve(settings: Settings) -> int:
     """API in this process, the supervisor in a forked child, and redis if none is configured."""
+    if settings.api_url is not None:  # its executors would ship logs into the file they write
+        raise ConfigError("REMOTE_CI_API_URL is for `worker` hosts that share no disk with the "
+                          "API; `serve` is the API: unset it here")
     sock = listener.bind(settings)
     _prepare_dirs(settings)
     _prepare_job_isolation(settings)

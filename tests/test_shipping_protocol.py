@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from remoteci.shipping import protocol
+from tests.helpers import ROOT
 
 
 def test_content_range_round_trips() -> None:
@@ -48,3 +54,26 @@ def test_bad_api_urls_are_refused(raw: str) -> None:
 
 def test_an_api_url_loses_its_trailing_slash() -> None:
     assert protocol.parse_api_url(" https://ci.example.com/ ") == "https://ci.example.com"
+
+
+def test_a_bad_api_url_stops_the_start_naming_the_variable() -> None:
+    from remoteci.config import ConfigError, load_settings
+
+    env = {"REMOTE_CI_TOKEN": "t" * 16, "REMOTE_CI_API_URL": "ci.example.com"}
+    with pytest.raises(ConfigError, match="REMOTE_CI_API_URL"):
+        load_settings(env)
+    env["REMOTE_CI_API_URL"] = "https://ci.example.com/"
+    assert load_settings(env).api_url == "https://ci.example.com"
+
+
+def test_serve_refuses_an_api_url(tmp_path: Path) -> None:
+    """`serve` is the API: shipping its own logs to itself would write each byte twice."""
+    done = subprocess.run([sys.executable, str(ROOT / "remoteci.py"), "serve"],
+                          env={"PATH": os.environ["PATH"], "REMOTE_CI_TOKEN": "t" * 16,
+                               "REMOTE_CI_API_URL": "http://127.0.0.1:1",
+                               "REMOTE_CI_PORT": "0", "REMOTE_CI_DATA_DIR": str(tmp_path / "d"),
+                               "REMOTE_CI_WORK_DIR": str(tmp_path / "w"),
+                               "REMOTE_CI_WORKSPACE_DIR": str(tmp_path / "ws")},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert "REMOTE_CI_API_URL is for `worker` hosts" in done.stderr
