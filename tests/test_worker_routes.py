@@ -178,3 +178,15 @@ def test_a_follow_outlasts_the_jobs_end_until_its_shipped_log_is_whole(api: Api)
     reader.join(10)
     wait_until(lambda: received, 10, "the follow to end")
     assert received == [b"head\ntail!\n"]
+    status, _ = append(srv, job_id, 11, b"more\n")
+    assert status == 409  # whole now: an ended job's log takes nothing more
+    assert srv.log(job_id) == b"head\ntail!\n"
+
+
+def test_an_ended_jobs_log_takes_no_appends(api: Api) -> None:
+    srv, job_id = api.server, api.job_id
+    assert srv.request("POST", f"/api/jobs/{job_id}/cancel").status == 202
+    resp = srv.request("PATCH", f"/api/worker/jobs/{job_id}/log", b"late\n",
+                       {"Content-Range": "bytes 0-4/*"})
+    assert resp.status == 409 and "complete" in resp.json()["error"]
+    assert not (srv.data_dir / "logs" / f"{job_id}.log").exists()

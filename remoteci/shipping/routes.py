@@ -17,13 +17,13 @@ import shutil
 from pathlib import Path
 from typing import IO, Any
 
-from remoteci import events, logs
+from remoteci import events, jobs, logs
 from remoteci.artifacts import Artifact, Manifest, job_dir, write_manifest
 from remoteci.config import Settings
 from remoteci.errors import ApiError
 from remoteci.http import Request, Response, StreamSlots, json_response
 from remoteci.identity import require_admin
-from remoteci.queue import JobStore
+from remoteci.queue import JobStore, job_key
 from remoteci.shipping import protocol
 
 COMPONENT = "api"
@@ -53,12 +53,21 @@ class ShippingRoutes:
     # --- the log ---------------------------------------------------------------------------
 
     def append_log(self, request: Request) -> Response:
-        job_id = self._job(request, "appending to a job's log")
+        require_admin(request.identity, "appending to a job's log")
+        job_id = request.params["id"]
         length = request.content_length()
         try:
             append = protocol.parse_append(request.header("Content-Range"), length)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
+        status, final_length = self.store.r.hmget(job_key(job_id), "status", "log_bytes")
+        if status is None:
+            raise ApiError(404, f"no job with id {job_id!r}")
+        if status not in (jobs.QUEUED, jobs.RUNNING) and (
+                not final_length or append.end > int(final_length)):
+            # An ended job's log is complete, except the rest its worker still owes it.
+            raise ApiError(409, f"job {job_id} ended with status {status!r} and its log is "
+                                "complete; nothing more may be added")
         path = self.settings.logs_dir / f"{job_id}.log"
         flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
         # Created only by an append at 0: a refused one leaves no file behind.
