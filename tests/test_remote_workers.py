@@ -4,10 +4,9 @@ Real processes on one machine: a redis-server, `api` with data dir A, and two `w
 data and work dirs B and C (node names `b`, `c`) and REMOTE_CI_API_URL set. No directory is
 shared: uploads, logs and artifacts reach the workers and the API only over HTTP.
 
-The workers are not in network namespaces of their own: they reach Redis and the API on
-127.0.0.1, so a namespace would need a veth pair, addresses and routes set up as root per test
-(or the API and Redis listening on the veth's address), which is more machinery than the
-isolation it buys here; the dirs are what a shared disk would be, and none is shared.
+Most tests keep the workers on 127.0.0.1; one puts a worker in a network namespace of its own
+(as root, with `ip`), joined to the host by a veth pair: it reaches Redis and the API only at the
+host side's address, so nothing it does can lean on the API host's loopback or files.
 """
 
 from __future__ import annotations
@@ -15,7 +14,10 @@ from __future__ import annotations
 import http.client
 import io
 import os
+import secrets
+import shutil
 import signal
+import subprocess
 import tarfile
 import time
 from collections.abc import Iterator
@@ -28,6 +30,7 @@ from tests.helpers import (
     TOKEN,
     MakeRedis,
     MakeServer,
+    RedisServer,
     Server,
     pid_alive,
     process_tree,
@@ -220,3 +223,73 @@ def test_artifacts_are_sent_to_the_api_and_served_from_it(hosts: Hosts) -> None:
         assert sorted(tar.getnames()) == ["out/a.txt", "out/deep/b.bin"]
     worker = hosts.worker_of(final)
     assert files_in(worker.data_dir / "artifacts") == []  # the API's copy is the one kept
+
+
+# --- a worker in a network namespace of its own -----------------------------------------------
+
+@dataclass
+class NetNs:
+    name: str
+    host_ip: str  # the host's end of the veth pair: where Redis and the API listen for the worker
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def netns() -> Iterator[NetNs]:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("network namespaces need root and `ip` (iproute2)")
+    tag = secrets.token_hex(3)
+    name, host_end, ns_end = f"rci-{tag}", f"rch{tag}", f"rcn{tag}"
+    octet = 16 + int(tag, 16) % 200  # 10.231.<octet>.0/30, one pair per test
+    host_ip, ns_ip = f"10.231.{octet}.1", f"10.231.{octet}.2"
+    ip("netns", "add", name)
+    try:
+        ip("link", "add", host_end, "type", "veth", "peer", "name", ns_end, "netns", name)
+        ip("addr", "add", f"{host_ip}/30", "dev", host_end)
+        ip("link", "set", host_end, "up")
+        ip("netns", "exec", name, "ip", "addr", "add", f"{ns_ip}/30", "dev", ns_end)
+        ip("netns", "exec", name, "ip", "link", "set", ns_end, "up")
+        ip("netns", "exec", name, "ip", "link", "set", "lo", "up")
+        yield NetNs(name, host_ip)
+    finally:
+        subprocess.run(["ip", "link", "del", host_end], capture_output=True, timeout=30,
+                       check=False)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30,
+                       check=False)
+
+
+def test_a_worker_in_its_own_network_namespace_needs_only_redis_and_the_api(
+        netns: NetNs, make_server: MakeServer, tmp_path: Path) -> None:
+    rs = RedisServer(tmp_path / "redis")
+    rs.proc = subprocess.Popen(
+        ["redis-server", "--bind", f"127.0.0.1 {netns.host_ip}", "--port", str(rs.port),
+         "--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = rs.client()
+        wait_until(lambda: client.ping(), 10, "redis-server to answer")
+        # Every address, so the test reaches it on 127.0.0.1 and the worker on the veth's.
+        api = make_server("api", env={**COMMON, "REMOTE_CI_HOST": "0.0.0.0"}, redis_url=rs.url,
+                          base=tmp_path / "A")
+        worker = make_server(
+            "worker", redis_url=f"redis://{netns.host_ip}:{rs.port}/0", base=tmp_path / "B",
+            env={**COMMON, "REMOTE_CI_API_URL": f"http://{netns.host_ip}:{api.port}",
+                 "REMOTE_CI_NODE_NAME": "b"},
+            wrapper=["ip", "netns", "exec", netns.name])
+        wait_until(lambda: api.request("GET", "/api/stats").json()["workers"] == 2, 30,
+                   "the namespaced worker's executors")
+        job = upload(api, make_tarball({"run.sh": b"echo in-a-namespace\n"}),
+                     "sh run.sh; mkdir out; echo kept > out/k.txt", artifacts='["out/*"]')
+        final = api.wait_final(str(job["id"]), 60)
+        log = api.log(str(job["id"]))
+        assert final["status"] == "success" and str(final["worker"]).startswith("b:"), log
+        assert log.startswith(b"in-a-namespace\n")
+        kept = api.request("GET", f"/api/jobs/{job['id']}/artifacts/out/k.txt")
+        assert kept.body == b"kept\n"
+        assert worker.proc is not None and worker.proc.poll() is None
+        assert os.readlink(f"/proc/{worker.proc.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    finally:
+        rs.stop()
