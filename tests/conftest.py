@@ -40,12 +40,12 @@ def store_client(redis_client: redis.Redis, redis_server: RedisServer) -> Iterat
 
 
 @pytest.fixture
-def make_redis(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
+def make_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     """Start redis-servers (for a server each, or shared by several); stopped at teardown."""
     started: list[RedisServer] = []
 
-    def make() -> RedisServer:
-        started.append(RedisServer(tmp_path / f"redis-{len(started)}").start())
+    def make(**kwargs: Any) -> RedisServer:
+        started.append(RedisServer(tmp_path / f"redis-{len(started)}", **kwargs).start())
         return started[-1]
 
     yield make

@@ -125,10 +125,12 @@ def process_tree(root: int) -> list[int]:
 class RedisServer:
     """A private redis-server on 127.0.0.1, stopped by pid."""
 
-    def __init__(self, directory: Path, appendonly: bool = False, port: int | None = None):
+    def __init__(self, directory: Path, appendonly: bool = False, port: int | None = None,
+                 binds: tuple[str, ...] = ()):
         self.directory = directory
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.binds = binds  # addresses besides 127.0.0.1 (a veth's, for a namespaced worker)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -138,7 +140,8 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+            ["redis-server", "--bind", " ".join(("127.0.0.1", *self.binds)),
+             "--protected-mode", "no" if self.binds else "yes", "--port", str(self.port), "--save", "",
              "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.directory),
              "--daemonize", "no", "--logfile", str(self.directory / "redis.log")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -321,7 +324,7 @@ class Server:
 
 
 MakeServer = Callable[..., Server]
-MakeRedis = Callable[[], RedisServer]
+MakeRedis = Callable[..., RedisServer]
 
 
 @contextmanager

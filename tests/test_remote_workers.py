@@ -4,9 +4,10 @@ Real processes on one machine: a redis-server, `api` with data dir A, and two `w
 data and work dirs B and C (node names `b`, `c`) and REMOTE_CI_API_URL set. No directory is
 shared: uploads, logs and artifacts reach the workers and the API only over HTTP.
 
-Most tests keep the workers on 127.0.0.1; one puts a worker in a network namespace of its own
-(as root, with `ip`), joined to the host by a veth pair: it reaches Redis and the API only at the
-host side's address, so nothing it does can lean on the API host's loopback or files.
+Run as root with `ip` (iproute2), as CI runs, each worker is in a network namespace of its own,
+joined to the host by a veth pair: it reaches Redis and the API only at the host end's address,
+so nothing it does can lean on the API host's loopback. Without root the workers share the
+host's 127.0.0.1 (the dirs are still separate).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import subprocess
 import tarfile
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +32,6 @@ from tests.helpers import (
     TOKEN,
     MakeRedis,
     MakeServer,
-    RedisServer,
     Server,
     pid_alive,
     process_tree,
@@ -46,28 +47,83 @@ COMMON = {"REMOTE_CI_GIT_ALLOW_FILE": "1", "REMOTE_CI_JOB_TIMEOUT": "120",
 class Hosts:
     api: Server
     workers: dict[str, Server]  # node name -> worker
+    api_env: dict[str, str]  # to start the API again
 
     def worker_of(self, job: dict[str, object]) -> Server:
         return self.workers[str(job["worker"]).split(":")[0]]
 
 
+@dataclass
+class NetNs:
+    name: str
+    host_ip: str  # the host's end of the veth pair: where Redis and the API listen for a worker
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@contextmanager
+def network_namespace() -> Iterator[NetNs | None]:
+    """A namespace joined to the host by a veth pair; None where that needs rights we lack."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        yield None
+        return
+    tag = secrets.token_hex(3)
+    name, host_end, ns_end = f"rci-{tag}", f"rch{tag}", f"rcn{tag}"
+    subnet = int(tag, 16) % 16000  # a /30 of 10.231.0.0/16 per namespace
+    host_ip = f"10.231.{subnet // 64}.{subnet % 64 * 4 + 1}"
+    ns_ip = f"10.231.{subnet // 64}.{subnet % 64 * 4 + 2}"
+    ip("netns", "add", name)
+    try:
+        ip("link", "add", host_end, "type", "veth", "peer", "name", ns_end, "netns", name)
+        ip("addr", "add", f"{host_ip}/30", "dev", host_end)
+        ip("link", "set", host_end, "up")
+        ip("netns", "exec", name, "ip", "addr", "add", f"{ns_ip}/30", "dev", ns_end)
+        ip("netns", "exec", name, "ip", "link", "set", ns_end, "up")
+        yield NetNs(name, host_ip)
+    finally:
+        subprocess.run(["ip", "link", "del", host_end], capture_output=True, timeout=30,
+                       check=False)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30,
+                       check=False)
+
+
 @pytest.fixture
-def hosts(make_redis: MakeRedis, make_server: MakeServer, tmp_path: Path) -> Iterator[Hosts]:
-    rs = make_redis()
-    api = make_server("api", env=COMMON, redis_url=rs.url, base=tmp_path / "A")
+def namespaces() -> Iterator[dict[str, NetNs | None]]:
+    """One per worker host; asked for before the servers, so it is torn down after them."""
+    with ExitStack() as stack:
+        yield {node: stack.enter_context(network_namespace()) for node in ("b", "c")}
+
+
+@pytest.fixture
+def hosts(namespaces: dict[str, NetNs | None], make_redis: MakeRedis, make_server: MakeServer,
+          tmp_path: Path) -> Iterator[Hosts]:
+    binds = tuple(ns.host_ip for ns in namespaces.values() if ns is not None)
+    rs = make_redis(binds=binds)
+    # With namespaces, every address: the test reaches it on 127.0.0.1, the workers on a veth's.
+    api_env = {**COMMON, **({"REMOTE_CI_HOST": "0.0.0.0"} if binds else {})}
+    api = make_server("api", env=api_env, redis_url=rs.url, base=tmp_path / "A")
     workers = {}
-    for node in ("b", "c"):
-        workers[node] = make_server("worker", redis_url=rs.url, base=tmp_path / node.upper(),
-                                    env={**COMMON, "REMOTE_CI_API_URL": api.url,
-                                         "REMOTE_CI_NODE_NAME": node})
+    for node, ns in namespaces.items():
+        address = "127.0.0.1" if ns is None else ns.host_ip
+        workers[node] = make_server(
+            "worker", redis_url=f"redis://{address}:{rs.port}/0", base=tmp_path / node.upper(),
+            env={**COMMON, "REMOTE_CI_API_URL": f"http://{address}:{api.port}",
+                 "REMOTE_CI_NODE_NAME": node},
+            wrapper=[] if ns is None else ["ip", "netns", "exec", ns.name])
     wait_until(lambda: api.request("GET", "/api/stats").json()["workers"] == 4, 30,
                "the executors of both worker hosts")
     dirs = [api.data_dir, api.work_dir, *(w.data_dir for w in workers.values()),
             *(w.work_dir for w in workers.values())]
     assert len(set(dirs)) == len(dirs)  # nothing shared
+    if binds:
+        own = os.readlink("/proc/self/ns/net")
+        assert all(os.readlink(f"/proc/{w.proc.pid}/ns/net") != own
+                   for w in workers.values() if w.proc is not None)
     for server in (api, *workers.values()):  # rsync jobs use the workspace of the worker
         server.make_workspace("proj")       # that runs them; the API checks the name only
-    yield Hosts(api, workers)
+    yield Hosts(api, workers, api_env)
 
 
 def make_tarball(files: dict[str, bytes]) -> bytes:
@@ -180,7 +236,7 @@ def test_the_log_survives_an_api_restart_mid_job(hosts: Hosts, make_server: Make
     port, base, redis_url = hosts.api.port, hosts.api.base, hosts.api.redis_url
     assert hosts.api.stop() == 0
     time.sleep(1.5)  # the API stays away while the job writes: its lines wait on the worker
-    api = make_server("api", env=COMMON, redis_url=redis_url, base=base, port=port)
+    api = make_server("api", env=hosts.api_env, redis_url=redis_url, base=base, port=port)
     final = api.wait_final(job_id, 60)
     assert final["status"] == "success"
     body = api.log(job_id)
@@ -189,6 +245,32 @@ def test_the_log_survives_an_api_restart_mid_job(hosts: Hosts, make_server: Make
     assert body[len(expected):].startswith(b"[remote-ci] success")
     worker = hosts.worker_of(final)
     assert "cannot reach the API" in worker.output()
+
+
+def test_the_log_survives_a_cut_link_mid_job(hosts: Hosts,
+                                             namespaces: dict[str, NetNs | None]) -> None:
+    """The worker's link (to the API and Redis alike) goes down for 2 s while the job writes."""
+    if any(ns is None for ns in namespaces.values()):
+        pytest.skip("cutting a worker's link needs its own network namespace (root, iproute2)")
+    job = hosts.api.submit("for i in $(seq 1 40); do echo line-$i; sleep 0.1; done")
+    job_id = str(job["id"])
+    wait_until(lambda: b"line-3\n" in hosts.api.log(job_id), 30, "the first lines on the API")
+    node = str(hosts.api.job(job_id)["worker"]).split(":")[0]
+    ns = namespaces[node]
+    assert ns is not None
+    link = f"rcn{ns.name.removeprefix('rci-')}"
+    ip("netns", "exec", ns.name, "ip", "link", "set", link, "down")
+    try:
+        time.sleep(2)  # the outage's length: the job goes on writing, nothing reaches the API
+        assert hosts.api.job(job_id)["status"] == "running"
+    finally:
+        ip("netns", "exec", ns.name, "ip", "link", "set", link, "up")
+    final = hosts.api.wait_final(job_id, 60)
+    assert final["status"] == "success"
+    body = hosts.api.log(job_id)
+    expected = "".join(f"line-{i}\n" for i in range(1, 41)).encode()
+    assert body[:len(expected)] == expected, body[:2000]
+    assert body[len(expected):].startswith(b"[remote-ci] success")
 
 
 def test_a_worker_killed_mid_job_leaves_the_log_it_sent(hosts: Hosts) -> None:
@@ -223,73 +305,3 @@ def test_artifacts_are_sent_to_the_api_and_served_from_it(hosts: Hosts) -> None:
         assert sorted(tar.getnames()) == ["out/a.txt", "out/deep/b.bin"]
     worker = hosts.worker_of(final)
     assert files_in(worker.data_dir / "artifacts") == []  # the API's copy is the one kept
-
-
-# --- a worker in a network namespace of its own -----------------------------------------------
-
-@dataclass
-class NetNs:
-    name: str
-    host_ip: str  # the host's end of the veth pair: where Redis and the API listen for the worker
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
-
-
-@pytest.fixture
-def netns() -> Iterator[NetNs]:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("network namespaces need root and `ip` (iproute2)")
-    tag = secrets.token_hex(3)
-    name, host_end, ns_end = f"rci-{tag}", f"rch{tag}", f"rcn{tag}"
-    octet = 16 + int(tag, 16) % 200  # 10.231.<octet>.0/30, one pair per test
-    host_ip, ns_ip = f"10.231.{octet}.1", f"10.231.{octet}.2"
-    ip("netns", "add", name)
-    try:
-        ip("link", "add", host_end, "type", "veth", "peer", "name", ns_end, "netns", name)
-        ip("addr", "add", f"{host_ip}/30", "dev", host_end)
-        ip("link", "set", host_end, "up")
-        ip("netns", "exec", name, "ip", "addr", "add", f"{ns_ip}/30", "dev", ns_end)
-        ip("netns", "exec", name, "ip", "link", "set", ns_end, "up")
-        ip("netns", "exec", name, "ip", "link", "set", "lo", "up")
-        yield NetNs(name, host_ip)
-    finally:
-        subprocess.run(["ip", "link", "del", host_end], capture_output=True, timeout=30,
-                       check=False)
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30,
-                       check=False)
-
-
-def test_a_worker_in_its_own_network_namespace_needs_only_redis_and_the_api(
-        netns: NetNs, make_server: MakeServer, tmp_path: Path) -> None:
-    rs = RedisServer(tmp_path / "redis")
-    rs.proc = subprocess.Popen(
-        ["redis-server", "--bind", f"127.0.0.1 {netns.host_ip}", "--port", str(rs.port),
-         "--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        client = rs.client()
-        wait_until(lambda: client.ping(), 10, "redis-server to answer")
-        # Every address, so the test reaches it on 127.0.0.1 and the worker on the veth's.
-        api = make_server("api", env={**COMMON, "REMOTE_CI_HOST": "0.0.0.0"}, redis_url=rs.url,
-                          base=tmp_path / "A")
-        worker = make_server(
-            "worker", redis_url=f"redis://{netns.host_ip}:{rs.port}/0", base=tmp_path / "B",
-            env={**COMMON, "REMOTE_CI_API_URL": f"http://{netns.host_ip}:{api.port}",
-                 "REMOTE_CI_NODE_NAME": "b"},
-            wrapper=["ip", "netns", "exec", netns.name])
-        wait_until(lambda: api.request("GET", "/api/stats").json()["workers"] == 2, 30,
-                   "the namespaced worker's executors")
-        job = upload(api, make_tarball({"run.sh": b"echo in-a-namespace\n"}),
-                     "sh run.sh; mkdir out; echo kept > out/k.txt", artifacts='["out/*"]')
-        final = api.wait_final(str(job["id"]), 60)
-        log = api.log(str(job["id"]))
-        assert final["status"] == "success" and str(final["worker"]).startswith("b:"), log
-        assert log.startswith(b"in-a-namespace\n")
-        kept = api.request("GET", f"/api/jobs/{job['id']}/artifacts/out/k.txt")
-        assert kept.body == b"kept\n"
-        assert worker.proc is not None and worker.proc.poll() is None
-        assert os.readlink(f"/proc/{worker.proc.pid}/ns/net") != os.readlink("/proc/self/ns/net")
-    finally:
-        rs.stop()
