@@ -12,4 +12,7 @@ with an admin token, as GitLab runners and Buildkite agents talk to their coordi
   follow.py       the API's follow ends only once a remote job's log is whole here
   digest.py       an upload's size and sha256, recorded when it arrives
   sweeper.py      retention of the API's data dir where no supervisor runs (`api`)
+
+May import: the shared top-level modules (config, errors, events, jobs, timefmt, queue), and the
+web, auth and artifacts packages (the API's side builds on the web types and the manifest).
 """

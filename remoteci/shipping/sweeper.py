@@ -8,11 +8,11 @@ same rule (older than REMOTE_CI_RETENTION_DAYS) as a supervisor sweeps its host.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
-from pathlib import Path
 
-from remoteci import events, jobdirs
+from remoteci import events
 from remoteci.config import Settings
 
 COMPONENT = "api"
@@ -32,8 +32,8 @@ def sweep_once(settings: Settings, now: float) -> int:
             try:
                 if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
                     continue
-                if entry.is_dir(follow_symlinks=False):
-                    jobdirs.remove(Path(entry.path))
+                if entry.is_dir(follow_symlinks=False):  # a job's artifacts: ours alone
+                    shutil.rmtree(entry.path, ignore_errors=True)
                 else:
                     os.unlink(entry.path)
                 removed += 1
