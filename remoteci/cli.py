@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         exit_now(submit_main(args_list[1:]))
     if args_list[:1] == ["token"]:  # edits a file only: needs neither a token nor redis
-        from remoteci.token_cli import main as token_main
+        from remoteci.auth.token_cli import main as token_main
 
         return token_main(args_list[1:])
     parser = argparse.ArgumentParser(prog="remoteci.py", description="Remote CI job server")
@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     from remoteci import service
-    from remoteci.embedded_redis import EmbeddedRedisError
+    from remoteci.store.embedded_redis import EmbeddedRedisError
 
     try:
         if args.command == "serve":

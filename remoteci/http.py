@@ -18,13 +18,8 @@ from urllib.parse import parse_qs
 
 from redis.exceptions import RedisError
 
-from remoteci import events, history_api, isolation, jobs, logs, metrics, openapi, submissions, zstd
-from remoteci.config import ConfigError, Settings
-from remoteci.errors import ApiError
-from remoteci.gitsource import redact_url, split_credentials, validate_git_ref, validate_git_url
-from remoteci.history_db import HistoryDB
-from remoteci.history_store import HistoryQueue
-from remoteci.identity import (
+from remoteci import events, jobs
+from remoteci.auth.identity import (
     Authenticator,
     Identity,
     check_git_host,
@@ -33,13 +28,22 @@ from remoteci.identity import (
     may_see,
     require_admin,
 )
+from remoteci.config import ConfigError, Settings
+from remoteci.errors import ApiError
+from remoteci.history import api as history_api
+from remoteci.history.db import HistoryDB
+from remoteci.history.store import HistoryQueue
 from remoteci.queue import AlreadySubmitted, JobStore, NotReplicated, OverQuota, QueueFull, Quotas
-from remoteci.redis_watch import RedisWatch
-from remoteci.sources import discard_source
-from remoteci.spool import UPLOAD_PATH
-from remoteci.uploads import receive_upload
-from remoteci.workspaces import lexical_workspace, locate_workspace, require_directory
-from remoteci.wsgi_server import SEND_NOW
+from remoteci.sources import zstd
+from remoteci.sources.git import redact_url, split_credentials, validate_git_ref, validate_git_url
+from remoteci.sources.prepare import discard_source
+from remoteci.sources.workspaces import lexical_workspace, locate_workspace, require_directory
+from remoteci.store.redis_watch import RedisWatch
+from remoteci.system import isolation
+from remoteci.web import logs, metrics, openapi, submissions
+from remoteci.web.server import SEND_NOW
+from remoteci.web.spool import UPLOAD_PATH
+from remoteci.web.uploads import receive_upload
 
 MAX_JSON_BODY = 1024 * 1024
 LIST_LIMIT_MAX = 500
@@ -148,8 +152,8 @@ class App:
     """The whole HTTP side; one instance per process, shared by waitress' threads."""
 
     def __init__(self, settings: Settings, store: JobStore):
-        from remoteci.artifact_routes import ArtifactRoutes  # these build on this module's
-        from remoteci.page_routes import PageRoutes  # Request and Response
+        from remoteci.artifacts.routes import ArtifactRoutes  # these build on this module's
+        from remoteci.pages.routes import PageRoutes  # Request and Response
 
         self.settings = settings
         self.store = store

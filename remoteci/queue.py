@@ -43,8 +43,8 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError, RedisError
 
 from remoteci import jobs
-from remoteci.activity import ActivityStore
-from remoteci.redis_conn import Client as Redis
+from remoteci.store.activity import ActivityStore
+from remoteci.store.redis_conn import Client as Redis
 
 P = "rci:"
 QUEUE = P + "queue"

@@ -12,13 +12,17 @@ import threading
 from types import FrameType
 from typing import Any
 
-from remoteci import events, isolation, listener, notify, proctree, wsgi_server
+from remoteci import events
 from remoteci.config import ConfigError, Settings
-from remoteci.embedded_redis import EmbeddedRedis
 from remoteci.http import App
 from remoteci.queue import JobStore
-from remoteci.redis_conn import connect
-from remoteci.supervisor import supervisor_main
+from remoteci.store.embedded_redis import EmbeddedRedis
+from remoteci.store.redis_conn import connect
+from remoteci.system import isolation, proctree
+from remoteci.system import sd_notify as notify
+from remoteci.web import listen_socket as listener
+from remoteci.web import server as wsgi_server
+from remoteci.worker.supervisor import supervisor_main
 
 # Both sides' modules (redis-py, waitress, the app, the supervisor and executors) are imported
 # here, before `serve` forks its supervisor and the supervisor its executors: the forks share
