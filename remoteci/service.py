@@ -16,6 +16,7 @@ from remoteci import events
 from remoteci.config import ConfigError, Settings
 from remoteci.http import App
 from remoteci.queue import JobStore
+from remoteci.routes import ROUTE_SETS
 from remoteci.store.embedded_redis import EmbeddedRedis
 from remoteci.store.redis_conn import connect
 from remoteci.system import isolation, proctree
@@ -90,7 +91,7 @@ def _banner(settings: Settings, server: Any) -> str:
 
 def _api(settings: Settings, url: str, sock: socket.socket) -> tuple[Any, Any]:
     """The WSGI app and its (not yet running) waitress server on the bound socket."""
-    app = App(settings, _store_factory(settings, url))
+    app = App(settings, _store_factory(settings, url), ROUTE_SETS)
     return app, wsgi_server.create(settings, app, sock)
 
 

@@ -21,7 +21,9 @@ from remoteci.artifacts.manifest import FILES, Artifact, job_dir, read_manifest
 from remoteci.auth.identity import Identity
 from remoteci.config import Settings
 from remoteci.errors import ApiError
-from remoteci.http import Headers, Request, Response, StreamSlots, json_response
+from remoteci.web.messages import Headers, Request, Response, json_response
+from remoteci.web.routing import AppParts, Route, path
+from remoteci.web.streams import StreamSlots
 
 CHUNK = 256 * 1024
 LARGE_DOWNLOAD = 4 * 1024 * 1024  # bytes; smaller files are sent in moments, without a slot
@@ -68,6 +70,16 @@ def content_disposition(path: str) -> str:
     name = path.rsplit("/", 1)[-1]
     plain = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "artifact"
     return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def routes(parts: AppParts) -> list[Route]:
+    """The artifact routes, registered with the app through remoteci/routes.py."""
+    artifacts = ArtifactRoutes(parts.settings, parts.find_job, parts.streams)
+    return [
+        Route("GET", path(r"/api/jobs/(?P<id>[^/]+)/artifacts"), artifacts.listing, "api"),
+        Route("GET", path(r"/api/jobs/(?P<id>[^/]+)/artifacts\.tar\.gz"), artifacts.tarball, "api"),
+        Route("GET", path(r"/api/jobs/(?P<id>[^/]+)/artifacts/(?P<path>.+)"), artifacts.one, "api"),
+    ]
 
 
 class ArtifactRoutes:

@@ -14,11 +14,13 @@ from remoteci.config import Settings
 from remoteci.errors import ApiError
 from remoteci.history import api as history_api
 from remoteci.history.db import HistoryDB
-from remoteci.http import Request, Response, cancel, visible_job
 from remoteci.pages import csrf
 from remoteci.pages import render as pages
 from remoteci.queue import JobStore
 from remoteci.web import logs
+from remoteci.web.job_access import cancel, visible_job
+from remoteci.web.messages import Request, Response
+from remoteci.web.routing import AppParts, Route, path
 
 PAGE_SIZE = 50
 QUEUE_SHOWN = 10
@@ -26,6 +28,19 @@ RUNNING_SHOWN = 200  # more than any fleet's executors; maps executors to their 
 LOG_CHUNK_MAX = 256 * 1024  # one live-tail answer; the page asks again at once if there is more
 FORM_BODY_MAX = 4096
 CHART_HOURS = 7 * 24
+
+
+def routes(parts: AppParts) -> list[Route]:
+    """The browser's routes, registered with the app through remoteci/routes.py."""
+    web = PageRoutes(parts.settings, parts.store, parts.history)
+    return [
+        Route("GET", path(r"/"), web.index, "page"),
+        Route("GET", path(r"/history"), web.history_page, "page"),
+        Route("GET", path(r"/charts"), web.charts, "page"),
+        Route("GET", path(r"/jobs/(?P<id>[^/]+)"), web.job, "page"),
+        Route("GET", path(r"/jobs/(?P<id>[^/]+)/log"), web.job_log, "page"),
+        Route("POST", path(r"/jobs/(?P<id>[^/]+)/cancel"), web.cancel, "page"),
+    ]
 
 
 class PageRoutes:

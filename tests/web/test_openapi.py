@@ -14,6 +14,7 @@ from remoteci.config import load_settings
 from remoteci.http import LIST_LIMIT_MAX, MAX_JSON_BODY, App
 from remoteci.pages.routes import PageRoutes
 from remoteci.queue import JobStore
+from remoteci.routes import ROUTE_SETS
 from remoteci.sources.git import MAX_REF_CHARS
 from remoteci.sources.git import MAX_URL_CHARS as MAX_REPO_CHARS
 from remoteci.store.redis_conn import connect
@@ -35,7 +36,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
                               "REMOTE_CI_DATA_DIR": str(base / "data"),
                               "REMOTE_CI_WORK_DIR": str(base / "work")})
     client = connect(settings.redis_url)
-    yield App(settings, JobStore(client, 3600))
+    yield App(settings, JobStore(client, 3600), ROUTE_SETS)
     client.close()
 
 
