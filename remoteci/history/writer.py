@@ -23,7 +23,6 @@ from remoteci.queue import JobStore
 from remoteci.system.wakeup import SignalWakeup
 
 COMPONENT = "history"
-HISTORY_SLOT = -2  # the supervisor's slot number for its history writer
 BATCH = 200
 LEASE_TTL = 30.0  # seconds; renewed every round, so a dead writer's lease passes on within it
 IDLE_WAIT = 1.0  # seconds between looks at an empty list: how far the history trails
@@ -118,8 +117,8 @@ class HistoryWriter:
             self.trouble = None
 
 
-def history_main(settings: Settings, store: JobStore, slot: int) -> None:
-    del slot
+def history_main(settings: Settings, store: JobStore) -> None:
+    """The writer process's body, forked and restarted by the supervisor (worker/auxiliary.py)."""
     writer = HistoryWriter(settings, HistoryQueue(store.r), HistoryDB(settings.history),
                            f"{settings.node_name}:{os.getpid()}")
     writer.run_forever()

@@ -31,7 +31,6 @@ from remoteci.webhooks.rules import (
 from remoteci.webhooks.store import WebhookStore
 
 COMPONENT = "webhooks"
-DELIVERER_SLOT = -1  # the supervisor's slot number for its deliverer
 THREADS = 4  # deliveries in flight at once per host
 TAKE_TIMEOUT = 1.0
 TICK = 0.1  # how often due retries are looked for
@@ -168,8 +167,8 @@ def _origin(url: str) -> str:
         return "(unusable URL)"
 
 
-def deliverer_main(settings: Settings, store: JobStore, slot: int) -> None:
-    del slot
+def deliverer_main(settings: Settings, store: JobStore) -> None:
+    """The deliverer process's body, forked and restarted by the supervisor (worker/auxiliary.py)."""
     Deliverer(settings, WebhookStore(store.r), f"{settings.node_name}:{os.getpid()}").run_forever()
 
 

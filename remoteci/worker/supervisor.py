@@ -1,4 +1,5 @@
-"""The supervisor: forks and watches executors, ends jobs of dead ones, sweeps old files, drains."""
+"""The supervisor: forks and watches executors and the auxiliary processes (worker/auxiliary.py),
+ends jobs of dead executors, sweeps old files, drains."""
 
 from __future__ import annotations
 
@@ -14,16 +15,15 @@ from redis.exceptions import RedisError
 from remoteci import events, jobs
 from remoteci.config import Settings
 from remoteci.executor import DRAIN_KILL_GRACE, executor_main
-from remoteci.history.writer import HISTORY_SLOT, history_main
 from remoteci.queue import HEARTBEAT_TTL, JobStore
 from remoteci.store import activity
 from remoteci.store.redis_watch import RedisWatch
 from remoteci.system import proctree
 from remoteci.system.sd_notify import Notifier
 from remoteci.system.wakeup import SignalWakeup
-from remoteci.webhooks.deliverer import DELIVERER_SLOT, STOP_GRACE, deliverer_main
 from remoteci.webhooks.store import WebhookStore
 from remoteci.worker import jobdirs
+from remoteci.worker.auxiliary import Auxiliary, auxiliaries, hand_back_deliveries
 
 COMPONENT = "supervisor"
 LOST_SCAN_EVERY = 10.0  # seconds between looks for executors whose heartbeat expired (any host)
@@ -41,7 +41,8 @@ class Supervisor:
         self.store = make_store()
         self.webhooks = WebhookStore(self.store.r)
         self.executors: dict[int, int] = {}  # pid -> slot
-        self.failures: dict[int, int] = {}  # slot -> quick deaths in a row
+        self.aux: dict[int, Auxiliary] = {}  # pid -> the auxiliary process it runs
+        self.failures: dict[int | str, int] = {}  # slot or auxiliary's name -> deaths in a row
         self.suspects: dict[str, float] = {}  # executor id -> when its heartbeat was first missed
         self.stopping = False
         self.wakeup = SignalWakeup()
@@ -64,12 +65,8 @@ class Supervisor:
         self._sweep()
         for slot in range(self.settings.concurrency):
             self._spawn(slot)
-        self._spawn(HISTORY_SLOT)
-        if self.settings.webhooks_enabled:
-            self._spawn(DELIVERER_SLOT)
-        else:
-            events.info(COMPONENT, "no webhook deliverer on this host (set REMOTE_CI_WEBHOOK_ALLOW "
-                                   "and REMOTE_CI_WEBHOOK_SECRET to start one)")
+        for aux in auxiliaries(self.settings):
+            self._spawn_aux(aux)
         self.notifier.ready(f"{self.settings.concurrency} executors started")
         next_scan = time.monotonic() + LOST_SCAN_EVERY
         next_sweep = time.monotonic() + SWEEP_EVERY
@@ -92,8 +89,7 @@ class Supervisor:
     def _record_capacity(self) -> None:
         """Executor seconds this host offered since the last look: the charts' busy share."""
         until = time.time()
-        # Job executors have slots 0..; the deliverer and the history writer negative ones.
-        executors = sum(1 for slot in self.executors.values() if slot >= 0)
+        executors = len(self.executors)
         try:
             self.store.activity.add(activity.capacity(self.settings.node_name, executors,
                                                       self.capacity_since, until))
@@ -111,6 +107,13 @@ class Supervisor:
     # --- executors -------------------------------------------------------------------------
 
     def _spawn(self, slot: int) -> None:
+        self.executors[self._fork("executor", lambda: executor_main(self.settings, self.make_store(),
+                                                                      slot))] = slot
+
+    def _spawn_aux(self, aux: Auxiliary) -> None:
+        self.aux[self._fork(aux.name, lambda: aux.main(self.settings, self.make_store()))] = aux
+
+    def _fork(self, name: str, main: Callable[[], None]) -> int:
         # The child must never run the supervisor's SIGTERM handler: it would only flag the
         # child's copy of the supervisor, the stop would be lost and the drain would wait its
         # full timeout. So SIGTERM stays blocked across the fork and the child switches to the
@@ -125,49 +128,51 @@ class Supervisor:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 proctree.die_with_parent(signal.SIGTERM)
-                main = {DELIVERER_SLOT: deliverer_main, HISTORY_SLOT: history_main}.get(
-                    slot, executor_main)
-                main(self.settings, self.make_store(), slot)
+                main()
             except BaseException as exc:
-                events.error("executor", f"crashed: {exc!r}")
+                events.error(name, f"crashed: {exc!r}")
                 code = 1
             finally:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        self.executors[pid] = slot
+        return pid
 
     def _reap_children(self) -> None:
         reaped, _ = proctree.reap_children()
         for pid, status in reaped.items():
             slot = self.executors.pop(pid, None)
-            if slot is None:
-                continue  # an orphan of a job, re-parented to us and now gone
+            aux = self.aux.pop(pid, None)
+            if (slot is None and aux is None) or self.stopping:
+                continue  # an orphan of a job, re-parented to us and now gone; or the drain
             executor_id = f"{self.settings.node_name}:{pid}"
             code = proctree.exit_code(status)
-            if self.stopping:
-                continue
-            if slot == DELIVERER_SLOT:
-                events.error(COMPONENT, f"webhook deliverer {executor_id} died (exit code {code}); "
-                                        "restarting it")
-                self._hand_back_deliveries(executor_id)
-            elif slot == HISTORY_SLOT:
-                events.error(COMPONENT, f"history writer {executor_id} died (exit code {code}); "
-                                        "restarting it (what it had not copied waits in Redis)")
-            else:
+            if aux is not None:
+                note = f" ({aux.after_death})" if aux.after_death else ""
+                events.error(COMPONENT, f"{aux.name} {executor_id} died (exit code {code}); "
+                                        f"restarting it{note}")
+                if aux.hand_back is not None:
+                    self._hand_back(aux.name, aux.hand_back, executor_id)
+                self._back_off(aux.name)
+                self._spawn_aux(aux)
+            elif slot is not None:
                 events.error(COMPONENT, f"executor {executor_id} died (exit code {code}); "
                                         "restarting it")
                 self._stop_orphans()
                 self._end_lost_jobs(executor_id, f"executor lost: it died with exit code {code}")
-            self.failures[slot] = self.failures.get(slot, 0) + 1
-            delay = min(RESTART_BACKOFF_MAX, 0.5 * 2 ** (self.failures[slot] - 1))
-            if self.failures[slot] > 1:
-                self.wakeup.wait(delay)  # an executor that dies at once must not spin
-            self._spawn(slot)
+                self._back_off(slot)
+                self._spawn(slot)
+
+    def _back_off(self, key: int | str) -> None:
+        """A process that dies at once must not spin: wait longer after each death in a row."""
+        self.failures[key] = self.failures.get(key, 0) + 1
+        delay = min(RESTART_BACKOFF_MAX, 0.5 * 2 ** (self.failures[key] - 1))
+        if self.failures[key] > 1:
+            self.wakeup.wait(delay)
 
     def _stop_orphans(self) -> None:
         """Processes of a dead executor's job were re-parented to us: kill every one of them."""
-        executor_trees: set[int] = set(self.executors)
-        for pid in self.executors:
+        executor_trees: set[int] = set(self.executors) | set(self.aux)
+        for pid in executor_trees.copy():
             executor_trees.update(proctree.descendants(pid))
         orphans = [p for p in proctree.descendants(os.getpid()) if p not in executor_trees]
         proctree.signal_all(orphans, signal.SIGKILL)
@@ -215,15 +220,16 @@ class Supervisor:
                 self._end_lost_jobs(executor_id, "executor lost: its heartbeat stopped "
                                                  "(host or process died)")
 
-    def _hand_back_deliveries(self, deliverer_id: str) -> None:
+    def _hand_back(self, name: str, hand_back: Callable[[JobStore, str], int],
+                   process_id: str) -> None:
         try:
-            count = self.webhooks.hand_back(deliverer_id)
+            count = hand_back(self.store, process_id)
         except RedisError as exc:
-            events.error(COMPONENT, f"cannot hand back deliveries of {deliverer_id} ({exc}); "
+            events.error(COMPONENT, f"cannot hand back the work of {name} {process_id} ({exc}); "
                                     "the next scan retries")
             return
         if count:
-            events.warning(COMPONENT, f"{count} webhook deliveries of {deliverer_id} requeued")
+            events.warning(COMPONENT, f"{count} items of {name} {process_id} requeued")
 
     def _reap_lost_deliverers(self) -> None:
         """Deliverers whose heartbeat expired hand their in-flight deliveries back.
@@ -238,9 +244,9 @@ class Supervisor:
         for deliverer_id in dead:
             node, _, pid_text = deliverer_id.rpartition(":")
             if node == self.settings.node_name and pid_text.isdigit() and (
-                    int(pid_text) in self.executors or _pid_alive(int(pid_text))):
+                    int(pid_text) in self.aux or _pid_alive(int(pid_text))):
                 continue  # ours and alive; its heartbeat is only late
-            self._hand_back_deliveries(deliverer_id)
+            self._hand_back("webhook deliverer", hand_back_deliveries, deliverer_id)
 
     # --- housekeeping ----------------------------------------------------------------------
 
@@ -275,17 +281,18 @@ class Supervisor:
     def _drain(self) -> int:
         events.info(COMPONENT, f"stopping: running jobs may finish for up to "
                                f"{self.settings.drain_timeout} s")
-        deliverers = [pid for pid, slot in self.executors.items() if slot == DELIVERER_SLOT]
-        proctree.signal_all([pid for pid in self.executors if pid not in deliverers],
+        last = [pid for pid, aux in self.aux.items() if aux.stops_last]
+        proctree.signal_all([pid for pid in [*self.executors, *self.aux] if pid not in last],
                             signal.SIGTERM)
         deadline = time.monotonic() + self.settings.drain_timeout + DRAIN_KILL_GRACE + 10
-        self._await_exits(deliverers, deadline)
+        self._await_exits(last, deadline)
         # Jobs the drain ended have queued their webhooks: the deliverer sends them, then stops.
-        proctree.signal_all(deliverers, signal.SIGTERM)
-        self._await_exits([], time.monotonic() + STOP_GRACE + self.settings.webhook_timeout + 5)
-        if self.executors:
+        grace = max((self.aux[pid].stop_grace for pid in last if pid in self.aux), default=0.0)
+        proctree.signal_all(last, signal.SIGTERM)
+        self._await_exits([], time.monotonic() + grace + 5)
+        if self.executors or self.aux:
             events.error(COMPONENT, "executors did not stop in time; killing them")
-            proctree.signal_all(self.executors, signal.SIGKILL)
+            proctree.signal_all([*self.executors, *self.aux], signal.SIGKILL)
         proctree.signal_all(proctree.descendants(os.getpid()), signal.SIGKILL)
         while proctree.reap_children()[1]:
             self.wakeup.wait(0.05)
@@ -294,11 +301,12 @@ class Supervisor:
 
     def _await_exits(self, keep: list[int], deadline: float) -> None:
         """Reap children until only `keep` are left or the deadline passes."""
-        while set(self.executors) - set(keep) and time.monotonic() < deadline:
+        while (set(self.executors) | set(self.aux)) - set(keep) and time.monotonic() < deadline:
             self.wakeup.wait(0.5)
             reaped, _ = proctree.reap_children()
             for pid in reaped:
                 self.executors.pop(pid, None)
+                self.aux.pop(pid, None)
 
 
 def _entries(directory: Path) -> list[os.DirEntry[str]]:
