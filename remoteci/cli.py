@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-# flag -> environment variable it overrides (the same names, as the README promises)
+# flag -> environment variable it overrides (the same names, as docs/configuration.md promises)
 SERVER_FLAGS = {
     "--host": "REMOTE_CI_HOST",
     "--port": "REMOTE_CI_PORT",

@@ -95,7 +95,7 @@ class App:
             Route("GET", _p(r"/api/openapi\.json"), self.openapi, "none"),
             Route("GET", _p(r"/ci/remote-ci\.sh"), self.client_script, "none"),
             Route("POST", _p(r"/api/jobs/rsync"), self.submit_rsync, "api"),
-            Route("POST", _p(re.escape(UPLOAD_PATH)), self.submit_upload, "api"),  # spool.py
+            Route("POST", _p(re.escape(UPLOAD_PATH)), self.submit_upload, "api"),  # web/spool.py
             Route("POST", _p(r"/api/jobs/git"), self.submit_git, "api"),
             Route("GET", _p(r"/api/jobs"), self.list_jobs, "api"),
             Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)"), self.get_job, "api"),

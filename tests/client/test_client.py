@@ -25,8 +25,8 @@ CLIENTS = {
     "sh": ["bash", str(ROOT / "ci" / "remote-ci.sh")],
 }
 RUN_TIMEOUT = 60
-UPLOAD_WIRED = (ROOT / "remoteci" / "uploads.py").exists()
-GIT_WIRED = (ROOT / "remoteci" / "gitsource.py").exists()
+UPLOAD_WIRED = (ROOT / "remoteci" / "web" / "uploads.py").exists()
+GIT_WIRED = (ROOT / "remoteci" / "sources" / "git.py").exists()
 needs_upload = pytest.mark.skipif(not UPLOAD_WIRED, reason="POST /api/jobs/upload is not in this branch")
 needs_git = pytest.mark.skipif(not GIT_WIRED, reason="POST /api/jobs/git is not in this branch")
 
