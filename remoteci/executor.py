@@ -16,6 +16,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from remoteci import events, jobs
+from remoteci.artifacts.collector import Limits, collect
 from remoteci.auth.identity import ADMIN_OWNER
 from remoteci.config import Settings
 from remoteci.errors import SourceError
@@ -270,10 +271,6 @@ class Executor:
             if user is not None:  # its processes are gone: nothing of it may change the tree now
                 jobdirs.take_back(scratch)
             if payload.get("artifacts"):  # before the scratch dir goes, whatever the outcome
-                # Imported by the first job that keeps artifacts: it brings hashlib (OpenSSL,
-                # ~4 MB of RSS), which an executor otherwise never needs.
-                from remoteci.artifacts.collector import Limits, collect
-
                 kept = collect(scratch, payload["artifacts"], self.settings.artifacts_dir / job_id,
                                Limits(self.settings.max_artifact_mb * 1024 * 1024))
                 _log_line(log_fd, kept.summary())

@@ -15,6 +15,7 @@ from typing import Any
 from remoteci.auth import tokens
 from remoteci.config import load_project_tokens
 from remoteci.errors import ApiError
+from remoteci.sources.git import git_host
 
 ADMIN_OWNER = "admin"  # the owner of jobs submitted with a REMOTE_CI_TOKEN token
 
@@ -111,8 +112,6 @@ def check_workspace(identity: Identity, requested: str, relative: str | None,
 
 def check_git_host(identity: Identity, repo: str) -> None:
     """403 unless the token may clone from the repository's host (an operator's choice)."""
-    from remoteci.sources.git import git_host
-
     host = git_host(repo)
     if identity.is_admin or tokens.git_host_allowed(identity.git_hosts, host):
         return

@@ -19,6 +19,7 @@ every token that may reach a host. Without it a token may clone from any host.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -43,10 +44,6 @@ class ProjectToken:
 
 
 def hash_token(token: bytes) -> bytes:
-    # Imported here: hashlib maps OpenSSL, ~4 MB of RSS in every process that imports it, and
-    # only a server with project tokens (its API) and the token command ever hash one.
-    import hashlib
-
     return hashlib.sha256(token).digest()
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 from remoteci.config import Settings
 from remoteci.errors import SourceError
+from remoteci.sources.archives import extract_archive
+from remoteci.sources.git import Credential, clone_git
 from remoteci.sources.workspaces import copy_workspace, open_workspace
 
 # archives (tarfile, zlib) and gitsource are imported by the first job that needs them: the
@@ -26,15 +28,11 @@ def prepare_source(payload: dict[str, Any], scratch: Path, settings: Settings,
             os.close(workspace_fd)
         return {}
     if mode == "upload":
-        from remoteci.sources.archives import extract_archive
-
         extract_archive(Path(payload["path"]), scratch,
                         max_bytes=settings.max_extract_mb * 1024 * 1024,
                         max_members=settings.max_archive_members)
         return {}
     if mode == "git":
-        from remoteci.sources.git import Credential, clone_git
-
         secret = payload.get("git_credential")  # what the executor took from Redis, if any
         commit = clone_git(payload["repo"], payload.get("ref"), scratch,
                            timeout=min(settings.git_timeout, payload["timeout"]),

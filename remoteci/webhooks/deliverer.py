@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from redis.exceptions import RedisError
 from remoteci import events
 from remoteci.config import Settings
 from remoteci.queue import JobStore
+from remoteci.webhooks import send as webhook_send
 from remoteci.webhooks.rules import (
     Reply,
     allowed_by,
@@ -140,8 +142,6 @@ class Deliverer:
             return Reply(None, f"{target.host}:{target.port} is not in REMOTE_CI_WEBHOOK_ALLOW "
                                f"on {self.settings.node_name}", retryable=False)
         secret = self.settings.webhook_secret or ""
-        from remoteci.webhooks import send as webhook_send  # see _new_delivery_id
-
         return webhook_send.post(target, url, body, delivery_headers(body, secret, delivery_id),
                                  self.settings.webhook_timeout)
 
@@ -173,8 +173,4 @@ def deliverer_main(settings: Settings, store: JobStore) -> None:
 
 
 def _new_delivery_id() -> str:
-    # uuid, and webhook_send's http.client and ssl, are imported by the deliverer only: the
-    # supervisor imports this module, and its executors would carry them too (~10 MB each).
-    import uuid
-
     return str(uuid.uuid4())
