@@ -1,5 +1,6 @@
-"""The package's shape: no import cycles among remoteci modules, and each side of the system (the
-API's app, the worker's supervisor and executors, the CI client) loads only its own modules.
+"""The package's shape: no import cycles among remoteci modules, each package imports only what
+its docstring allows (MAY_IMPORT), and each side of the system (the API's app, the worker's
+supervisor and executors, the CI client) loads only its own modules.
 
 The cycle check reads every import in the source with `ast`, deferred ones inside functions
 included (a cycle hidden in a function is still a cycle in the design); only imports under
@@ -114,6 +115,39 @@ def test_every_package_says_what_it_is_and_what_it_may_import() -> None:
         if path.name == "__init__.py" and name != "remoteci":
             doc = ast.get_docstring(ast.parse(path.read_text())) or ""
             assert "May import" in doc, f"{name}'s docstring should say what it may import"
+            assert name.removeprefix("remoteci.") in MAY_IMPORT, f"{name} needs a MAY_IMPORT entry"
+
+
+# What each package's docstring says it may import: the shared top-level modules, plus these.
+SHARED = {"config", "errors", "events", "jobs", "timefmt", "queue"}
+MAY_IMPORT = {
+    "system": set(),
+    "sources": set(),
+    "store": {"system"},
+    "auth": {"sources"},
+    "webhooks": {"store"},
+    "history": {"store", "system", "auth"},
+    "artifacts": {"web", "auth"},
+    "web": {"store", "system", "auth", "sources", "history", "artifacts", "webhooks"},
+    "pages": {"store", "web", "auth", "history"},
+    "worker": {"executor", "store", "system", "sources", "history", "webhooks", "artifacts"},
+}
+
+
+def _part(module: str) -> str:
+    """remoteci.web.logs -> web; remoteci.queue -> queue."""
+    return module.split(".")[1] if "." in module else module
+
+
+def test_each_package_imports_only_what_its_docstring_allows() -> None:
+    wrong = set()
+    for name, deps in import_graph().items():
+        package = _part(name)
+        if package not in MAY_IMPORT:
+            continue  # a top-level module
+        allowed = SHARED | MAY_IMPORT[package] | {package}
+        wrong |= {f"{name} -> {dep}" for dep in deps if _part(dep) not in allowed}
+    assert not wrong, sorted(wrong)
 
 
 def _loaded_after(*entry_points: str) -> set[str]:
