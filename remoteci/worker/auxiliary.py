@@ -45,6 +45,11 @@ def auxiliaries(settings: Settings) -> list[Auxiliary]:
     return found
 
 
+def dead_deliverers(store: JobStore) -> list[str]:
+    """Deliverers on any host whose heartbeat expired: their deliveries may need handing back."""
+    return WebhookStore(store.r).dead_deliverers()
+
+
 def hand_back_deliveries(store: JobStore, deliverer_id: str) -> int:
     """A dead deliverer's in-flight deliveries go back to the queue; a duplicate is harmless."""
     return WebhookStore(store.r).hand_back(deliverer_id)

@@ -21,9 +21,8 @@ from remoteci.store.redis_watch import RedisWatch
 from remoteci.system import proctree
 from remoteci.system.sd_notify import Notifier
 from remoteci.system.wakeup import SignalWakeup
-from remoteci.webhooks.store import WebhookStore
 from remoteci.worker import jobdirs
-from remoteci.worker.auxiliary import Auxiliary, auxiliaries, hand_back_deliveries
+from remoteci.worker.auxiliary import Auxiliary, auxiliaries, dead_deliverers, hand_back_deliveries
 
 COMPONENT = "supervisor"
 LOST_SCAN_EVERY = 10.0  # seconds between looks for executors whose heartbeat expired (any host)
@@ -39,7 +38,6 @@ class Supervisor:
         self.redis = RedisWatch(COMPONENT)
         self.make_store = make_store
         self.store = make_store()
-        self.webhooks = WebhookStore(self.store.r)
         self.executors: dict[int, int] = {}  # pid -> slot
         self.aux: dict[int, Auxiliary] = {}  # pid -> the auxiliary process it runs
         self.failures: dict[int | str, int] = {}  # slot or auxiliary's name -> deaths in a row
@@ -238,7 +236,7 @@ class Supervisor:
         a deliverer that only looked dead during a Redis outage costs a duplicate, not a job.
         """
         try:
-            dead = self.webhooks.dead_deliverers()
+            dead = dead_deliverers(self.store)
         except RedisError:
             return  # _reap_lost_executors reports the outage
         for deliverer_id in dead:
