@@ -427,7 +427,7 @@ def _summary(outcome: Outcome) -> str:
     return f"{outcome.status}: exit code {outcome.exit_code}{took}{detail}"
 
 
-def executor_main(settings: Settings, store: JobStore, slot: int) -> None:
+def executor_main(settings: Settings, store: JobStore) -> None:
+    """One executor process's body, forked and restarted by the supervisor."""
     executor_id = f"{settings.node_name}:{os.getpid()}"
-    del slot
     Executor(settings, store, executor_id).run_forever()

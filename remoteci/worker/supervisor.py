@@ -105,8 +105,8 @@ class Supervisor:
     # --- executors -------------------------------------------------------------------------
 
     def _spawn(self, slot: int) -> None:
-        self.executors[self._fork("executor", lambda: executor_main(self.settings, self.make_store(),
-                                                                      slot))] = slot
+        self.executors[self._fork("executor", lambda: executor_main(self.settings,
+                                                                      self.make_store()))] = slot
 
     def _spawn_aux(self, aux: Auxiliary) -> None:
         self.aux[self._fork(aux.name, lambda: aux.main(self.settings, self.make_store()))] = aux
