@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from remoteci import jobs, logs, timefmt
+from remoteci import jobs, timefmt
 from remoteci.queue import JobStore, job_key
+from remoteci.web import logs
 
 ARRIVAL_WAIT = 900.0  # seconds after a job's end a follower waits for the rest of its log
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from remoteci import events
-from remoteci.artifacts import FILES, Manifest
+from remoteci.artifacts.manifest import FILES, Manifest
 from remoteci.config import Settings
 from remoteci.errors import SourceError
 from remoteci.shipping.api_client import ApiClient, Refused, Unreachable

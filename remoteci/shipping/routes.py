@@ -17,20 +17,36 @@ import shutil
 from pathlib import Path
 from typing import IO, Any
 
-from remoteci import events, jobs, logs
-from remoteci.artifacts import Artifact, Manifest, job_dir, write_manifest
+from remoteci import events, jobs
+from remoteci.artifacts.manifest import Artifact, Manifest, job_dir, write_manifest
+from remoteci.auth.identity import require_admin
 from remoteci.config import Settings
 from remoteci.errors import ApiError
-from remoteci.http import Request, Response, StreamSlots, json_response
-from remoteci.identity import require_admin
 from remoteci.queue import JobStore, job_key
 from remoteci.shipping import protocol
+from remoteci.web import logs
+from remoteci.web.messages import Request, Response, json_response
+from remoteci.web.routing import AppParts, Route, path
+from remoteci.web.streams import StreamSlots
 
 COMPONENT = "api"
 CHUNK = 1024 * 1024
 INCOMING = ".incoming"  # job ids have no dot: `<id>.incoming` is never another job's dir
 LOG_SLACK = 1024 * 1024  # bytes past REMOTE_CI_MAX_LOG_MB for the server's own closing lines
 MAX_MANIFEST_BODY = 4 * 1024 * 1024
+
+
+def routes(parts: AppParts) -> list[Route]:
+    """The worker routes (admin only), registered with the app through remoteci/routes.py."""
+    shipping = ShippingRoutes(parts.settings, parts.store, parts.streams)
+    job = protocol.PREFIX + r"/(?P<id>[^/]+)"
+    return [
+        Route("PATCH", path(job + r"/log"), shipping.append_log, "api"),
+        Route("GET", path(job + r"/upload"), shipping.fetch_upload, "api"),
+        Route("DELETE", path(job + r"/upload"), shipping.drop_upload, "api"),
+        Route("PUT", path(job + r"/artifacts/(?P<path>.+)"), shipping.put_artifact, "api"),
+        Route("POST", path(job + r"/artifacts"), shipping.commit_artifacts, "api"),
+    ]
 
 
 class ShippingRoutes:
