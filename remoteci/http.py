@@ -36,10 +36,8 @@ from remoteci.identity import (
 from remoteci.queue import AlreadySubmitted, JobStore, NotReplicated, OverQuota, QueueFull, Quotas
 from remoteci.redis_watch import RedisWatch
 from remoteci.sources import discard_source
-from remoteci.spool import UPLOAD_PATH
 from remoteci.uploads import receive_upload
 from remoteci.workspaces import lexical_workspace, locate_workspace, require_directory
-from remoteci.wsgi_server import SEND_NOW
 
 MAX_JSON_BODY = 1024 * 1024
 LIST_LIMIT_MAX = 500
@@ -177,7 +175,7 @@ class App:
             Route("GET", _p(r"/api/openapi\.json"), self.openapi, "none"),
             Route("GET", _p(r"/ci/remote-ci\.sh"), self.client_script, "none"),
             Route("POST", _p(r"/api/jobs/rsync"), self.submit_rsync, "api"),
-            Route("POST", _p(re.escape(UPLOAD_PATH)), self.submit_upload, "api"),  # spool.py
+            Route("POST", _p(r"/api/jobs/upload"), self.submit_upload, "api"),
             Route("POST", _p(r"/api/jobs/git"), self.submit_git, "api"),
             Route("GET", _p(r"/api/jobs"), self.list_jobs, "api"),
             Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)"), self.get_job, "api"),
@@ -227,11 +225,6 @@ class App:
             if close is not None:
                 close()
             return []
-        if response.streamed or isinstance(response.body, _ReleasingStream):
-            # A long answer: its chunks go out as they come, and a hang-up is noticed.
-            send_now = environ.get(SEND_NOW)
-            if send_now is not None:
-                send_now()
         if response.streamed:
             write(b"")  # waitress sends headers on the first non-empty chunk unless told now
         return response.body
