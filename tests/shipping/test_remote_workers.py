@@ -20,10 +20,12 @@ import shutil
 import signal
 import subprocess
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -305,3 +307,71 @@ def test_artifacts_are_sent_to_the_api_and_served_from_it(hosts: Hosts) -> None:
         assert sorted(tar.getnames()) == ["out/a.txt", "out/deep/b.bin"]
     worker = hosts.worker_of(final)
     assert files_in(worker.data_dir / "artifacts") == []  # the API's copy is the one kept
+
+
+# --- a proxy with a small body limit -----------------------------------------------------------
+
+class _SmallBodyProxy(BaseHTTPRequestHandler):
+    """Forwards to the API, but answers 413 to bodies over LIMIT, as a proxy's
+    `client_max_body_size` would."""
+
+    LIMIT = 300 * 1024
+    upstream_port = 0
+
+    def _forward(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > self.LIMIT:
+            self.send_response(413)
+            self.send_header("Content-Length", "0")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            return
+        body = self.rfile.read(length) if length else None
+        conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=30)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+            conn.request(self.command, self.path, body, headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        self.send_response(resp.status)
+        for name, value in resp.getheaders():
+            if name.lower() not in ("connection", "transfer-encoding", "content-length"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_PATCH = do_PUT = do_POST = do_DELETE = _forward
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_proxy_refusing_large_bodies_makes_the_pieces_smaller_not_the_log(
+        make_redis: MakeRedis, make_server: MakeServer, tmp_path: Path) -> None:
+    rs = make_redis()
+    api = make_server("api", env=COMMON, redis_url=rs.url, base=tmp_path / "A")
+    handler = type("Proxy", (_SmallBodyProxy,), {"upstream_port": api.port})
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        worker = make_server("worker", redis_url=rs.url, base=tmp_path / "B",
+                             env={**COMMON, "REMOTE_CI_NODE_NAME": "b",
+                                  "REMOTE_CI_API_URL": f"http://127.0.0.1:{proxy.server_port}"})
+        worker.make_workspace("proj")
+        api.make_workspace("proj")
+        job = api.submit("seq 1 600000; mkdir out; head -c 1000000 /dev/zero > out/z.bin",
+                         artifacts=["out/*"])  # a ~4 MB log, a 1 MB artifact
+        final = api.wait_final(str(job["id"]), 60)
+        assert final["status"] == "success"
+        assert api.log(str(job["id"])).startswith(expected_seq(1, 600000))
+        kept = api.request("GET", f"/api/jobs/{job['id']}/artifacts/out/z.bin")
+        assert kept.body == bytes(1000000)
+        assert "refused a log piece as too large" in worker.output()
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
