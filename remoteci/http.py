@@ -302,12 +302,16 @@ class App:
         workspace = submissions.required_string(
             data, "workspace", "a directory under the workspace root, e.g. \"project-a\"")
         root = self.settings.workspace_dir
-        relative = locate_workspace(root, workspace)
-        check_workspace(request.identity, workspace, relative, lexical_workspace(root, workspace))
+        # Pinned to a host, the workspace lives there: judged by its name only, looked for
+        # when the job starts on that host.
+        lexical = lexical_workspace(root, workspace)
+        relative = lexical if common.host else locate_workspace(root, workspace)
+        check_workspace(request.identity, workspace, relative, lexical)
         if relative is None:
             raise ApiError(403, f"workspace {workspace!r} is outside the workspace root; "
                                 "use a directory inside it")
-        require_directory(root, relative, workspace)
+        if not common.host:
+            require_directory(root, relative, workspace)
         return self._accept(request, "rsync", common, workspace, {"workspace": relative})
 
     def submit_git(self, request: Request) -> Response:
@@ -356,6 +360,7 @@ class App:
             "source": source, "timeout": str(common.timeout), "created_at": jobs.iso_now(),
             "owner": request.identity.owner,
             **({"name": common.name} if common.name else {}), **(record_extra or {}),
+            **({"host": common.host} if common.host else {}),
             # A `webhook` field is what makes the final transition queue a delivery.
             **({"webhook": common.webhook, "webhook_status": "pending", "webhook_attempts": "0"}
                if common.webhook else {}),
@@ -363,7 +368,8 @@ class App:
         payload = {"id": job_id, "mode": mode, "script": common.script,
                    "created_at": record["created_at"], "owner": request.identity.owner,
                    "timeout": common.timeout, "env": common.env, **payload_extra,
-                   **({"artifacts": list(common.artifacts)} if common.artifacts else {})}
+                   **({"artifacts": list(common.artifacts)} if common.artifacts else {}),
+                   **({"host": common.host} if common.host else {})}
         key = submissions.parse_idempotency_key(request.header("Idempotency-Key"))
         if git_credential is not None:
             self.store.put_git_credential(job_id, git_credential)
@@ -474,6 +480,7 @@ class App:
         s = self.store.stats()
         return json_response(200, {"running": s.running, "queued": s.queued,
                                    "workers": s.workers, "finished": s.finished,
+                                   "hosts": s.hosts,
                                    "concurrency_per_host": self.settings.concurrency})
 
     def health(self, request: Request) -> Response:
