@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import (
+    TOKEN,
     MakeRedis,
     MakeServer,
     RedisServer,
@@ -25,6 +27,7 @@ from tests.helpers import (
     shared_dir,
     wait_until,
 )
+from tests.test_client import CLIENTS
 from tests.test_process_tree import marker
 from tests.test_uploads import BOUNDARY, archive, form
 
@@ -178,3 +181,20 @@ def test_a_worker_host_killed_mid_job_ends_its_job_error_through_another_host(
     finally:
         for pid in pids_with_arg(mark):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("which", sorted(CLIENTS))
+def test_both_clients_pin_with_host(cluster: Cluster, which: str) -> None:
+    cluster.workers["c"].make_workspace("client-ws", {"data.txt": "from c\n"})
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "REMOTE_CI_TOKEN": TOKEN,
+           "REMOTE_CI_SERVER": cluster.api.url}
+    args = ["--workspace", "client-ws", "--script", "grep -q 'from c' data.txt", "--host"]
+    done = subprocess.run([*CLIENTS[which], *args, "c"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    job_id = done.stderr.split("/jobs/")[1].split()[0]
+    final = cluster.api.job(job_id)
+    assert final["host"] == "c" and str(final["worker"]).startswith("c:")
+    refused = subprocess.run([*CLIENTS[which], *args, "not:a:node"], capture_output=True,
+                             text=True, timeout=60, env=env)
+    assert refused.returncode == 2 and "'host'" in refused.stderr
