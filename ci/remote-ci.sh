@@ -624,6 +624,8 @@ main() {
   submit
   json_field queue_position < "$TMP/submit.body"; position=$REPLY
   say "job $JOB_ID queued${position:+, queue position $position}: $SERVER/jobs/$JOB_ID"
+  json_field waiting_for < "$TMP/submit.body"
+  [ -z "$REPLY" ] || say "it waits for $REPLY"
   if follow; then finish; fi
   say "stopped waiting after --max-wait $MAX_WAIT s; the job goes on. Follow it at $SERVER/jobs/$JOB_ID" \
     "or: curl -fsS -N -H \"Authorization: Bearer \$REMOTE_CI_TOKEN\"" \

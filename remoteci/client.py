@@ -864,6 +864,8 @@ def run(opts: Options, state: Run, out: BinaryIO) -> int:
         raise Interrupted(state.pending)
     position = f", queue position {job['queue_position']}" if job.get("queue_position") else ""
     say(f"job {state.job_id} {job.get('status', 'queued')}{position}: {state.job_url()}")
+    if job.get("waiting_for"):
+        say(f"it waits for {job['waiting_for']}")
     follow_path = f"/api/jobs/{state.job_id}/logs?follow=1"
     status, offset = follow_log(state.api, state.job_id, out, patience)
     if status is None:

@@ -59,3 +59,12 @@ def host_table(executors: Iterable[Mapping[str, Any]], running_workers: Iterable
         if count > 0:
             row(host)["queued"] += count
     return dict(sorted(table.items()))
+
+
+def waiting_note(job: Mapping[str, Any], live_hosts: Iterable[str]) -> str | None:
+    """What a queued job pinned to a host with no live executor waits for, in words; else None."""
+    host = job.get("host")
+    if job.get("status") != "queued" or not host or host in set(live_hosts):
+        return None
+    return (f"host {host!r}, which has no live executor now; the job starts once a worker "
+            f"with REMOTE_CI_NODE_NAME={host} takes it")

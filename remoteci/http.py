@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 
 from redis.exceptions import RedisError
 
-from remoteci import events, history_api, isolation, jobs, logs, metrics, openapi, submissions, zstd
+from remoteci import events, history_api, hosts, isolation, jobs, logs, metrics, openapi, submissions, zstd
 from remoteci.config import ConfigError, Settings
 from remoteci.errors import ApiError
 from remoteci.gitsource import redact_url, split_credentials, validate_git_ref, validate_git_url
@@ -396,7 +396,7 @@ class App:
                                   ("Idempotent-Replayed", "true")])
         events.info(COMPONENT, f"job {job_id} accepted mode={mode} owner={request.identity.owner} "
                                f"position={position}")
-        obj = jobs.job_object(record, position)
+        obj = self._with_wait(jobs.job_object(record, position))
         return json_response(202, obj, [("Location", f"/api/jobs/{job_id}")])
 
     def _over_quota(self, what: str, owner: str) -> ApiError:
@@ -413,7 +413,16 @@ class App:
     # --- reading ---------------------------------------------------------------------------
 
     def get_job(self, request: Request) -> Response:
-        return json_response(200, self._job(request.params["id"], request.identity))
+        return json_response(200, self._with_wait(self._job(request.params["id"],
+                                                            request.identity)))
+
+    def _with_wait(self, job: dict[str, Any]) -> dict[str, Any]:
+        """A queued job pinned to a host no executor serves says so (`waiting_for`)."""
+        if job.get("host") and job.get("status") == jobs.QUEUED:
+            note = hosts.waiting_note(job, self.store.live_hosts())
+            if note:
+                job["waiting_for"] = note
+        return job
 
     def _job(self, job_id: str, identity: Identity) -> dict[str, Any]:
         return visible_job(self.store, self.settings, job_id, identity, self.history)

@@ -601,23 +601,33 @@ class JobStore:
         if not isinstance(reply, tuple):
             return reply
         streams = {BELL: reply[1], **({bell_key(host): reply[0]} if host else {})}
-        if not self.r.xread(streams, block=max(1, int(timeout * 1000))):  # type: ignore[arg-type]
-            return None
-        found = self._try_take(executor_id, host)  # rung: another executor may be first
+        found = self._try_take(executor_id, host, after_bell=(streams, timeout))
         return None if isinstance(found, tuple) else found
 
-    def _try_take(self, executor_id: str, host: str) -> Taken | tuple[str, str] | None:
-        """A take that does not wait: the job claimed, or the bells' last ids to wait from."""
+    def _try_take(self, executor_id: str, host: str,
+                  after_bell: tuple[dict[str, str], float] | None = None,
+                  ) -> Taken | tuple[str, str] | None:
+        """A take: the job claimed, or the bells' last ids to wait from. `after_bell` (the
+        bells' ids and a timeout) first waits for a ring, in the same round trip: Redis runs
+        the take as soon as the wait ends, as it ran the claim after a BLMOVE."""
         keys = [inflight_key(executor_id), status_index(jobs.QUEUED), status_index(jobs.RUNNING),
                 host_queue_key(host) if host else "", QUEUE, bell_key(host) if host else "",
                 BELL]
         args: list[str | int] = [job_key(""), executor_id, self.ttl, OWNER_QUEUED_PREFIX]
         # The WAIT goes out with the claim, so a confirmed take costs no second round trip.
         pipe = self.r.pipeline(transaction=False)
+        if after_bell:
+            streams, timeout = after_bell
+            pipe.xread(streams, block=max(1, int(timeout * 1000)))  # type: ignore[arg-type]
         pipe.evalsha(self._take.sha, len(keys), *keys, *args)
         if self.min_replicas:
             pipe.wait(self.min_replicas, REPLICA_WAIT_MS)
-        reply, *acked = pipe.execute(raise_on_error=False)
+        replies = pipe.execute(raise_on_error=False)
+        if after_bell:
+            rung = replies.pop(0)
+            if isinstance(rung, Exception):
+                raise rung
+        reply, *acked = replies
         if isinstance(reply, NoScriptError):  # a restarted or new primary: nothing ran yet
             reply = replicated(self.r, self._take, self.min_replicas)(keys=keys, args=args)
         elif isinstance(reply, Exception):
@@ -719,6 +729,9 @@ class JobStore:
 
     def live_executors(self) -> list[dict[str, Any]]:
         return [json.loads(b) for _, b in heartbeats(self.r, EXECUTORS, heartbeat_key) if b is not None]
+
+    def live_hosts(self) -> set[str]:
+        return {str(e.get("host")) for e in self.live_executors()}
 
     def dead_executors(self) -> list[str]:
         return [m for m, b in heartbeats(self.r, EXECUTORS, heartbeat_key) if b is None]

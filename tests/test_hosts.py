@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from remoteci.errors import ApiError
-from remoteci.hosts import host_table, is_node_name, node_of, parse_host
+from remoteci.hosts import host_table, is_node_name, node_of, parse_host, waiting_note
 
 
 @pytest.mark.parametrize("name", ["c", "build-01", "gpu.example.org", "A_b-9", "x" * 128])
@@ -45,3 +45,11 @@ def test_the_host_table_joins_heartbeats_running_jobs_and_queues() -> None:
                      "c": {"executors": 1, "running": 1, "queued": 2},
                      "d": {"executors": 0, "running": 0, "queued": 1}}
     assert list(table) == ["b", "c", "d"]
+
+
+def test_a_queued_job_for_a_host_with_no_executor_says_what_it_waits_for() -> None:
+    waiting = {"status": "queued", "host": "c"}
+    assert "host 'c', which has no live executor" in str(waiting_note(waiting, {"b"}))
+    assert waiting_note(waiting, {"b", "c"}) is None
+    assert waiting_note({"status": "running", "host": "c"}, set()) is None
+    assert waiting_note({"status": "queued", "host": None}, set()) is None

@@ -80,7 +80,7 @@ def test_a_job_pinned_to_c_runs_on_c_with_the_workspace_only_c_has(cluster: Clus
     for _ in range(3):  # not by luck: b is idle and would take an unpinned job as soon as c
         job = submit(cluster.api, {"workspace": "only-on-c", "script": "grep -q 'from c' data.txt",
                                    "host": "c"})
-        assert job["host"] == "c" and job["status"] == "queued"
+        assert job["host"] == "c" and job["status"] == "queued" and "waiting_for" not in job
         final = cluster.api.wait_final(str(job["id"]))
         assert final["status"] == "success", final
         assert str(final["worker"]).startswith("c:") and final["host"] == "c"
@@ -115,6 +115,8 @@ def test_jobs_pinned_to_a_host_start_in_submission_order(cluster: Cluster) -> No
 def test_a_job_for_a_host_without_executors_waits_and_can_be_cancelled(cluster: Cluster) -> None:
     job = submit(cluster.api, {"workspace": "anything", "script": "true", "host": "later"})
     job_id = str(job["id"])
+    assert "host 'later', which has no live executor" in str(job["waiting_for"])
+    assert "host 'later'" in cluster.api.job(job_id)["waiting_for"]
     assert cluster.hosts()["later"] == {"executors": 0, "running": 0, "queued": 1}
     hosts_table = cluster.api.request("GET", "/").body.decode().split("<h2>Hosts</h2>")[1]
     assert "<td>later</td>" in hosts_table.split("</table>")[0]
@@ -198,3 +200,16 @@ def test_both_clients_pin_with_host(cluster: Cluster, which: str) -> None:
     refused = subprocess.run([*CLIENTS[which], *args, "not:a:node"], capture_output=True,
                              text=True, timeout=60, env=env)
     assert refused.returncode == 2 and "'host'" in refused.stderr
+
+
+@pytest.mark.parametrize("which", sorted(CLIENTS))
+def test_both_clients_say_what_a_pinned_job_waits_for(cluster: Cluster, which: str) -> None:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "REMOTE_CI_TOKEN": TOKEN,
+           "REMOTE_CI_SERVER": cluster.api.url}
+    done = subprocess.run([*CLIENTS[which], "--workspace", "w", "--script", "true", "--host",
+                           "nobody-home", "--max-wait", "1"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    job_id = done.stderr.split("/jobs/")[1].split()[0]
+    cluster.api.request("POST", f"/api/jobs/{job_id}/cancel")
+    assert done.returncode == 0, done.stderr
+    assert "it waits for host 'nobody-home', which has no live executor" in done.stderr
