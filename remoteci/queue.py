@@ -35,12 +35,15 @@ Keys (all under `rci:`):
 Several hosts and FIFO: an executor of host h takes whichever of the two oldest entries, of
 `queue:host:h` and of `queue`, was accepted first (the lower seq), so jobs start in submission
 order among everything h may run: a pinned job never overtakes an older unpinned one, nor the
-other way round, while jobs pinned elsewhere never hold h up. Choosing between two lists and
+other way round, while jobs pinned elsewhere never hold h up. (Each list is in seq order: an
+enqueue draws its seq and pushes in one script.) Choosing between two lists and
 moving the entry is one Lua script, which cannot block, so an executor that found nothing
 waits on the bells instead: the script hands back the last id of both bells it read, and
 XREAD BLOCK from those ids returns at once if anything was queued since. (One list with every
 job, skipped over by hosts it is not for, would cost a scan per take; BLMOVE waits on a single
 list only; BLMPOP waits on several but pops without the in-flight copy that makes a take safe.)
+Each enqueue wakes every idle executor that may run the job; one claims it, the others look once
+and wait again: a few µs of Lua each at the fleet sizes this server is for.
 
 Every status change is one Lua script, so it is one atomic transaction, and conditional:
 a job is claimed only while `queued`, finished only while `running`. The script that makes a job
@@ -609,7 +612,7 @@ class JobStore:
                   ) -> Taken | tuple[str, str] | None:
         """A take: the job claimed, or the bells' last ids to wait from. `after_bell` (the
         bells' ids and a timeout) first waits for a ring, in the same round trip: Redis runs
-        the take as soon as the wait ends, as it ran the claim after a BLMOVE."""
+        the take as soon as the wait ends, so a job that rang is claimed in that round trip."""
         keys = [inflight_key(executor_id), status_index(jobs.QUEUED), status_index(jobs.RUNNING),
                 host_queue_key(host) if host else "", QUEUE, bell_key(host) if host else "",
                 BELL]
