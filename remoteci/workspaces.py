@@ -68,6 +68,10 @@ def open_workspace(root: Path, relative: str, host: str | None = None) -> int:
     real_root, target = _resolve_below(root, relative)
     if target is None:
         raise SourceError(f"workspace {relative!r} now resolves outside the workspace root")
+    if target != os.path.join(real_root, relative) and host:
+        raise SourceError(f"workspace {relative!r} on host {host!r} is a link (to "
+                          f"{target[len(real_root):].lstrip('/')!r}); a job pinned to a host "
+                          "runs only on a directory of that name, so name the directory itself")
     if target != os.path.join(real_root, relative):
         raise SourceError(f"workspace {relative!r} was replaced by a link (to "
                           f"{target[len(real_root):].lstrip('/')!r}) while the job was queued; "
