@@ -28,6 +28,8 @@ from tests.helpers import (
     wait_until,
 )
 from tests.test_client import CLIENTS
+from tests.test_metrics import scrape as metrics_of
+from tests.test_metrics import value as metric
 from tests.test_process_tree import marker
 from tests.test_uploads import BOUNDARY, archive, form
 
@@ -118,6 +120,7 @@ def test_a_job_for_a_host_without_executors_waits_and_can_be_cancelled(cluster: 
     assert "host 'later', which has no live executor" in str(job["waiting_for"])
     assert "host 'later'" in cluster.api.job(job_id)["waiting_for"]
     assert cluster.hosts()["later"] == {"executors": 0, "running": 0, "queued": 1}
+    assert metric(metrics_of(cluster.api), "remoteci_host_queued", host="later") == 1
     hosts_table = cluster.api.request("GET", "/").body.decode().split("<h2>Hosts</h2>")[1]
     assert "<td>later</td>" in hosts_table.split("</table>")[0]
     assert "no live executor on this host" in hosts_table
@@ -128,10 +131,13 @@ def test_a_job_for_a_host_without_executors_waits_and_can_be_cancelled(cluster: 
     assert cluster.hosts().get("later", {}).get("queued", 0) == 0
 
 
-def test_stats_count_each_hosts_executors(cluster: Cluster) -> None:
+def test_stats_and_metrics_count_each_hosts_executors(cluster: Cluster) -> None:
     hosts = cluster.hosts()
     assert hosts["b"]["executors"] == 1 and hosts["c"]["executors"] == 1
     assert cluster.api.request("GET", "/api/stats").json()["workers"] == 2
+    families = metrics_of(cluster.api)
+    assert metric(families, "remoteci_host_executors", host="b") == 1
+    assert metric(families, "remoteci_host_executors", host="c") == 1
 
 
 @pytest.mark.parametrize("host", ["a:b", "-x", "has space", "x" * 200, 7, ["c"]])
