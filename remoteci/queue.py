@@ -437,14 +437,15 @@ end
 return status
 """
 
-# KEYS: inflight, queue (the job's: shared or its host's), job, bell of that queue
-# ARGV: payload
+# KEYS: inflight, queue (the job's: shared or its host's), job, bell of that queue, queue-hosts
+# ARGV: payload, the host it is pinned to or ''
 # A taken job whose executor died before claiming it goes back to the head of its queue.
 _REQUEUE_UNCLAIMED = """
 local status = redis.call('HGET', KEYS[3], 'status')
 redis.call('LREM', KEYS[1], 1, ARGV[1])
 if status == 'queued' then
   redis.call('RPUSH', KEYS[2], ARGV[1])
+  if ARGV[2] ~= '' then redis.call('SADD', KEYS[5], ARGV[2]) end
   redis.call('XADD', KEYS[4], 'MAXLEN', '1', '*', 'requeued', '1')
 end
 return status or 'missing'
@@ -509,11 +510,13 @@ class Stats:
     hosts: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def _requeue_keys(inflight: str, payload: str, job_id: str) -> list[str]:
-    """The keys that put a taken entry back where it waited: its host's queue when pinned."""
+def _requeue_args(inflight: str, payload: str, job_id: str) -> tuple[list[str], list[str]]:
+    """The keys and args that put a taken entry back where it waited: its host's queue when
+    pinned."""
     host = json.loads(payload).get("host")
     host = host if isinstance(host, str) and host else None
-    return [inflight, queue_of(host), job_key(job_id), bell_key(host)]
+    return ([inflight, queue_of(host), job_key(job_id), bell_key(host), QUEUE_HOSTS],
+            [payload, host or ""])
 
 
 class JobStore:
@@ -660,7 +663,7 @@ class JobStore:
             if status == jobs.RUNNING and worker == executor_id:
                 self._confirm_claim(job_id, executor_id)
                 return Taken(payload, jobs.RUNNING, cast("str | None", started_at))
-            self._requeue(keys=_requeue_keys(key, payload, job_id), args=[payload])
+            self._requeue(*_requeue_args(key, payload, job_id))
         return None
 
     def _confirm_claim(self, job_id: str, executor_id: str) -> None:
@@ -753,7 +756,7 @@ class JobStore:
             except (ValueError, KeyError, TypeError):
                 self.r.lrem(key, 1, payload)  # not a job; nothing to record
                 continue
-            status = self._requeue(keys=_requeue_keys(key, payload, job_id), args=[payload])
+            status = self._requeue(*_requeue_args(key, payload, job_id))
             if status == jobs.QUEUED:
                 continue  # never started: it went back to the head of the queue
             # _requeue already dropped it from in-flight; an empty key skips the second LREM.

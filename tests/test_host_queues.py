@@ -134,3 +134,13 @@ def test_the_queue_bound_counts_pinned_jobs_too(store: JobStore) -> None:
     submit(store, "y")
     with pytest.raises(QueueFull):
         store.enqueue({**record, "id": "z"}, {"id": "z", "host": "c"}, 2)
+
+
+def test_a_requeued_pinned_job_is_counted_for_its_host_again(
+        store: JobStore, redis_client: redis.Redis) -> None:
+    submit(store, "a", "c")
+    redis_client.lmove(host_queue_key("c"), inflight_key("c:1"), "RIGHT", "LEFT")  # died here
+    store.forget_idle_hosts()  # the sweep saw c's list empty meanwhile
+    assert store.stats().hosts == {}
+    assert store.reap_executor("c:1", "executor lost", jobs.iso_now()) == []
+    assert store.stats().hosts == {"c": {"executors": 0, "running": 0, "queued": 1}}
