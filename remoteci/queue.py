@@ -5,7 +5,8 @@ Keys (all under `rci:`):
                         the oldest at the right
   queue:host:<h>        the same for jobs pinned to host <h> (a submission's `host`)
   queue-hosts           set of the hosts that had a pinned job queued (stats read their lists;
-                        the sweep drops a host whose list is empty)
+                        the sweep drops entries whose record expired while their host never
+                        came, and a host whose list is empty)
   bell, bell:<h>        streams of one entry: each enqueue (and requeue) adds one to the bell of
                         its list, so idle executors wake (XREAD BLOCK) without polling
   inflight:<executor>   list; a taken job stays here until its final status is written
@@ -510,6 +511,15 @@ class Stats:
     hosts: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
+def _entry_id(entry: str) -> str | None:
+    """The job id of a queue entry, or None for one that is not a job (its taker reports it)."""
+    try:
+        job_id = json.loads(entry)["id"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return job_id if isinstance(job_id, str) and jobs.is_valid_job_id(job_id) else None
+
+
 def _requeue_args(inflight: str, payload: str, job_id: str) -> tuple[list[str], list[str]]:
     """The keys and args that put a taken entry back where it waited: its host's queue when
     pinned."""
@@ -921,10 +931,25 @@ class JobStore:
                 removed += len(gone)
             cursor += batch - len(gone)
 
-    def forget_idle_hosts(self) -> None:
-        """Hosts with nothing pinned to them waiting leave the stats' list of queues."""
+    def forget_idle_hosts(self, batch: int = 500) -> None:
+        """Jobs pinned to a host that never came expire (their records do) without anyone taking
+        their entries: the oldest `batch` entries of each host's queue whose record is gone are
+        dropped. A host with nothing left waiting leaves the stats' list of queues."""
         for host in cast("set[str]", self.r.smembers(QUEUE_HOSTS)):
-            self._forget_host(keys=[host_queue_key(host), QUEUE_HOSTS], args=[host])
+            key = host_queue_key(host)
+            entries = cast("list[str]", self.r.lrange(key, -batch, -1))
+            ids = [_entry_id(entry) for entry in entries]
+            pipe = self.r.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.exists(job_key(job_id or ""))
+            alive = pipe.execute() if ids else []
+            gone = [e for e, i, a in zip(entries, ids, alive, strict=True) if i and not a]
+            if gone:
+                pipe = self.r.pipeline(transaction=False)
+                for entry in gone:
+                    pipe.lrem(key, 1, entry)
+                pipe.execute()
+            self._forget_host(keys=[key, QUEUE_HOSTS], args=[host])
 
     def _forget_idle_owners(self, owners: set[str]) -> None:
         """An owner whose jobs have all expired leaves the owner filter (and its empty index)."""

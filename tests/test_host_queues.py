@@ -18,6 +18,7 @@ from remoteci.queue import (
     Taken,
     host_queue_key,
     inflight_key,
+    job_key,
 )
 from remoteci.redis_conn import Client as Redis
 
@@ -144,3 +145,14 @@ def test_a_requeued_pinned_job_is_counted_for_its_host_again(
     assert store.stats().hosts == {}
     assert store.reap_executor("c:1", "executor lost", jobs.iso_now()) == []
     assert store.stats().hosts == {"c": {"executors": 0, "running": 0, "queued": 1}}
+
+
+def test_the_sweep_drops_expired_jobs_waiting_for_a_host_that_never_came(
+        store: JobStore, redis_client: redis.Redis) -> None:
+    submit(store, "old", "never")
+    submit(store, "new", "never")
+    redis_client.delete(job_key("old"))  # as the retention TTL would
+    store.prune_indexes()
+    assert [json.loads(p)["id"] for p in redis_client.lrange(host_queue_key("never"), 0, -1)] == [
+        "new"]
+    assert store.stats().hosts == {"never": {"executors": 0, "running": 0, "queued": 1}}
