@@ -222,3 +222,19 @@ def test_both_clients_say_what_a_pinned_job_waits_for(cluster: Cluster, which: s
     cluster.api.request("POST", f"/api/jobs/{job_id}/cancel")
     assert done.returncode == 0, done.stderr
     assert "it waits for host 'nobody-home', which has no live executor" in done.stderr
+
+
+def test_pinned_and_unpinned_jobs_start_in_submission_order_on_one_host(
+        make_server: MakeServer) -> None:
+    srv = make_server(env={**ENV, "REMOTE_CI_NODE_NAME": "solo"}, wait_workers=1)
+    out = shared_dir()
+    go = out / "go"
+    blocker = srv.submit(f"while [ ! -e {go} ]; do sleep 0.05; done", timeout=30)
+    srv.wait_status(str(blocker["id"]), ("running",))
+    pinned = [None, "solo", None, "solo", "solo", None]
+    ids = [str(srv.submit(f"echo {i} >> {out}/order", **({"host": h} if h else {}))["id"])
+           for i, h in enumerate(pinned)]
+    go.touch()
+    for job_id in ids:
+        assert srv.wait_final(job_id)["status"] == "success"
+    assert (out / "order").read_text().split() == [str(i) for i in range(len(pinned))]
