@@ -199,6 +199,17 @@ def test_an_rsync_job_uses_the_workspace_on_the_worker_that_runs_it(hosts: Hosts
         assert hosts.api.log(str(job_id)).startswith(f"host-{node}\n".encode())
 
 
+def test_a_job_pinned_to_c_uses_the_workspace_only_c_has(hosts: Hosts) -> None:
+    hosts.workers["c"].make_workspace("only-c", {"who": "host-c\n"})
+    resp = hosts.api.request("POST", "/api/jobs/rsync",
+                             {"workspace": "only-c", "script": "cat who", "host": "c"})
+    assert resp.status == 202, resp.body
+    job_id = str(resp.json()["id"])
+    final = hosts.api.wait_final(job_id, 60)
+    assert final["status"] == "success" and str(final["worker"]).startswith("c:")
+    assert hosts.api.log(job_id).startswith(b"host-c\n")
+
+
 # --- the log -----------------------------------------------------------------------------------
 
 def expected_seq(first: int, last: int) -> bytes:
