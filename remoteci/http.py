@@ -150,6 +150,7 @@ class App:
     def __init__(self, settings: Settings, store: JobStore):
         from remoteci.artifact_routes import ArtifactRoutes  # these build on this module's
         from remoteci.page_routes import PageRoutes  # Request and Response
+        from remoteci.pipelines.routes import PipelineRoutes
 
         self.settings = settings
         self.store = store
@@ -165,6 +166,7 @@ class App:
         # What the clients may compress an upload with (they ask GET /api/health first).
         self.upload_formats = ["gzip", "zstd"] if zstd.available() else ["gzip"]
         artifacts = ArtifactRoutes(settings, self._job, self.streams)
+        pipelines = PipelineRoutes(settings, store)
         self.auth = Authenticator(settings.tokens, settings.project_tokens)
         self.quotas = Quotas(settings.max_queued_per_owner,
                              settings.max_stored_mb_per_owner * 1024 * 1024)
@@ -186,6 +188,10 @@ class App:
             Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)/artifacts"), artifacts.listing, "api"),
             Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)/artifacts\.tar\.gz"), artifacts.tarball, "api"),
             Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)/artifacts/(?P<path>.+)"), artifacts.one, "api"),
+            Route("POST", _p(r"/api/pipelines"), pipelines.submit, "api"),
+            Route("GET", _p(r"/api/pipelines"), pipelines.list, "api"),
+            Route("GET", _p(r"/api/pipelines/(?P<pid>[^/]+)"), pipelines.get, "api"),
+            Route("POST", _p(r"/api/pipelines/(?P<pid>[^/]+)/cancel"), pipelines.cancel, "api"),
             Route("GET", _p(r"/api/stats"), self.stats, "api"),
             Route("GET", _p(r"/api/history"), self.history_search, "api"),
             Route("GET", _p(r"/metrics"), self.metrics, "page"),
@@ -195,6 +201,7 @@ class App:
             Route("GET", _p(r"/jobs/(?P<id>[^/]+)"), web.job, "page"),
             Route("GET", _p(r"/jobs/(?P<id>[^/]+)/log"), web.job_log, "page"),
             Route("POST", _p(r"/jobs/(?P<id>[^/]+)/cancel"), web.cancel, "page"),
+            Route("GET", _p(r"/pipelines/(?P<pid>[^/]+)"), pipelines.page, "page"),
         ]
 
     # --- WSGI ------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from urllib.parse import quote, urlencode
 
 from remoteci import ansi, charts, jobs, timefmt
 from remoteci.activity import Hour
+from remoteci.pipelines import style as pipelines_style
 from remoteci.queue import Stats
 
 LOG_TAIL_BYTES = 256 * 1024
@@ -48,7 +49,7 @@ button.danger{background:#cf222e;color:#fff;border:0;border-radius:4px}
 # The one script: static, in its own file so it reads as JavaScript.
 LIVE_TAIL_JS = (Path(__file__).parent / "live_tail.js").read_text()
 
-_STYLE += charts.STYLE
+_STYLE += charts.STYLE + pipelines_style.STYLE
 LOG_STYLE = ansi.stylesheet()
 
 

@@ -44,6 +44,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from remoteci import jobs
 from remoteci.activity import ActivityStore
+from remoteci.pipelines.lua import PIPELINE_LUA
 from remoteci.redis_conn import Client as Redis
 
 P = "rci:"
@@ -324,7 +325,8 @@ end
 # ARGV: id, payload, from_status, to_status, ttl, n, then n histogram field/increment pairs,
 #       then field/value pairs
 # Ends a job that is in <from>; anything else only drops the payload from the in-flight list.
-_TRANSITION = _LUA_QUEUE_HISTORY + """
+# A pipeline's job moves its pipeline in the same step (pipelines/lua.py).
+_TRANSITION = _LUA_QUEUE_HISTORY + _LUA_ISO_TIME + PIPELINE_LUA + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if KEYS[2] ~= '' then redis.call('LREM', KEYS[2], 1, ARGV[2]) end
 if status ~= ARGV[3] then return status or 'missing' end
@@ -338,12 +340,13 @@ redis.call('ZADD', KEYS[4], seq, ARGV[1])
 redis.call('HINCRBY', KEYS[5], ARGV[4], 1)
 if redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then redis.call('LPUSH', KEYS[7], ARGV[1]) end
 queue_history(KEYS[1], KEYS[8])
+pipeline_job_ended(KEYS[1], ARGV[4], ARGV[5])
 return 'ok'
 """
 
 # KEYS: job, queue, index:status:queued, index:status:cancelled, counters, webhooks, history
 # ARGV: id, finished_at, ttl, owner queued index prefix
-_CANCEL = _LUA_QUEUE_HISTORY + """
+_CANCEL = _LUA_QUEUE_HISTORY + _LUA_ISO_TIME + PIPELINE_LUA + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
 if status == 'queued' then
@@ -359,6 +362,7 @@ if status == 'queued' then
   redis.call('HINCRBY', KEYS[5], 'cancelled', 1)
   if redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then redis.call('LPUSH', KEYS[6], ARGV[1]) end
   queue_history(KEYS[1], KEYS[7])
+  pipeline_job_ended(KEYS[1], 'cancelled', ARGV[3])
   return 'dequeued'
 end
 if status == 'running' then

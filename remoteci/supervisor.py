@@ -16,6 +16,7 @@ from remoteci.config import Settings
 from remoteci.executor import DRAIN_KILL_GRACE, executor_main
 from remoteci.history_writer import HISTORY_SLOT, history_main
 from remoteci.notify import Notifier
+from remoteci.pipelines import cleanup as pipeline_cleanup
 from remoteci.queue import HEARTBEAT_TTL, JobStore
 from remoteci.redis_watch import RedisWatch
 from remoteci.wakeup import SignalWakeup
@@ -259,6 +260,7 @@ class Supervisor:
             removed += _remove_older(self.settings.work_dir, scratch_cutoff, keep=running,
                                      entries=scratch)
             pruned = self.store.prune_indexes()
+            removed += pipeline_cleanup.sweep(self.store.r, self.settings.data_dir)
         except RedisError as exc:
             events.warning(COMPONENT, f"scratch sweep and index pruning skipped, redis "
                                       f"unreachable ({exc})")

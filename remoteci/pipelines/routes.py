@@ -1,0 +1,166 @@
+"""The pipeline routes: submit (JSON with a git or rsync source, or multipart with an archive),
+list, read, cancel, and the HTML page. A project token sees only its own pipelines."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from remoteci import events, jobs, submissions
+from remoteci.config import Settings
+from remoteci.errors import ApiError
+from remoteci.gitsource import redact_url
+from remoteci.http import MAX_JSON_BODY, Request, Response, _int_query, json_response
+from remoteci.identity import Identity, check_git_host, check_workspace, listing_owner, may_see
+from remoteci.pipelines import cleanup, snapshot
+from remoteci.pipelines.plan import Snapshot, stage_templates
+from remoteci.pipelines.spec import (
+    GitSource,
+    Limits,
+    PipelineSpec,
+    RsyncSource,
+    parse_pipeline,
+    parse_pipeline_field,
+)
+from remoteci.pipelines.store import PipelineStore
+from remoteci.queue import JobStore, QueueFull
+from remoteci.uploads import receive_upload
+from remoteci.workspaces import lexical_workspace, locate_workspace, require_directory
+
+COMPONENT = "api"
+LIST_LIMIT_MAX = 500
+FORM_FIELDS = ("code", "pipeline")
+
+
+class PipelineRoutes:
+    def __init__(self, settings: Settings, store: JobStore):
+        self.settings = settings
+        self.store = store
+        self.pipelines = PipelineStore(store.r, settings.retention_seconds)
+        self.limits = Limits(settings.job_timeout, settings.git_allow_file, settings.webhook_allow,
+                             settings.webhook_secret is not None)
+
+    # --- submitting ------------------------------------------------------------------------
+
+    def submit(self, request: Request) -> Response:
+        content_type = str(request.environ.get("CONTENT_TYPE") or "")
+        if content_type.split(";")[0].strip().lower() != "multipart/form-data":
+            data = submissions.parse_json_body(request.body(MAX_JSON_BODY))
+            return self._accept(request, parse_pipeline(data, self.limits, uploaded=False), None)
+        fields, archive = receive_upload(request.environ, self.settings.uploads_dir,
+                                         self.settings.max_upload_mb * 1024 * 1024)
+        try:
+            unknown = sorted(set(fields) - set(FORM_FIELDS))
+            if unknown:
+                raise ApiError(400, f"unknown form field {unknown[0]!r}; send the archive as file "
+                                    "field 'code' and the pipeline (without 'source') as JSON in "
+                                    "field 'pipeline'")
+            data = parse_pipeline_field(fields.get("pipeline") or "")
+            return self._accept(request, parse_pipeline(data, self.limits, uploaded=True), archive)
+        finally:
+            archive.unlink(missing_ok=True)  # kept ones were moved into the pipeline's dir
+
+    def _accept(self, request: Request, spec: PipelineSpec, archive: Any) -> Response:
+        identity = request.identity
+        relative = self._authorize(identity, spec)
+        pipeline_id = jobs.new_job_id()
+        path = snapshot.make_dir(self.settings.data_dir, pipeline_id)
+        try:
+            taken = self._take_snapshot(spec, path, relative, archive)
+            fields = {"id": pipeline_id, "owner": identity.owner, "mode": taken.mode,
+                      "source": taken.source, "stage": "0"}
+            optional = {"name": spec.name, "ref": taken.ref, "commit": taken.commit}
+            fields.update({k: v for k, v in optional.items() if v})
+            if spec.webhook:
+                fields.update({"webhook": spec.webhook, "webhook_status": "pending",
+                               "webhook_attempts": "0"})
+            stages = stage_templates(spec, pipeline_id, identity.owner, taken)
+            self.pipelines.create(pipeline_id, fields, stages, self.settings.max_queue)
+        except QueueFull:
+            snapshot.remove(self.settings.data_dir, pipeline_id)
+            raise ApiError(503, f"the queue is full ({self.settings.max_queue} jobs waiting); "
+                                "retry later", [("Retry-After", "30")]) from None
+        except BaseException:
+            snapshot.remove(self.settings.data_dir, pipeline_id)
+            raise
+        events.info(COMPONENT, f"pipeline {pipeline_id} accepted mode={taken.mode} "
+                               f"owner={identity.owner} stages={len(spec.stages)} "
+                               f"jobs={sum(len(s.jobs) for s in spec.stages)}")
+        return json_response(202, self._visible(pipeline_id, identity),
+                             [("Location", f"/api/pipelines/{pipeline_id}")])
+
+    def _authorize(self, identity: Identity, spec: PipelineSpec) -> str | None:
+        """The token's rights on the source, as for a single job; the workspace's path below
+        the root for an rsync source."""
+        source = spec.source
+        if isinstance(source, GitSource):
+            check_git_host(identity, source.repo)
+        if not isinstance(source, RsyncSource):
+            return None
+        root = self.settings.workspace_dir
+        relative = locate_workspace(root, source.workspace)
+        check_workspace(identity, source.workspace, relative,
+                        lexical_workspace(root, source.workspace))
+        if relative is None:
+            raise ApiError(403, f"field 'source.workspace': {source.workspace!r} is outside the "
+                                "workspace root; use a directory inside it")
+        require_directory(root, relative, source.workspace)
+        return relative
+
+    def _take_snapshot(self, spec: PipelineSpec, path: Any, relative: str | None,
+                       archive: Any) -> Snapshot:
+        source = spec.source
+        if isinstance(source, GitSource):
+            commit = snapshot.take_git(path, source.repo, source.ref,
+                                       timeout=self.settings.git_timeout,
+                                       allow_file=self.settings.git_allow_file)
+            return Snapshot("git", redact_url(source.repo), str(path), ref=source.ref,
+                            commit=commit)
+        if isinstance(source, RsyncSource):
+            assert relative is not None
+            snapshot.take_workspace(path, self.settings.workspace_dir, relative,
+                                    self.settings.job_timeout)
+            return Snapshot("rsync", source.workspace, str(path))
+        kept = snapshot.keep_archive(path, archive)
+        return Snapshot("upload", "upload", str(path), archive=str(kept))
+
+    # --- reading and acting ----------------------------------------------------------------
+
+    def list(self, request: Request) -> Response:
+        owner = listing_owner(request.identity, request.query("owner") or None)
+        limit = _int_query(request, "limit", 50, 1, LIST_LIMIT_MAX)
+        return json_response(200, {"pipelines": self.pipelines.list(owner, limit)})
+
+    def get(self, request: Request) -> Response:
+        return json_response(200, self._visible(request.params["pid"], request.identity))
+
+    def cancel(self, request: Request) -> Response:
+        pipeline_id = request.params["pid"]
+        self._visible(pipeline_id, request.identity)
+        outcome = self.pipelines.cancel(pipeline_id)
+        if outcome == "missing":
+            self._visible(pipeline_id, request.identity)  # expired meanwhile: the 404
+        if outcome != "ok":
+            raise ApiError(409, f"pipeline {pipeline_id} already ended with status {outcome!r}; "
+                                "only a running pipeline can be cancelled")
+        events.info(COMPONENT, f"pipeline {pipeline_id} cancelled")
+        cleanup.release_if_done(self.store.r, self.settings.data_dir, pipeline_id)
+        return json_response(202, self._visible(pipeline_id, request.identity))
+
+    def page(self, request: Request) -> Response:
+        from remoteci.page_routes import html_response
+        from remoteci.pipelines.page import pipeline_page
+
+        pipeline = self._visible(request.params["pid"], request.identity)
+        ids = [job_id for stage in pipeline["stages"] for job_id in stage["jobs"]]
+        found = {job_id: self.store.get(job_id) for job_id in ids}
+        return html_response(pipeline_page(pipeline, found, time.time()))
+
+    def _visible(self, pipeline_id: str, identity: Identity) -> dict[str, Any]:
+        """The pipeline, or a 404 worded as for an unknown id when it is another owner's."""
+        pipeline = (self.pipelines.get(pipeline_id) if jobs.is_valid_job_id(pipeline_id)
+                    else None)
+        if pipeline is None or not may_see(identity, pipeline):
+            raise ApiError(404, f"no pipeline with id {pipeline_id[:80]!r} (unknown, or older "
+                                f"than {self.settings.retention_days} days)")
+        return pipeline

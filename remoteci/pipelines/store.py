@@ -1,0 +1,151 @@
+"""The Redis side of pipelines: create (with its first stage enqueued), read, list, cancel.
+
+Keys (under `rci:`), next to queue.py's:
+  pipeline:<id>             hash, the pipeline (see lua.py); TTL = retention, renewed on each step
+  pipelines                 sorted set of pipeline ids by creation time (ms): the listing
+  pipelines:owner:<owner>   the same per owner: a project token's listing
+Its jobs are ordinary job records with `pipeline`, `stage` and `stage_index` fields.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any, cast
+
+from remoteci.pipelines.lua import PIPELINE_LUA
+from remoteci.queue import _LUA_ISO_TIME, _LUA_QUEUE_HISTORY, QUEUE, P, QueueFull
+from remoteci.redis_conn import Client as Redis
+
+PIPELINES = P + "pipelines"
+RUNNING = "running"
+FINAL = ("success", "failed", "cancelled")
+STAGE_WAITING = "waiting"
+_SHOWN = ("id", "name", "status", "owner", "mode", "source", "ref", "commit", "created_at",
+          "finished_at", "error", "stage", "spec", "webhook", "webhook_status", "webhook_attempts")
+
+
+def pipeline_key(pipeline_id: str) -> str:
+    return f"{P}pipeline:{pipeline_id}"
+
+
+def owner_index(owner: str) -> str:
+    return f"{PIPELINES}:owner:{owner}"
+
+
+_LIB = _LUA_ISO_TIME + _LUA_QUEUE_HISTORY + PIPELINE_LUA
+
+# KEYS: pipeline, pipelines, pipelines:owner:<o>, queue
+# ARGV: id, ttl, max_queue, score, spec JSON, then field/value pairs of the pipeline
+# Returns created_at, or -1 when the first stage would pass REMOTE_CI_MAX_QUEUE.
+_CREATE = _LIB + """
+local spec = cjson.decode(ARGV[5])
+if redis.call('LLEN', KEYS[4]) + #spec[1]['jobs'] > tonumber(ARGV[3]) then return -1 end
+local now = pipe_now()
+redis.call('HSET', KEYS[1], 'status', 'running', 'created_at', now, 'spec', ARGV[5],
+           unpack(ARGV, 6))
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+pipe_start_stage(KEYS[1], spec, 0, now, ARGV[2])
+return now
+"""
+
+# KEYS: pipeline;  ARGV: ttl
+# Returns 'ok', 'missing', or the final status the pipeline already had.
+_CANCEL = _LIB + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'missing' end
+if status ~= 'running' then return status end
+local spec = cjson.decode(redis.call('HGET', KEYS[1], 'spec'))
+local stage = tonumber(redis.call('HGET', KEYS[1], 'stage'))
+local now = pipe_now()
+pipe_end(KEYS[1], 'cancelled', now, ARGV[1], 'cancelled through the API')
+pipe_close(spec, stage, now, ARGV[1], 'not run: the pipeline was cancelled', true)
+return 'ok'
+"""
+
+
+def stage_status(index: int, current: int, status: str) -> str:
+    """A stage's status follows from the pipeline's and the stage it is at (or ended in)."""
+    if index < current or status == "success":
+        return "success"
+    if index > current:
+        return STAGE_WAITING if status == RUNNING else "cancelled"
+    return status  # the current stage: running, or what ended the pipeline there
+
+
+def pipeline_object(record: Mapping[str, str | None]) -> dict[str, Any]:
+    """The API's pipeline object from its stored hash."""
+    spec = json.loads(record.get("spec") or "[]")
+    status = str(record.get("status"))
+    current = int(record.get("stage") or 0)
+    obj: dict[str, Any] = {
+        "id": record.get("id"), "name": record.get("name") or None, "status": status,
+        "stages": [{"name": stage["name"], "status": stage_status(i, current, status),
+                    "jobs": [job["id"] for job in stage["jobs"]]}
+                   for i, stage in enumerate(spec)],
+        "created_at": record.get("created_at"), "finished_at": record.get("finished_at") or None,
+        "owner": record.get("owner"), "mode": record.get("mode"), "source": record.get("source"),
+        "error": record.get("error") or None,
+    }
+    for extra in ("ref", "commit", "webhook", "webhook_status"):
+        if record.get(extra):
+            obj[extra] = record[extra]
+    if record.get("webhook_attempts"):
+        obj["webhook_attempts"] = int(str(record["webhook_attempts"]))
+    return obj
+
+
+class PipelineStore:
+    def __init__(self, client: Redis, retention_seconds: int):
+        self.r = client
+        self.ttl = retention_seconds
+        self._create = client.register_script(_CREATE)
+        self._cancel = client.register_script(_CANCEL)
+
+    def create(self, pipeline_id: str, fields: Mapping[str, str], stages: list[dict[str, Any]],
+               max_queue: int) -> str:
+        """Store the pipeline and enqueue its first stage in one step; return its created_at."""
+        owner = fields["owner"]
+        flat = [item for pair in fields.items() for item in pair]
+        spec = json.dumps(stages, separators=(",", ":"))
+        result = self._create(
+            keys=[pipeline_key(pipeline_id), PIPELINES, owner_index(owner), QUEUE],
+            args=[pipeline_id, self.ttl, max_queue, int(time.time() * 1000), spec, *flat])
+        if result == -1:
+            raise QueueFull()
+        return str(result)
+
+    def cancel(self, pipeline_id: str) -> str:
+        """'ok' (it was running and is cancelled now), 'missing', or the status it had."""
+        return str(self._cancel(keys=[pipeline_key(pipeline_id)], args=[self.ttl]))
+
+    def record(self, pipeline_id: str) -> dict[str, str | None] | None:
+        values = cast("list[str | None]", self.r.hmget(pipeline_key(pipeline_id), _SHOWN))
+        record = dict(zip(_SHOWN, values, strict=True))
+        return None if record["status"] is None else record
+
+    def get(self, pipeline_id: str) -> dict[str, Any] | None:
+        record = self.record(pipeline_id)
+        return None if record is None else pipeline_object(record)
+
+    def status(self, pipeline_id: str) -> str | None:
+        return cast("str | None", self.r.hget(pipeline_key(pipeline_id), "status"))
+
+    def list(self, owner: str | None, limit: int) -> list[dict[str, Any]]:
+        """Newest first; ids of expired pipelines leave the index as they are met."""
+        index = PIPELINES if owner is None else owner_index(owner)
+        ids = cast("list[str]", self.r.zrevrange(index, 0, limit - 1))
+        found = []
+        gone = []
+        for pipeline_id in ids:
+            record = self.record(pipeline_id)
+            if record is None:
+                gone.append(pipeline_id)
+            else:
+                found.append(pipeline_object(record))
+        if gone:
+            self.r.zrem(index, *gone)
+            self.r.zrem(PIPELINES, *gone)
+        return found
