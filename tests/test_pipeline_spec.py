@@ -98,11 +98,11 @@ def test_an_upload_names_no_source_and_its_field_must_be_json() -> None:
 
 
 def test_the_plan_hands_each_later_job_the_artifacts_of_earlier_stages() -> None:
-    spec = parse_pipeline({"stages": STAGES + [{"name": "ship", "jobs": [
-        {"name": "s", "script": "ship"}]}]}, LIMITS, uploaded=True)
+    ship_stage = {"name": "ship", "jobs": [{"name": "s", "script": "ship"}]}
+    spec = parse_pipeline({"stages": [*STAGES, ship_stage]}, LIMITS, uploaded=True)
     stages = stage_templates(spec, "p1", "alpha", Snapshot("upload", "upload", "/d/p1",
                                                            archive="/d/p1/a.tar.gz"))
-    build, test, ship = ([j for j in s["jobs"]] for s in stages)
+    build, test, ship = (s["jobs"] for s in stages)
     assert "inputs" not in build[0]["payload"]
     assert test[0]["payload"]["inputs"] == [build[0]["id"]]
     assert ship[0]["payload"]["inputs"] == [build[0]["id"]]  # t1, t2 keep nothing
