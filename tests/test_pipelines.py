@@ -323,3 +323,17 @@ def test_a_project_token_sees_and_cancels_only_its_own_pipelines(make_server: Ma
     assert server.request("GET", f"/api/jobs/{job_id}", token=beta).status == 404
     assert server.request("GET", f"/api/jobs/{job_id}", token=alpha).json()["owner"] == "alpha"
     assert server.request("POST", f"/api/pipelines/{mine['id']}/cancel", token=alpha).status == 202
+
+
+def test_a_retried_submission_with_the_same_idempotency_key_makes_one_pipeline(srv: Server) -> None:
+    body = {"source": {"mode": "rsync", "workspace": "proj"}, "stages": [stage("s", job("j", "true"))]}
+    first = srv.request("POST", "/api/pipelines", body, {"Idempotency-Key": "retry-1"})
+    again = srv.request("POST", "/api/pipelines", body, {"Idempotency-Key": "retry-1"})
+    assert first.status == again.status == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    listed = [p["id"] for p in srv.request("GET", "/api/pipelines?limit=500").json()["pipelines"]]
+    assert listed.count(first.json()["id"]) == 1
+    assert wait_pipeline(srv, first.json()["id"])["status"] == "success"
+    # The retry's own snapshot was dropped at once: only pipelines still running keep one.
+    wait_until(lambda: not any((srv.data_dir / "pipelines").iterdir()), 10, "no snapshot left")

@@ -23,7 +23,7 @@ from remoteci.pipelines.spec import (
     parse_pipeline_field,
 )
 from remoteci.pipelines.store import PipelineStore
-from remoteci.queue import JobStore, QueueFull
+from remoteci.queue import AlreadySubmitted, JobStore, QueueFull
 from remoteci.uploads import receive_upload
 from remoteci.workspaces import lexical_workspace, locate_workspace, require_directory
 
@@ -62,6 +62,7 @@ class PipelineRoutes:
 
     def _accept(self, request: Request, spec: PipelineSpec, archive: Any) -> Response:
         identity = request.identity
+        key = submissions.parse_idempotency_key(request.header("Idempotency-Key"))
         relative = self._authorize(identity, spec)
         pipeline_id = jobs.new_job_id()
         path = snapshot.make_dir(self.settings.data_dir, pipeline_id)
@@ -75,7 +76,13 @@ class PipelineRoutes:
                 fields.update({"webhook": spec.webhook, "webhook_status": "pending",
                                "webhook_attempts": "0"})
             stages = stage_templates(spec, pipeline_id, identity.owner, taken)
-            self.pipelines.create(pipeline_id, fields, stages, self.settings.max_queue)
+            self.pipelines.create(pipeline_id, fields, stages, self.settings.max_queue, key)
+        except AlreadySubmitted as earlier:
+            # A retry of a submission whose reply was lost: the pipeline it made, not a second.
+            snapshot.remove(self.settings.data_dir, pipeline_id)
+            return json_response(202, self._visible(earlier.job_id, identity),
+                                 [("Location", f"/api/pipelines/{earlier.job_id}"),
+                                  ("Idempotent-Replayed", "true")])
         except QueueFull:
             snapshot.remove(self.settings.data_dir, pipeline_id)
             raise ApiError(503, f"the queue is full ({self.settings.max_queue} jobs waiting); "

@@ -15,7 +15,15 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from remoteci.pipelines.lua import PIPELINE_LUA
-from remoteci.queue import _LUA_ISO_TIME, _LUA_QUEUE_HISTORY, QUEUE, P, QueueFull
+from remoteci.queue import (
+    _LUA_ISO_TIME,
+    _LUA_QUEUE_HISTORY,
+    QUEUE,
+    AlreadySubmitted,
+    P,
+    QueueFull,
+    idempotency_index,
+)
 from remoteci.redis_conn import Client as Redis
 
 PIPELINES = P + "pipelines"
@@ -36,19 +44,25 @@ def owner_index(owner: str) -> str:
 
 _LIB = _LUA_ISO_TIME + _LUA_QUEUE_HISTORY + PIPELINE_LUA
 
-# KEYS: pipeline, pipelines, pipelines:owner:<o>, queue
+# KEYS: pipeline, pipelines, pipelines:owner:<o>, queue, idempotency key or ''
 # ARGV: id, ttl, max_queue, score, spec JSON, then field/value pairs of the pipeline
-# Returns created_at, or -1 when the first stage would pass REMOTE_CI_MAX_QUEUE.
+# Returns {'created', created_at}, {'earlier', <id>} when an earlier request with the same
+# idempotency key made a pipeline, or -1 when the first stage would pass REMOTE_CI_MAX_QUEUE.
 _CREATE = _LIB + """
+if KEYS[5] ~= '' then
+  local earlier = redis.call('GET', KEYS[5])
+  if earlier then return {'earlier', earlier} end
+end
 local spec = cjson.decode(ARGV[5])
 if redis.call('LLEN', KEYS[4]) + #spec[1]['jobs'] > tonumber(ARGV[3]) then return -1 end
+if KEYS[5] ~= '' then redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[2]) end
 local now = pipe_now()
 redis.call('HSET', KEYS[1], 'status', 'running', 'created_at', now, 'spec', ARGV[5],
            unpack(ARGV, 6))
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 pipe_start_stage(KEYS[1], spec, 0, now, ARGV[2])
-return now
+return {'created', now}
 """
 
 # KEYS: pipeline;  ARGV: ttl
@@ -105,17 +119,25 @@ class PipelineStore:
         self._cancel = client.register_script(_CANCEL)
 
     def create(self, pipeline_id: str, fields: Mapping[str, str], stages: list[dict[str, Any]],
-               max_queue: int) -> str:
-        """Store the pipeline and enqueue its first stage in one step; return its created_at."""
+               max_queue: int, idempotency_key: str | None = None) -> str:
+        """Store the pipeline and enqueue its first stage in one step; return its created_at.
+
+        A repeat of the same submission (a client retrying after a lost reply, with the same
+        Idempotency-Key) raises AlreadySubmitted with the pipeline the first one made.
+        """
         owner = fields["owner"]
         flat = [item for pair in fields.items() for item in pair]
         spec = json.dumps(stages, separators=(",", ":"))
+        key = idempotency_index(owner, idempotency_key) if idempotency_key else ""
         result = self._create(
-            keys=[pipeline_key(pipeline_id), PIPELINES, owner_index(owner), QUEUE],
+            keys=[pipeline_key(pipeline_id), PIPELINES, owner_index(owner), QUEUE, key],
             args=[pipeline_id, self.ttl, max_queue, int(time.time() * 1000), spec, *flat])
         if result == -1:
             raise QueueFull()
-        return str(result)
+        outcome, value = result
+        if outcome == "earlier":
+            raise AlreadySubmitted(str(value))
+        return str(value)
 
     def cancel(self, pipeline_id: str) -> str:
         """'ok' (it was running and is cancelled now), 'missing', or the status it had."""
