@@ -337,3 +337,15 @@ def test_a_retried_submission_with_the_same_idempotency_key_makes_one_pipeline(s
     assert wait_pipeline(srv, first.json()["id"])["status"] == "success"
     # The retry's own snapshot was dropped at once: only pipelines still running keep one.
     wait_until(lambda: not any((srv.data_dir / "pipelines").iterdir()), 10, "no snapshot left")
+
+
+def test_a_first_stage_past_the_owners_queued_cap_is_429(make_server: MakeServer) -> None:
+    server = make_server(env={"REMOTE_CI_MAX_QUEUED_PER_OWNER": "1", "REMOTE_CI_CONCURRENCY": "1"})
+    server.make_workspace("proj")
+    body = {"source": {"mode": "rsync", "workspace": "proj"},
+            "stages": [stage("s", job("a", "true"), job("b", "true"))]}
+    resp = server.request("POST", "/api/pipelines", body)
+    assert resp.status == 429, resp.body
+    assert "REMOTE_CI_MAX_QUEUED_PER_OWNER" in resp.json()["error"]
+    assert resp.headers["retry-after"] == "30"
+    assert not any((server.data_dir / "pipelines").iterdir())

@@ -23,7 +23,7 @@ from remoteci.pipelines.spec import (
     parse_pipeline_field,
 )
 from remoteci.pipelines.store import PipelineStore
-from remoteci.queue import AlreadySubmitted, JobStore, QueueFull
+from remoteci.queue import AlreadySubmitted, JobStore, OverQuota, QueueFull
 from remoteci.uploads import receive_upload
 from remoteci.workspaces import lexical_workspace, locate_workspace, require_directory
 
@@ -36,7 +36,7 @@ class PipelineRoutes:
     def __init__(self, settings: Settings, store: JobStore):
         self.settings = settings
         self.store = store
-        self.pipelines = PipelineStore(store.r, settings.retention_seconds)
+        self.pipelines = PipelineStore(store.r, settings.retention_seconds, store.min_replicas)
         self.limits = Limits(settings.job_timeout, settings.git_allow_file, settings.webhook_allow,
                              settings.webhook_secret is not None)
 
@@ -76,7 +76,8 @@ class PipelineRoutes:
                 fields.update({"webhook": spec.webhook, "webhook_status": "pending",
                                "webhook_attempts": "0"})
             stages = stage_templates(spec, pipeline_id, identity.owner, taken)
-            self.pipelines.create(pipeline_id, fields, stages, self.settings.max_queue, key)
+            self.pipelines.create(pipeline_id, fields, stages, self.settings.max_queue, key,
+                                  self.settings.max_queued_per_owner)
         except AlreadySubmitted as earlier:
             # A retry of a submission whose reply was lost: the pipeline it made, not a second.
             snapshot.remove(self.settings.data_dir, pipeline_id)
@@ -87,6 +88,13 @@ class PipelineRoutes:
             snapshot.remove(self.settings.data_dir, pipeline_id)
             raise ApiError(503, f"the queue is full ({self.settings.max_queue} jobs waiting); "
                                 "retry later", [("Retry-After", "30")]) from None
+        except OverQuota:
+            snapshot.remove(self.settings.data_dir, pipeline_id)
+            raise ApiError(429, f"owner {identity.owner!r} may have at most "
+                                f"{self.settings.max_queued_per_owner} jobs queued "
+                                "(REMOTE_CI_MAX_QUEUED_PER_OWNER), and the pipeline's first stage "
+                                "would pass that; retry once some have started",
+                           [("Retry-After", "30")]) from None
         except BaseException:
             snapshot.remove(self.settings.data_dir, pipeline_id)
             raise

@@ -20,9 +20,12 @@ from remoteci.queue import (
     _LUA_QUEUE_HISTORY,
     QUEUE,
     AlreadySubmitted,
+    OverQuota,
     P,
     QueueFull,
     idempotency_index,
+    owner_queued_index,
+    replicated,
 )
 from remoteci.redis_conn import Client as Redis
 
@@ -44,21 +47,28 @@ def owner_index(owner: str) -> str:
 
 _LIB = _LUA_ISO_TIME + _LUA_QUEUE_HISTORY + PIPELINE_LUA
 
-# KEYS: pipeline, pipelines, pipelines:owner:<o>, queue, idempotency key or ''
-# ARGV: id, ttl, max_queue, score, spec JSON, then field/value pairs of the pipeline
+# KEYS: pipeline, pipelines, pipelines:owner:<o>, queue, idempotency key or '',
+#       index:queued:<o>
+# ARGV: id, ttl, max_queue, score, spec JSON, max queued per owner (0: none), then field/value
+#       pairs of the pipeline
 # Returns {'created', created_at}, {'earlier', <id>} when an earlier request with the same
-# idempotency key made a pipeline, or -1 when the first stage would pass REMOTE_CI_MAX_QUEUE.
+# idempotency key made a pipeline, -1 when the first stage would pass REMOTE_CI_MAX_QUEUE, or
+# -2 when it would pass the owner's cap on queued jobs. Later stages are part of a pipeline
+# already accepted: they are enqueued whatever the caps say then.
 _CREATE = _LIB + """
 if KEYS[5] ~= '' then
   local earlier = redis.call('GET', KEYS[5])
   if earlier then return {'earlier', earlier} end
 end
 local spec = cjson.decode(ARGV[5])
-if redis.call('LLEN', KEYS[4]) + #spec[1]['jobs'] > tonumber(ARGV[3]) then return -1 end
+local first = #spec[1]['jobs']
+if redis.call('LLEN', KEYS[4]) + first > tonumber(ARGV[3]) then return -1 end
+local max_queued = tonumber(ARGV[6])
+if max_queued > 0 and redis.call('ZCARD', KEYS[6]) + first > max_queued then return -2 end
 if KEYS[5] ~= '' then redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[2]) end
 local now = pipe_now()
 redis.call('HSET', KEYS[1], 'status', 'running', 'created_at', now, 'spec', ARGV[5],
-           unpack(ARGV, 6))
+           unpack(ARGV, 7))
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 pipe_start_stage(KEYS[1], spec, 0, now, ARGV[2])
@@ -112,14 +122,15 @@ def pipeline_object(record: Mapping[str, str | None]) -> dict[str, Any]:
 
 
 class PipelineStore:
-    def __init__(self, client: Redis, retention_seconds: int):
+    def __init__(self, client: Redis, retention_seconds: int, min_replicas: int = 0):
         self.r = client
         self.ttl = retention_seconds
-        self._create = client.register_script(_CREATE)
+        # Answered only once REMOTE_CI_REDIS_MIN_REPLICAS replicas have it, as a job's enqueue.
+        self._create = replicated(client, client.register_script(_CREATE), min_replicas)
         self._cancel = client.register_script(_CANCEL)
 
     def create(self, pipeline_id: str, fields: Mapping[str, str], stages: list[dict[str, Any]],
-               max_queue: int, idempotency_key: str | None = None) -> str:
+               max_queue: int, idempotency_key: str | None = None, max_queued: int = 0) -> str:
         """Store the pipeline and enqueue its first stage in one step; return its created_at.
 
         A repeat of the same submission (a client retrying after a lost reply, with the same
@@ -130,10 +141,14 @@ class PipelineStore:
         spec = json.dumps(stages, separators=(",", ":"))
         key = idempotency_index(owner, idempotency_key) if idempotency_key else ""
         result = self._create(
-            keys=[pipeline_key(pipeline_id), PIPELINES, owner_index(owner), QUEUE, key],
-            args=[pipeline_id, self.ttl, max_queue, int(time.time() * 1000), spec, *flat])
+            keys=[pipeline_key(pipeline_id), PIPELINES, owner_index(owner), QUEUE, key,
+                  owner_queued_index(owner)],
+            args=[pipeline_id, self.ttl, max_queue, int(time.time() * 1000), spec, max_queued,
+                  *flat])
         if result == -1:
             raise QueueFull()
+        if result == -2:
+            raise OverQuota("queued")
         outcome, value = result
         if outcome == "earlier":
             raise AlreadySubmitted(str(value))
