@@ -14,7 +14,6 @@ import pytest
 from tests.helpers import Server, running_server, wait_until
 from tests.test_client import CLIENTS, finish, run, start
 
-PY = ["py"]  # the clients that take --pipeline
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield server
 
 
-@pytest.fixture(params=PY)
+@pytest.fixture(params=sorted(CLIENTS))  # both clients take --pipeline
 def cli(request: pytest.FixtureRequest) -> list[str]:
     return CLIENTS[request.param]
 
