@@ -15,7 +15,6 @@ from tests.helpers import Server, running_server, wait_until
 from tests.test_client import CLIENTS, finish, run, start
 
 
-
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with running_server(tmp_path_factory.mktemp("pipeline-client"),
