@@ -123,17 +123,17 @@ local function pipeline_job_ended(job_key, status, ttl)
   if redis.call('HGET', pkey, 'status') ~= 'running' then return end  -- ended already
   local stage = tonumber(redis.call('HGET', pkey, 'stage'))
   if tonumber(redis.call('HGET', job_key, 'stage_index')) ~= stage then return end
+  if status == 'success' and redis.call('HINCRBY', pkey, 'pending', -1) > 0 then
+    redis.call('EXPIRE', pkey, ttl)  -- the stage goes on: no need to read the plan
+    return
+  end
   local spec = cjson.decode(redis.call('HGET', pkey, 'spec'))
   local now = pipe_now()
   if status ~= 'success' then
-    local name = redis.call('HGET', job_key, 'name') or '?'
-    local why = 'job ' .. name .. ' of stage ' .. spec[stage + 1]['name'] .. ' ended ' .. status
+    local why = 'job ' .. (redis.call('HGET', job_key, 'name') or '?') .. ' of stage '
+                .. spec[stage + 1]['name'] .. ' ended ' .. status
     pipe_end(pkey, 'failed', now, ttl, why)
     pipe_close(spec, stage, now, ttl, 'not run: ' .. why, false)
-    return
-  end
-  if redis.call('HINCRBY', pkey, 'pending', -1) > 0 then
-    redis.call('EXPIRE', pkey, ttl)
     return
   end
   if stage + 1 >= #spec then
