@@ -25,6 +25,11 @@ Keys (all under `rci:`):
   stored:<owner>        hash job id -> bytes the job keeps on disk (its upload while it waits or
                         runs, then its artifacts until the record expires)
   stored                hash owner -> the sum of its stored:<owner>: its cap on stored bytes
+  pipeline:<id>         hash, a pipeline: its status, stage, plan (see pipelines/lua.py, which
+                        moves it inside the job transitions below); TTL = retention
+  pipelines             sorted set of pipeline ids by creation time (ms): the listing;
+                        pipelines:owner:<owner> the same per owner
+  A pipeline's jobs are job records with `pipeline`, `stage` and `stage_index` fields.
 
 Every status change is one Lua script, so it is one atomic transaction, and conditional:
 a job is claimed only while `queued`, finished only while `running`. The script that makes a job
@@ -108,6 +113,17 @@ def stored_key(owner: str) -> str:
 
 def owner_index(owner: str) -> str:
     return f"{P}index:owner:{owner}"
+
+
+PIPELINES = P + "pipelines"
+
+
+def pipeline_key(pipeline_id: str) -> str:
+    return f"{P}pipeline:{pipeline_id}"
+
+
+def pipelines_owner_index(owner: str) -> str:
+    return f"{PIPELINES}:owner:{owner}"
 
 
 def beat(r: Redis, members: str, member: str, key: str, value: str) -> None:

@@ -10,8 +10,8 @@ from typing import cast
 
 from remoteci import jobs
 from remoteci.pipelines import snapshot
-from remoteci.pipelines.store import FINAL, pipeline_key
-from remoteci.queue import job_key
+from remoteci.pipelines.store import FINAL
+from remoteci.queue import job_key, pipeline_key
 from remoteci.redis_conn import Client as Redis
 
 

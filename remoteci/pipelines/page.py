@@ -5,7 +5,9 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from remoteci.pages import _job_link, _page, _text, _when
+from remoteci.pages import CSP, _job_link, _page, _text, _when
+
+__all__ = ["CSP", "pipeline_page"]
 
 REFRESH_SECONDS = 5
 

@@ -10,10 +10,12 @@ listing, index, count and page would have had to learn.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from remoteci import jobs
-from remoteci.pipelines.spec import PipelineSpec
+
+if TYPE_CHECKING:  # the executor loads this module's CODE, not the API's validation
+    from remoteci.pipelines.spec import PipelineSpec
 
 CODE = "code"  # the snapshot dir's name inside the pipeline's dir
 

@@ -10,7 +10,7 @@ from remoteci import events, jobs, submissions
 from remoteci.config import Settings
 from remoteci.errors import ApiError
 from remoteci.gitsource import redact_url
-from remoteci.http import MAX_JSON_BODY, Request, Response, _int_query, json_response
+from remoteci.http import MAX_JSON_BODY, Request, Response, json_response
 from remoteci.identity import Identity, check_git_host, check_workspace, listing_owner, may_see
 from remoteci.pipelines import cleanup, snapshot
 from remoteci.pipelines.plan import Snapshot, stage_templates
@@ -143,7 +143,7 @@ class PipelineRoutes:
 
     def list(self, request: Request) -> Response:
         owner = listing_owner(request.identity, request.query("owner") or None)
-        limit = _int_query(request, "limit", 50, 1, LIST_LIMIT_MAX)
+        limit = list_limit(request.query("limit"))
         return json_response(200, {"pipelines": self.pipelines.list(owner, limit)})
 
     def get(self, request: Request) -> Response:
@@ -163,13 +163,16 @@ class PipelineRoutes:
         return json_response(202, self._visible(pipeline_id, request.identity))
 
     def page(self, request: Request) -> Response:
-        from remoteci.page_routes import html_response
-        from remoteci.pipelines.page import pipeline_page
+        from remoteci.pipelines.page import CSP, pipeline_page
 
         pipeline = self._visible(request.params["pid"], request.identity)
         ids = [job_id for stage in pipeline["stages"] for job_id in stage["jobs"]]
         found = {job_id: self.store.get(job_id) for job_id in ids}
-        return html_response(pipeline_page(pipeline, found, time.time()))
+        data = pipeline_page(pipeline, found, time.time()).encode()
+        return Response(200, [("Content-Type", "text/html; charset=utf-8"),
+                              ("Content-Length", str(len(data))), ("Cache-Control", "no-store"),
+                              ("Content-Security-Policy", CSP), ("Referrer-Policy", "same-origin")],
+                        [data])
 
     def _visible(self, pipeline_id: str, identity: Identity) -> dict[str, Any]:
         """The pipeline, or a 404 worded as for an unknown id when it is another owner's."""
@@ -179,3 +182,12 @@ class PipelineRoutes:
             raise ApiError(404, f"no pipeline with id {pipeline_id[:80]!r} (unknown, or older "
                                 f"than {self.settings.retention_days} days)")
         return pipeline
+
+
+def list_limit(raw: str | None) -> int:
+    """The `limit` query parameter of the listing: 1..500, 50 when not given."""
+    if raw is None or raw == "":
+        return 50
+    if not raw.isdigit() or not 1 <= int(raw) <= LIST_LIMIT_MAX:
+        raise ApiError(400, f"query parameter 'limit' must be a whole number, 1..{LIST_LIMIT_MAX}")
+    return int(raw)

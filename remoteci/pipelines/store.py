@@ -1,10 +1,7 @@
 """The Redis side of pipelines: create (with its first stage enqueued), read, list, cancel.
 
-Keys (under `rci:`), next to queue.py's:
-  pipeline:<id>             hash, the pipeline (see lua.py); TTL = retention, renewed on each step
-  pipelines                 sorted set of pipeline ids by creation time (ms): the listing
-  pipelines:owner:<owner>   the same per owner: a project token's listing
-Its jobs are ordinary job records with `pipeline`, `stage` and `stage_index` fields.
+The keys are named in queue.py with the rest of the schema; the Lua that moves a pipeline is
+lua.py's, shared with the job transitions.
 """
 
 from __future__ import annotations
@@ -18,31 +15,24 @@ from remoteci.pipelines.lua import PIPELINE_LUA
 from remoteci.queue import (
     _LUA_ISO_TIME,
     _LUA_QUEUE_HISTORY,
+    PIPELINES,
     QUEUE,
     AlreadySubmitted,
     OverQuota,
-    P,
     QueueFull,
     idempotency_index,
     owner_queued_index,
+    pipeline_key,
+    pipelines_owner_index,
     replicated,
 )
 from remoteci.redis_conn import Client as Redis
 
-PIPELINES = P + "pipelines"
 RUNNING = "running"
 FINAL = ("success", "failed", "cancelled")
 STAGE_WAITING = "waiting"
 _SHOWN = ("id", "name", "status", "owner", "mode", "source", "ref", "commit", "created_at",
           "finished_at", "error", "stage", "spec", "webhook", "webhook_status", "webhook_attempts")
-
-
-def pipeline_key(pipeline_id: str) -> str:
-    return f"{P}pipeline:{pipeline_id}"
-
-
-def owner_index(owner: str) -> str:
-    return f"{PIPELINES}:owner:{owner}"
 
 
 _LIB = _LUA_ISO_TIME + _LUA_QUEUE_HISTORY + PIPELINE_LUA
@@ -141,7 +131,7 @@ class PipelineStore:
         spec = json.dumps(stages, separators=(",", ":"))
         key = idempotency_index(owner, idempotency_key) if idempotency_key else ""
         result = self._create(
-            keys=[pipeline_key(pipeline_id), PIPELINES, owner_index(owner), QUEUE, key,
+            keys=[pipeline_key(pipeline_id), PIPELINES, pipelines_owner_index(owner), QUEUE, key,
                   owner_queued_index(owner)],
             args=[pipeline_id, self.ttl, max_queue, int(time.time() * 1000), spec, max_queued,
                   *flat])
@@ -172,7 +162,7 @@ class PipelineStore:
 
     def list(self, owner: str | None, limit: int) -> list[dict[str, Any]]:
         """Newest first; ids of expired pipelines leave the index as they are met."""
-        index = PIPELINES if owner is None else owner_index(owner)
+        index = PIPELINES if owner is None else pipelines_owner_index(owner)
         ids = cast("list[str]", self.r.zrevrange(index, 0, limit - 1))
         found = []
         gone = []
