@@ -4,6 +4,7 @@ list, read, cancel, and the HTML page. A project token sees only its own pipelin
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from remoteci import events, jobs, submissions
@@ -60,7 +61,7 @@ class PipelineRoutes:
         finally:
             archive.unlink(missing_ok=True)  # kept ones were moved into the pipeline's dir
 
-    def _accept(self, request: Request, spec: PipelineSpec, archive: Any) -> Response:
+    def _accept(self, request: Request, spec: PipelineSpec, archive: Path | None) -> Response:
         identity = request.identity
         key = submissions.parse_idempotency_key(request.header("Idempotency-Key"))
         relative = self._authorize(identity, spec)
@@ -122,8 +123,8 @@ class PipelineRoutes:
         require_directory(root, relative, source.workspace)
         return relative
 
-    def _take_snapshot(self, spec: PipelineSpec, path: Any, relative: str | None,
-                       archive: Any) -> Snapshot:
+    def _take_snapshot(self, spec: PipelineSpec, path: Path, relative: str | None,
+                       archive: Path | None) -> Snapshot:
         source = spec.source
         if isinstance(source, GitSource):
             commit = snapshot.take_git(path, source.repo, source.ref,
@@ -136,6 +137,7 @@ class PipelineRoutes:
             snapshot.take_workspace(path, self.settings.workspace_dir, relative,
                                     self.settings.job_timeout)
             return Snapshot("rsync", source.workspace, str(path))
+        assert archive is not None  # no source: the code came as an archive
         kept = snapshot.keep_archive(path, archive)
         return Snapshot("upload", "upload", str(path), archive=str(kept))
 
