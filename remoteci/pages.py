@@ -244,6 +244,8 @@ def _field(key: str, value: Any, now: float) -> str:
         return _when(value, now)
     if key == "duration":
         return _seconds(value)
+    if key == "pipeline":
+        return f"<a class=id href=\"/pipelines/{escape(quote(str(value), safe=''))}\">{_text(value)}</a>"
     return _text(value)
 
 

@@ -293,6 +293,8 @@ def test_the_page_shows_stages_as_columns_with_job_links(srv: Server) -> None:
         assert f'href="/jobs/{st["jobs"][0]}"' in html
     listed = srv.request("GET", "/api/pipelines?limit=500").json()["pipelines"]
     assert created["id"] in [p["id"] for p in listed]
+    job_page = srv.request("GET", f"/jobs/{done['stages'][0]['jobs'][0]}").body.decode()
+    assert f'href="/pipelines/{created["id"]}"' in job_page  # a job links back to its pipeline
 
 
 def test_a_project_token_sees_and_cancels_only_its_own_pipelines(make_server: MakeServer,
