@@ -207,7 +207,7 @@ def delivery_body(record: dict[str, str]) -> bytes:
     """The final job (or pipeline) object, without the delivery's own bookkeeping (it changes
     per attempt)."""
     if is_pipeline(record):
-        from remoteci.pipelines.store import pipeline_object
+        from remoteci.pipelines.objects import pipeline_object
 
         whole = pipeline_object(record)
     else:

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from remoteci.errors import ApiError
+from remoteci.pipelines.objects import pipeline_object, stage_status
 from remoteci.pipelines.plan import Snapshot, stage_templates
 from remoteci.pipelines.spec import (
     MAX_JOBS,
@@ -16,7 +17,6 @@ from remoteci.pipelines.spec import (
     parse_pipeline,
     parse_pipeline_field,
 )
-from remoteci.pipelines.store import pipeline_object, stage_status
 
 LIMITS = Limits(max_timeout=600)
 STAGES = [{"name": "build", "jobs": [{"name": "b", "script": "make", "artifacts": ["dist/**"]}]},

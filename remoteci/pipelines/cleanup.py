@@ -10,7 +10,7 @@ from typing import cast
 
 from remoteci import jobs
 from remoteci.pipelines import snapshot
-from remoteci.pipelines.store import FINAL
+from remoteci.pipelines.objects import FINAL
 from remoteci.queue import job_key, pipeline_key
 from remoteci.redis_conn import Client as Redis
 
