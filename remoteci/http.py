@@ -166,7 +166,7 @@ class App:
         # What the clients may compress an upload with (they ask GET /api/health first).
         self.upload_formats = ["gzip", "zstd"] if zstd.available() else ["gzip"]
         artifacts = ArtifactRoutes(settings, self._job, self.streams)
-        pipelines = PipelineRoutes(settings, store)
+        pipelines = PipelineRoutes(settings, store, self.history)
         self.auth = Authenticator(settings.tokens, settings.project_tokens)
         self.quotas = Quotas(settings.max_queued_per_owner,
                              settings.max_stored_mb_per_owner * 1024 * 1024)

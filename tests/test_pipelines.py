@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
+from remoteci.history_db import HistoryDB, parse_history_url
 from tests.helpers import MakeServer, Server, running_server, shared_dir, wait_until
 from tests.test_gitsource import git
 from tests.test_project_tokens import add_token
@@ -351,3 +353,26 @@ def test_a_first_stage_past_the_owners_queued_cap_is_429(make_server: MakeServer
     assert "REMOTE_CI_MAX_QUEUED_PER_OWNER" in resp.json()["error"]
     assert resp.headers["retry-after"] == "30"
     assert not any((server.data_dir / "pipelines").iterdir())
+
+
+def test_a_pipeline_outlives_its_redis_record_in_the_history(make_server: MakeServer,
+                                                            history_url: str) -> None:
+    server = make_server(env={"REMOTE_CI_HISTORY_URL": history_url}, wait_workers=2)
+    server.make_workspace("proj")
+    created = submit(server, stage("one", job("a", "true")), stage("two", job("b", "exit 5")))
+    done = wait_pipeline(server, created["id"])
+    db = HistoryDB(parse_history_url(history_url))
+    try:
+        db.ensure_schema()
+        wait_until(lambda: db.get_pipeline(created["id"]) is not None, 30,
+                   "the history writer to copy the pipeline")
+        assert all(db.get(j) is not None for s in done["stages"] for j in s["jobs"])
+    finally:
+        db.close()
+    client = redis.Redis.from_url(str(server.redis_url))
+    client.delete(f"rci:pipeline:{created['id']}")  # its TTL ran out
+    again = pipeline(server, created["id"])
+    assert {k: again[k] for k in ("id", "status", "stages", "finished_at", "error", "owner")} == \
+        {k: done[k] for k in ("id", "status", "stages", "finished_at", "error", "owner")}
+    late = server.request("POST", f"/api/pipelines/{created['id']}/cancel")
+    assert late.status == 409 and "'failed'" in late.json()["error"]

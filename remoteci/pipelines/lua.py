@@ -90,13 +90,32 @@ local function pipe_stop_job(id, now, ttl, reason, stop_running)
   end
 end
 
-local function pipe_end(pkey, status, now, ttl, err)
+-- The final record for the history database, queued with the history's job records: every
+-- field but the plan, whose stage names and job ids (what the pipeline object shows) stay.
+local function pipe_history(pkey, spec)
+  local flat = redis.call('HGETALL', pkey)
+  local record = {kind = 'pipeline'}
+  for i = 1, #flat, 2 do
+    if flat[i] ~= 'spec' then record[flat[i]] = flat[i + 1] end
+  end
+  local stages = {}
+  for s, stage in ipairs(spec) do
+    local ids = {}
+    for j, job in ipairs(stage['jobs']) do ids[j] = {id = job['id']} end
+    stages[s] = {name = stage['name'], jobs = ids}
+  end
+  record['spec'] = cjson.encode(stages)
+  redis.call('RPUSH', PIPE_P .. 'history', cjson.encode(record))
+end
+
+local function pipe_end(pkey, spec, status, now, ttl, err)
   redis.call('HSET', pkey, 'status', status, 'finished_at', now)
   if err then redis.call('HSET', pkey, 'error', err) end
   redis.call('EXPIRE', pkey, ttl)
   if redis.call('HEXISTS', pkey, 'webhook') == 1 then
     redis.call('LPUSH', PIPE_P .. 'webhooks', 'pipeline:' .. redis.call('HGET', pkey, 'id'))
   end
+  pipe_history(pkey, spec)
 end
 
 -- What has not run will not: the current stage's waiting jobs and every later stage's jobs.
@@ -132,12 +151,12 @@ local function pipeline_job_ended(job_key, status, ttl)
   if status ~= 'success' then
     local why = 'job ' .. (redis.call('HGET', job_key, 'name') or '?') .. ' of stage '
                 .. spec[stage + 1]['name'] .. ' ended ' .. status
-    pipe_end(pkey, 'failed', now, ttl, why)
+    pipe_end(pkey, spec, 'failed', now, ttl, why)
     pipe_close(spec, stage, now, ttl, 'not run: ' .. why, false)
     return
   end
   if stage + 1 >= #spec then
-    pipe_end(pkey, 'success', now, ttl, nil)
+    pipe_end(pkey, spec, 'success', now, ttl, nil)
   else
     pipe_start_stage(pkey, spec, stage + 1, now, ttl)
   end

@@ -11,9 +11,11 @@ from remoteci import events, jobs, submissions
 from remoteci.config import Settings
 from remoteci.errors import ApiError
 from remoteci.gitsource import redact_url
+from remoteci.history_db import HistoryDB, HistoryUnavailable
 from remoteci.http import MAX_JSON_BODY, Request, Response, json_response
 from remoteci.identity import Identity, check_git_host, check_workspace, listing_owner, may_see
 from remoteci.pipelines import cleanup, snapshot
+from remoteci.pipelines.objects import pipeline_object
 from remoteci.pipelines.plan import Snapshot, stage_templates
 from remoteci.pipelines.spec import (
     GitSource,
@@ -34,9 +36,10 @@ FORM_FIELDS = ("code", "pipeline")
 
 
 class PipelineRoutes:
-    def __init__(self, settings: Settings, store: JobStore):
+    def __init__(self, settings: Settings, store: JobStore, history: HistoryDB | None = None):
         self.settings = settings
         self.store = store
+        self.history = history  # answers for a pipeline whose Redis record expired
         self.pipelines = PipelineStore(store.r, settings.retention_seconds, store.min_replicas)
         self.limits = Limits(settings.job_timeout, settings.git_allow_file, settings.webhook_allow,
                              settings.webhook_secret is not None)
@@ -153,10 +156,10 @@ class PipelineRoutes:
 
     def cancel(self, request: Request) -> Response:
         pipeline_id = request.params["pid"]
-        self._visible(pipeline_id, request.identity)
+        seen = self._visible(pipeline_id, request.identity)
         outcome = self.pipelines.cancel(pipeline_id)
-        if outcome == "missing":
-            self._visible(pipeline_id, request.identity)  # expired meanwhile: the 404
+        if outcome == "missing":  # expired: the 404, or what the history says it ended as
+            outcome = self._visible(pipeline_id, request.identity)["status"] or seen["status"]
         if outcome != "ok":
             raise ApiError(409, f"pipeline {pipeline_id} already ended with status {outcome!r}; "
                                 "only a running pipeline can be cancelled")
@@ -178,12 +181,27 @@ class PipelineRoutes:
 
     def _visible(self, pipeline_id: str, identity: Identity) -> dict[str, Any]:
         """The pipeline, or a 404 worded as for an unknown id when it is another owner's."""
-        pipeline = (self.pipelines.get(pipeline_id) if jobs.is_valid_job_id(pipeline_id)
-                    else None)
+        pipeline = None
+        if jobs.is_valid_job_id(pipeline_id):
+            pipeline = self.pipelines.get(pipeline_id) or self._from_history(pipeline_id)
         if pipeline is None or not may_see(identity, pipeline):
+            kept = self.settings.history_days if self.history else self.settings.retention_days
             raise ApiError(404, f"no pipeline with id {pipeline_id[:80]!r} (unknown, or older "
-                                f"than {self.settings.retention_days} days)")
+                                f"than {kept} days)")
         return pipeline
+
+    def _from_history(self, pipeline_id: str) -> dict[str, Any] | None:
+        """A pipeline whose Redis record expired, as the history database kept it."""
+        if self.history is None:
+            return None
+        try:
+            self.history.ensure_schema()
+            record = self.history.get_pipeline(pipeline_id)
+        except HistoryUnavailable as exc:
+            events.error(COMPONENT, str(exc))
+            raise ApiError(503, "the history database is unreachable; retry later",
+                           [("Retry-After", "5")]) from None
+        return None if record is None else pipeline_object(record)
 
 
 def list_limit(raw: str | None) -> int:

@@ -72,7 +72,7 @@ if status ~= 'running' then return status end
 local spec = cjson.decode(redis.call('HGET', KEYS[1], 'spec'))
 local stage = tonumber(redis.call('HGET', KEYS[1], 'stage'))
 local now = pipe_now()
-pipe_end(KEYS[1], 'cancelled', now, ARGV[1], 'cancelled through the API')
+pipe_end(KEYS[1], spec, 'cancelled', now, ARGV[1], 'cancelled through the API')
 pipe_close(spec, stage, now, ARGV[1], 'not run: the pipeline was cancelled', true)
 return 'ok'
 """
