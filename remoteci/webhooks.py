@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from remoteci import jobs
 from remoteci.errors import ApiError
+from remoteci.pipelines.objects import pipeline_object
 
 EVENT = "job.finished"
 PIPELINE_EVENT = "pipeline.finished"
@@ -206,12 +207,7 @@ def sign(body: bytes, secret: str) -> str:
 def delivery_body(record: dict[str, str]) -> bytes:
     """The final job (or pipeline) object, without the delivery's own bookkeeping (it changes
     per attempt)."""
-    if is_pipeline(record):
-        from remoteci.pipelines.objects import pipeline_object
-
-        whole = pipeline_object(record)
-    else:
-        whole = jobs.job_object(record)
+    whole = pipeline_object(record) if is_pipeline(record) else jobs.job_object(record)
     obj = {k: v for k, v in whole.items() if k not in DELIVERY_FIELDS}
     return json.dumps(obj, separators=(",", ":")).encode()
 
