@@ -12,7 +12,7 @@ from remoteci import jobs
 from remoteci.pipelines import snapshot
 from remoteci.pipelines.objects import FINAL
 from remoteci.queue import job_key, pipeline_key
-from remoteci.redis_conn import Client as Redis
+from remoteci.store.redis_conn import Client as Redis
 
 
 def release_if_done(r: Redis, data_dir: Path, pipeline_id: str) -> bool:

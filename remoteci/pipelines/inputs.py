@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from remoteci.artifacts import FILES, read_manifest
+from remoteci.artifacts.manifest import FILES, read_manifest
 from remoteci.errors import SourceError
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

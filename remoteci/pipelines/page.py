@@ -5,7 +5,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from remoteci.pages import CSP, _job_link, _page, _text, _when
+from remoteci.pages.render import CSP, _job_link, _page, _text, _when
 
 __all__ = ["CSP", "pipeline_page"]
 

@@ -7,13 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from remoteci import events, jobs, submissions
+from remoteci import events, jobs
+from remoteci.auth.identity import Identity, check_git_host, check_workspace, listing_owner, may_see
 from remoteci.config import Settings
 from remoteci.errors import ApiError
-from remoteci.gitsource import redact_url
-from remoteci.history_db import HistoryDB, HistoryUnavailable
-from remoteci.http import MAX_JSON_BODY, Request, Response, json_response
-from remoteci.identity import Identity, check_git_host, check_workspace, listing_owner, may_see
+from remoteci.history.db import HistoryDB, HistoryUnavailable
 from remoteci.pipelines import cleanup, snapshot
 from remoteci.pipelines.objects import pipeline_object
 from remoteci.pipelines.plan import Snapshot, stage_templates
@@ -27,12 +25,29 @@ from remoteci.pipelines.spec import (
 )
 from remoteci.pipelines.store import PipelineStore
 from remoteci.queue import AlreadySubmitted, JobStore, OverQuota, QueueFull
-from remoteci.uploads import receive_upload
-from remoteci.workspaces import lexical_workspace, locate_workspace, require_directory
+from remoteci.sources.git import redact_url
+from remoteci.sources.workspaces import lexical_workspace, locate_workspace, require_directory
+from remoteci.web import submissions
+from remoteci.web.messages import Request, Response, json_response
+from remoteci.web.routing import AppParts, Route, path
+from remoteci.web.uploads import receive_upload
 
 COMPONENT = "api"
+MAX_JSON_BODY = 1024 * 1024  # as a job submission's
 LIST_LIMIT_MAX = 500
 FORM_FIELDS = ("code", "pipeline")
+
+
+def routes(parts: AppParts) -> list[Route]:
+    """The pipeline routes, registered with the app through remoteci/routes.py."""
+    pipelines = PipelineRoutes(parts.settings, parts.store, parts.history)
+    return [
+        Route("POST", path(r"/api/pipelines"), pipelines.submit, "api"),
+        Route("GET", path(r"/api/pipelines"), pipelines.list, "api"),
+        Route("GET", path(r"/api/pipelines/(?P<pid>[^/]+)"), pipelines.get, "api"),
+        Route("POST", path(r"/api/pipelines/(?P<pid>[^/]+)/cancel"), pipelines.cancel, "api"),
+        Route("GET", path(r"/pipelines/(?P<pid>[^/]+)"), pipelines.page, "page"),
+    ]
 
 
 class PipelineRoutes:

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from remoteci.errors import ApiError, SourceError
-from remoteci.gitsource import clone_git, redact_url
 from remoteci.pipelines.plan import CODE
-from remoteci.workspaces import copy_workspace, open_workspace
+from remoteci.sources.git import clone_git, redact_url
+from remoteci.sources.workspaces import copy_workspace, open_workspace
 
 DIR = "pipelines"
 ORPHAN_AGE = 3600.0  # a dir with no pipeline record is a submission's leftover after this long

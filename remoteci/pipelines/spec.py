@@ -6,10 +6,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from remoteci import strict_json, submissions
 from remoteci.errors import ApiError
-from remoteci.gitsource import validate_git_ref, validate_git_url
-from remoteci.webhooks import HostPattern, validate_webhook
+from remoteci.sources.git import validate_git_ref, validate_git_url
+from remoteci.web import strict_json, submissions
+from remoteci.webhooks.rules import HostPattern, validate_webhook
 
 T = TypeVar("T")
 

@@ -27,7 +27,7 @@ from remoteci.queue import (
     pipelines_owner_index,
     replicated,
 )
-from remoteci.redis_conn import Client as Redis
+from remoteci.store.redis_conn import Client as Redis
 
 _SHOWN = ("id", "name", "status", "owner", "mode", "source", "ref", "commit", "created_at",
           "finished_at", "error", "stage", "spec", "webhook", "webhook_status", "webhook_attempts")
