@@ -93,6 +93,7 @@ class Options(NamedTuple):
     artifacts: tuple[str, ...] = ()
     download_artifacts: str | None = None
     webhook: str | None = None
+    host: str | None = None  # the worker host (its REMOTE_CI_NODE_NAME) that must run the job
     pipeline: dict[str, Any] | None = None  # --pipeline FILE, read; its `source` may come from flags
 
 
@@ -144,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--webhook", metavar="URL",
                         help="the server POSTs the job's final state to URL (a signed JSON body); "
                              "its host must be in the server's REMOTE_CI_WEBHOOK_ALLOW")
+    parser.add_argument("--host", metavar="NAME",
+                        help="run the job only on the worker host NAME (its REMOTE_CI_NODE_NAME), "
+                             "e.g. the one that holds the --workspace")
     return parser
 
 
@@ -184,7 +188,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> Options:
         max_wait=args.max_wait, fail_on_wait_timeout=args.fail_on_wait_timeout,
         retry_for=args.retry_for, rsync_to=args.rsync_to, source_dir=args.source_dir,
         include_git=args.include_git, artifacts=tuple(args.artifacts),
-        download_artifacts=args.download_artifacts, webhook=args.webhook)
+        download_artifacts=args.download_artifacts, webhook=args.webhook, host=args.host or None)
 
 
 def _has_source_flag(args: argparse.Namespace) -> bool:
@@ -195,7 +199,8 @@ def read_pipeline(path: str, args: argparse.Namespace) -> dict[str, Any]:
     """The pipeline file as a JSON object; per-job settings live in it, not in flags."""
     per_job = [flag for flag, value in (("--script", args.script), ("--timeout", args.timeout),
                                         ("--env", args.env), ("--artifacts", args.artifacts),
-                                        ("--download-artifacts", args.download_artifacts))
+                                        ("--download-artifacts", args.download_artifacts),
+                                        ("--host", args.host))
                if value]
     if per_job:
         raise refused(f"{per_job[0]} does not go with --pipeline: set it per job in the file")
@@ -650,6 +655,8 @@ def submission_fields(opts: Options) -> dict[str, Any]:
         fields["artifacts"] = list(opts.artifacts)
     if opts.webhook:
         fields["webhook"] = opts.webhook
+    if opts.host:
+        fields["host"] = opts.host
     return fields
 
 
@@ -901,6 +908,8 @@ def run(opts: Options, state: Run, out: BinaryIO) -> int:
         raise Interrupted(state.pending)
     position = f", queue position {job['queue_position']}" if job.get("queue_position") else ""
     say(f"job {state.job_id} {job.get('status', 'queued')}{position}: {state.job_url()}")
+    if job.get("waiting_for"):
+        say(f"it waits for {job['waiting_for']}")
     follow_path = f"/api/jobs/{state.job_id}/logs?follow=1"
     status, offset = follow_log(state.api, state.job_id, out, patience)
     if status is None:

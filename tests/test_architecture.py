@@ -128,7 +128,8 @@ MAY_IMPORT = {
     "webhooks": {"store", "pipelines"},  # pipelines.objects: the body of a pipeline's webhook
     "history": {"store", "system", "auth"},
     "artifacts": {"web", "auth"},
-    "web": {"store", "system", "auth", "sources", "history", "artifacts", "webhooks"},
+    "hosts": set(),
+    "web": {"store", "system", "auth", "sources", "history", "artifacts", "webhooks", "hosts"},
     "pages": {"store", "web", "auth", "history"},
     "worker": {"executor", "store", "system", "sources", "history", "webhooks", "artifacts",
                "pipelines"},

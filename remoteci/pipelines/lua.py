@@ -54,6 +54,7 @@ local function pipe_enqueue(job, now, ttl)
   redis.call('EXPIRE', key, ttl)
   pipe_index(job['id'], seq, 'queued', job['record'])
   redis.call('LPUSH', PIPE_P .. 'queue', encoded)
+  redis.call('XADD', PIPE_P .. 'bell', 'MAXLEN', '1', '*', 'job', job['id'])  -- wakes idle executors
 end
 
 -- A job whose stage never starts: a final `cancelled` record, never queued.

@@ -11,13 +11,13 @@ import time
 from collections.abc import Mapping
 from typing import Any, cast
 
+from remoteci import jobs
 from remoteci.pipelines.lua import PIPELINE_LUA
 from remoteci.pipelines.objects import pipeline_object
 from remoteci.queue import (
     _LUA_ISO_TIME,
     _LUA_QUEUE_HISTORY,
     PIPELINES,
-    QUEUE,
     AlreadySubmitted,
     OverQuota,
     QueueFull,
@@ -26,6 +26,7 @@ from remoteci.queue import (
     pipeline_key,
     pipelines_owner_index,
     replicated,
+    status_index,
 )
 from remoteci.store.redis_conn import Client as Redis
 
@@ -35,7 +36,7 @@ _SHOWN = ("id", "name", "status", "owner", "mode", "source", "ref", "commit", "c
 
 _LIB = _LUA_ISO_TIME + _LUA_QUEUE_HISTORY + PIPELINE_LUA
 
-# KEYS: pipeline, pipelines, pipelines:owner:<o>, queue, idempotency key or '',
+# KEYS: pipeline, pipelines, pipelines:owner:<o>, index:status:queued, idempotency key or '',
 #       index:queued:<o>
 # ARGV: id, ttl, max_queue, score, spec JSON, max queued per owner (0: none), then field/value
 #       pairs of the pipeline
@@ -50,7 +51,7 @@ if KEYS[5] ~= '' then
 end
 local spec = cjson.decode(ARGV[5])
 local first = #spec[1]['jobs']
-if redis.call('LLEN', KEYS[4]) + first > tonumber(ARGV[3]) then return -1 end
+if redis.call('ZCARD', KEYS[4]) + first > tonumber(ARGV[3]) then return -1 end
 local max_queued = tonumber(ARGV[6])
 if max_queued > 0 and redis.call('ZCARD', KEYS[6]) + first > max_queued then return -2 end
 if KEYS[5] ~= '' then redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[2]) end
@@ -98,7 +99,8 @@ class PipelineStore:
         spec = json.dumps(stages, separators=(",", ":"))
         key = idempotency_index(owner, idempotency_key) if idempotency_key else ""
         result = self._create(
-            keys=[pipeline_key(pipeline_id), PIPELINES, pipelines_owner_index(owner), QUEUE, key,
+            keys=[pipeline_key(pipeline_id), PIPELINES, pipelines_owner_index(owner),
+                  status_index(jobs.QUEUED), key,
                   owner_queued_index(owner)],
             args=[pipeline_id, self.ttl, max_queue, int(time.time() * 1000), spec, max_queued,
                   *flat])

@@ -23,7 +23,7 @@ def prepare_source(payload: dict[str, Any], scratch: Path, settings: Settings,
     if mode == "rsync":
         # A pipeline's job copies the snapshot its pipeline took at submission instead.
         root = Path(payload.get("snapshot_root") or settings.workspace_dir)
-        workspace_fd = open_workspace(root, payload["workspace"])
+        workspace_fd = open_workspace(root, payload["workspace"], payload.get("host"))
         try:
             copy_workspace(workspace_fd, scratch, timeout=payload["timeout"])
         finally:
