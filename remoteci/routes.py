@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from remoteci.artifacts import routes as artifacts
 from remoteci.pages import routes as pages
+from remoteci.pipelines import routes as pipelines
 from remoteci.shipping import routes as shipping
 from remoteci.web.routing import RouteSet
 
 ROUTE_SETS: list[RouteSet] = [
     artifacts.routes,
     pages.routes,
+    pipelines.routes,
     shipping.routes,
 ]
