@@ -134,7 +134,6 @@ MAY_IMPORT = {
     "worker": {"executor", "store", "system", "sources", "history", "webhooks", "artifacts",
                "pipelines"},
     "pipelines": {"store", "web", "auth", "sources", "artifacts", "webhooks", "history", "pages"},
-    "worker": {"executor", "store", "system", "sources", "history", "webhooks", "artifacts"},
     "shipping": {"web", "auth", "artifacts"},
 }
 
