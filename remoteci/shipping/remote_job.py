@@ -92,9 +92,10 @@ class RemoteJob:
         """After the last log line: drop the upload (ours and the API's), wait for the log to
         arrive (up to LOG_WAIT, or `give_up_at` on the monotonic clock: a drain's end); return
         the log's final length."""
-        if payload.get("mode") == "upload":
-            if self.local_upload is not None:
-                self.local_upload.unlink(missing_ok=True)
+        if self.local_upload is not None:
+            self.local_upload.unlink(missing_ok=True)
+        if payload.get("mode") == "upload" and not payload.get("pipeline"):
+            # A pipeline's archive serves all its jobs: it goes when the pipeline ends.
             try:
                 self._retrying("deleting the upload", lambda: self.client.drop_upload(self.job_id))
             except Refused as exc:  # the API's sweep removes it after the retention

@@ -138,7 +138,9 @@ class ShippingRoutes:
 
     def drop_upload(self, request: Request) -> Response:
         job_id = self._job(request, "deleting a job's upload")
-        path, _ = self._upload_path(job_id)
+        path, payload = self._upload_path(job_id)
+        if payload.get("pipeline"):  # shared by the pipeline's jobs: it goes with the pipeline
+            return json_response(200, {"deleted": False})
         path.unlink(missing_ok=True)
         return json_response(200, {"deleted": True})
 
