@@ -100,7 +100,7 @@ def _source(value: Any, limits: Limits) -> GitSource | RsyncSource:
                             "\"ref\": ...} or {\"mode\": \"rsync\", \"workspace\": ...} (or upload "
                             "the code as multipart field 'code' with the pipeline in field 'pipeline')")
     mode = value.get("mode")
-    if mode not in SOURCE_FIELDS:
+    if not isinstance(mode, str) or mode not in SOURCE_FIELDS:  # a list is unhashable: a 500
         raise ApiError(400, "field 'source.mode' must be \"git\" or \"rsync\"")
     _known(value, SOURCE_FIELDS[mode], "field 'source'")
     if mode == "rsync":
