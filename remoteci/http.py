@@ -49,7 +49,8 @@ COMPONENT = "api"
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 Headers = list[tuple[str, str]]
 
-_REASONS = {200: "OK", 202: "Accepted", 206: "Partial Content", 303: "See Other", 400: "Bad Request",
+_REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content",
+            206: "Partial Content", 303: "See Other", 400: "Bad Request",
             401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
             409: "Conflict", 413: "Content Too Large", 416: "Range Not Satisfiable",
             429: "Too Many Requests",
@@ -150,6 +151,8 @@ class App:
     def __init__(self, settings: Settings, store: JobStore):
         from remoteci.artifact_routes import ArtifactRoutes  # these build on this module's
         from remoteci.page_routes import PageRoutes  # Request and Response
+        from remoteci.schedules.page import SchedulePages
+        from remoteci.schedules.routes import ScheduleRoutes
 
         self.settings = settings
         self.store = store
@@ -195,6 +198,8 @@ class App:
             Route("GET", _p(r"/jobs/(?P<id>[^/]+)"), web.job, "page"),
             Route("GET", _p(r"/jobs/(?P<id>[^/]+)/log"), web.job_log, "page"),
             Route("POST", _p(r"/jobs/(?P<id>[^/]+)/cancel"), web.cancel, "page"),
+            *ScheduleRoutes(settings, store).routes(),
+            *SchedulePages(settings, store).routes(),
         ]
 
     # --- WSGI ------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from remoteci.history_writer import HISTORY_SLOT, history_main
 from remoteci.notify import Notifier
 from remoteci.queue import HEARTBEAT_TTL, JobStore
 from remoteci.redis_watch import RedisWatch
+from remoteci.schedules.firing import SCHEDULER_SLOT, ticker_main
 from remoteci.wakeup import SignalWakeup
 from remoteci.webhook_store import WebhookStore
 from remoteci.webhook_worker import DELIVERER_SLOT, STOP_GRACE, deliverer_main
@@ -62,6 +63,7 @@ class Supervisor:
         for slot in range(self.settings.concurrency):
             self._spawn(slot)
         self._spawn(HISTORY_SLOT)
+        self._spawn(SCHEDULER_SLOT)  # on every host: a tick's claim in Redis makes one job
         if self.settings.webhooks_enabled:
             self._spawn(DELIVERER_SLOT)
         else:
@@ -122,8 +124,8 @@ class Supervisor:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 proctree.die_with_parent(signal.SIGTERM)
-                main = {DELIVERER_SLOT: deliverer_main, HISTORY_SLOT: history_main}.get(
-                    slot, executor_main)
+                main = {DELIVERER_SLOT: deliverer_main, HISTORY_SLOT: history_main,
+                        SCHEDULER_SLOT: ticker_main}.get(slot, executor_main)
                 main(self.settings, self.make_store(), slot)
             except BaseException as exc:
                 events.error("executor", f"crashed: {exc!r}")
@@ -147,6 +149,9 @@ class Supervisor:
                 events.error(COMPONENT, f"webhook deliverer {executor_id} died (exit code {code}); "
                                         "restarting it")
                 self._hand_back_deliveries(executor_id)
+            elif slot == SCHEDULER_SLOT:
+                events.error(COMPONENT, f"schedule ticker {executor_id} died (exit code {code}); "
+                                        "restarting it (due ticks wait for it)")
             elif slot == HISTORY_SLOT:
                 events.error(COMPONENT, f"history writer {executor_id} died (exit code {code}); "
                                         "restarting it (what it had not copied waits in Redis)")
