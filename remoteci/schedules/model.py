@@ -52,6 +52,17 @@ def next_tick(cron_text: str, timezone: str, after: float) -> int | None:
     return None if moment is None else int(moment.timestamp())
 
 
+def new_record(schedule_id: str, new: NewSchedule, owner: str, now: float) -> dict[str, str]:
+    """The hash a new schedule is stored as; `next_run_at` is its first tick after `now`."""
+    shown, run = new.job.dumps()
+    following = next_tick(new.cron, new.timezone, now)
+    return {"id": schedule_id, "cron": new.cron, "timezone": new.timezone, "job": shown,
+            "run": run, "enabled": "1", "owner": owner, "created_at": jobs.iso_time(now),
+            "next_run_at": "" if following is None else str(following),
+            **({"name": new.name} if new.name else {}),
+            **({"credential": new.job.credential} if new.job.credential else {})}
+
+
 def schedule_object(record: dict[str, str]) -> dict[str, Any]:
     """The stored hash as the API shows it: typed, with no credential and no run details."""
     next_at = record.get("next_run_at")

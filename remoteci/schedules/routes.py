@@ -13,7 +13,7 @@ from remoteci.http import MAX_JSON_BODY, Request, Response, Route, json_response
 from remoteci.identity import Identity, listing_owner, may_see
 from remoteci.queue import JobStore, OverQuota, QueueFull
 from remoteci.schedules import firing
-from remoteci.schedules.model import next_tick, parse_schedule, schedule_object
+from remoteci.schedules.model import new_record, next_tick, parse_schedule, schedule_object
 from remoteci.schedules.store import ScheduleStore
 
 COMPONENT = "api"
@@ -43,15 +43,8 @@ class ScheduleRoutes:
         new = parse_schedule(data, self.settings, request.identity)
         now = time.time()
         schedule_id = jobs.new_job_id()
-        shown, run = new.job.dumps()
-        following = next_tick(new.cron, new.timezone, now)
-        record = {"id": schedule_id, "cron": new.cron, "timezone": new.timezone, "job": shown,
-                  "run": run, "enabled": "1", "owner": request.identity.owner,
-                  "created_at": jobs.iso_time(now),
-                  "next_run_at": "" if following is None else str(following),
-                  **({"name": new.name} if new.name else {}),
-                  **({"credential": new.job.credential} if new.job.credential else {})}
-        if not self.schedules.create(record, int(now * 1000), following, MAX_SCHEDULES):
+        record = new_record(schedule_id, new, request.identity.owner, now)
+        if not self.schedules.create(record, int(now * 1000), MAX_SCHEDULES):
             raise ApiError(409, f"the server holds {MAX_SCHEDULES} schedules, its most; "
                                 "delete schedules no longer needed")
         events.info(COMPONENT, f"schedule {schedule_id} created cron={new.cron!r} "

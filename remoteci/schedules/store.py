@@ -78,15 +78,14 @@ class ScheduleStore:
         self._set_enabled = client.register_script(_SET_ENABLED)
         self._note_run = client.register_script(_NOTE_RUN)
 
-    def create(self, record: Mapping[str, str], created_ms: int, next_tick: int | None,
-               max_schedules: int) -> bool:
-        """Store a new schedule; False when the server holds `max_schedules` already."""
+    def create(self, record: Mapping[str, str], created_ms: int, max_schedules: int) -> bool:
+        """Store a new schedule, due at its `next_run_at`; False when the server holds
+        `max_schedules` already."""
         schedule_id = record["id"]
         fields = [item for pair in record.items() for item in pair]
         return bool(self._create(
             keys=[schedule_key(schedule_id), SCHEDULES, DUE],
-            args=[schedule_id, created_ms, "" if next_tick is None else next_tick, max_schedules,
-                  *fields]))
+            args=[schedule_id, created_ms, record.get("next_run_at", ""), max_schedules, *fields]))
 
     def get(self, schedule_id: str) -> dict[str, str] | None:
         record = cast("dict[str, str]", self.r.hgetall(schedule_key(schedule_id)))
