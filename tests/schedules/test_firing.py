@@ -20,7 +20,7 @@ from remoteci.schedules.model import new_record, parse_schedule
 from remoteci.schedules.store import ScheduleStore, tick_claim
 from tests.helpers import RedisServer
 
-T0 = 1_796_000_000  # 2026-11-29T23:33:20Z; every test's clock starts here
+T0 = 1_796_000_000  # 2026-11-30T00:53:20Z; every test's clock starts here
 
 
 @pytest.fixture
