@@ -25,6 +25,10 @@ Keys (all under `rci:`):
   stored:<owner>        hash job id -> bytes the job keeps on disk (its upload while it waits or
                         runs, then its artifacts until the record expires)
   stored                hash owner -> the sum of its stored:<owner>: its cap on stored bytes
+  schedule:<id>         hash: a schedule (cron, zone, its job, next tick, last job); no TTL
+  schedules             sorted set of schedule ids by creation time (ms), for listing
+  schedules:due         sorted set of enabled schedule ids by next tick (epoch seconds); the
+                        tickers read the due ones (see schedules/store.py)
 
 Every status change is one Lua script, so it is one atomic transaction, and conditional:
 a job is claimed only while `queued`, finished only while `running`. The script that makes a job
@@ -58,6 +62,8 @@ WEBHOOKS = P + "webhooks"
 HISTORY = P + "history"
 JOB_UIDS = P + "job-uids"
 JOB_UID_OWNERS = P + "job-uid-owners"
+SCHEDULES = P + "schedules"
+SCHEDULES_DUE = P + "schedules:due"
 HEARTBEAT_TTL = 15
 SCAN_BATCHES = 20  # bound on index batches one listing page reads when a second filter is rare
 REPLICA_WAIT_MS = 2000  # how long a write waits for REMOTE_CI_REDIS_MIN_REPLICAS acks
@@ -103,6 +109,10 @@ def owner_queued_index(owner: str) -> str:
 
 def stored_key(owner: str) -> str:
     return f"{P}stored:{owner}"
+
+
+def schedule_key(schedule_id: str) -> str:
+    return f"{P}schedule:{schedule_id}"
 
 
 def owner_index(owner: str) -> str:

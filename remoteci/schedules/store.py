@@ -1,4 +1,5 @@
-"""Schedules in Redis: a hash each (kept until deleted: no TTL), a list of all, and the due set.
+"""Schedules in Redis (keys in queue.py): a hash each, kept until deleted (no TTL), a list of
+all, and the due set.
 
 `rci:schedules:due` scores each enabled schedule by its next tick (epoch seconds). A tick is
 claimed by the job's enqueue itself (its idempotency key names the schedule and the tick), and
@@ -12,15 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import cast
 
-from remoteci.queue import P
+from remoteci.queue import SCHEDULES, SCHEDULES_DUE, schedule_key
 from remoteci.redis_conn import Client
-
-SCHEDULES = P + "schedules"  # zset: id -> creation time (ms), for listing
-DUE = P + "schedules:due"  # zset: id -> next tick (epoch seconds), enabled schedules only
-
-
-def schedule_key(schedule_id: str) -> str:
-    return f"{P}schedule:{schedule_id}"
 
 
 def tick_claim(schedule_id: str, tick: int) -> str:
@@ -84,7 +78,7 @@ class ScheduleStore:
         schedule_id = record["id"]
         fields = [item for pair in record.items() for item in pair]
         return bool(self._create(
-            keys=[schedule_key(schedule_id), SCHEDULES, DUE],
+            keys=[schedule_key(schedule_id), SCHEDULES, SCHEDULES_DUE],
             args=[schedule_id, created_ms, record.get("next_run_at", ""), max_schedules, *fields]))
 
     def get(self, schedule_id: str) -> dict[str, str] | None:
@@ -104,27 +98,27 @@ class ScheduleStore:
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(schedule_key(schedule_id))
         pipe.zrem(SCHEDULES, schedule_id)
-        pipe.zrem(DUE, schedule_id)
+        pipe.zrem(SCHEDULES_DUE, schedule_id)
         return bool(pipe.execute()[0])
 
     def set_enabled(self, schedule_id: str, enabled: bool, next_tick: int | None) -> bool:
         """Pause (no tick) or resume (from `next_tick` on); False if there is no such schedule."""
         return bool(self._set_enabled(
-            keys=[schedule_key(schedule_id), DUE],
+            keys=[schedule_key(schedule_id), SCHEDULES_DUE],
             args=[schedule_id, "1" if enabled else "0",
                   "" if next_tick is None or not enabled else next_tick]))
 
     def due(self, now: float, limit: int = 100) -> list[tuple[str, int]]:
         """(id, tick) of schedules whose tick has come, earliest first."""
         found = cast("list[tuple[str, float]]", self.r.zrangebyscore(
-            DUE, "-inf", now, start=0, num=limit, withscores=True))
+            SCHEDULES_DUE, "-inf", now, start=0, num=limit, withscores=True))
         return [(str(schedule_id), int(score)) for schedule_id, score in found]
 
     def advance(self, schedule_id: str, tick: int, next_tick: int | None, job_id: str,
                 run_at: str) -> bool:
         """Record the tick's job and move on to `next_tick`, if still at `tick`."""
         return bool(self._advance(
-            keys=[schedule_key(schedule_id), DUE],
+            keys=[schedule_key(schedule_id), SCHEDULES_DUE],
             args=[schedule_id, tick, "" if next_tick is None else next_tick, job_id, run_at]))
 
     def note_run(self, schedule_id: str, job_id: str, run_at: str) -> None:
