@@ -30,7 +30,8 @@ def make_job(settings: Settings, store: JobStore, record: dict[str, str],
     job, (that job, True). QueueFull and OverQuota pass through to the caller."""
     spec = loads(record["job"], record["run"], record.get("credential"))
     job_id = jobs.new_job_id()
-    job_record, payload = job_entry(spec, job_id, record["owner"], record["id"], jobs.iso_now())
+    job_record, payload = job_entry(spec, job_id, record["owner"], record["id"], jobs.iso_now(),
+                                    record.get("name"))
     if spec.credential is not None:
         store.put_git_credential(job_id, spec.credential)
     try:

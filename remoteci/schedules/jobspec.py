@@ -97,16 +97,18 @@ def _git(data: dict[str, Any], settings: Settings, identity: Identity,
                    credential.to_json() if credential else None)
 
 
-def job_entry(spec: JobSpec, job_id: str, owner: str, schedule_id: str,
-              created_at: str) -> tuple[dict[str, str], dict[str, Any]]:
-    """The job record and queued payload a tick (or run-now) enqueues, as a submission's."""
+def job_entry(spec: JobSpec, job_id: str, owner: str, schedule_id: str, created_at: str,
+              schedule_name: str | None = None) -> tuple[dict[str, str], dict[str, Any]]:
+    """The job record and queued payload a tick (or run-now) enqueues, as a submission's; a job
+    without a name of its own is labelled with its schedule's, so lists show where it came from."""
     shown = spec.shown
     webhook = shown.get("webhook")
+    name = shown.get("name") or schedule_name
     record = {
         "id": job_id, "mode": shown["mode"], "status": jobs.QUEUED, "script": shown["script"],
         "source": spec.source, "timeout": str(shown["timeout"]), "created_at": created_at,
         "owner": owner, "schedule": schedule_id,
-        **({"name": shown["name"]} if shown.get("name") else {}), **spec.record,
+        **({"name": name} if name else {}), **spec.record,
         **({"webhook": webhook, "webhook_status": "pending", "webhook_attempts": "0"}
            if webhook else {}),
     }

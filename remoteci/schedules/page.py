@@ -92,8 +92,9 @@ def _row(schedule: dict[str, Any], last: dict[str, Any] | None, tokens: dict[str
         f"<input type=hidden name=csrf value=\"{escape(tokens[action])}\">"
         f"<button>{label}</button></form>"
         for action, label in ((toggle, toggle.capitalize()), ("run", "Run now")))
-    last_cell = (f"{shared._job_link(last['id'])} {shared._status(last['status'])}"
-                 if last else shared._text(schedule["last_job_id"]))
+    last_id = schedule["last_job_id"]  # its record may have expired: the job page asks history
+    last_cell = (shared._job_link(last_id) + (f" {shared._status(last['status'])}" if last else "")
+                 if last_id else "")
     owner_cell = f"<td>{shared._text(schedule['owner'])}</td>" if show_owner else ""
     return (f"<tr id=\"schedule-{sid}\"><td>{shared._text(schedule['name'])}"
             f"<div class=\"id muted\">{shared._text(schedule['id'])}</div></td>"

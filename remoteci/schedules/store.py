@@ -108,7 +108,7 @@ class ScheduleStore:
             args=[schedule_id, "1" if enabled else "0",
                   "" if next_tick is None or not enabled else next_tick]))
 
-    def due(self, now: float, limit: int = 100) -> list[tuple[str, int]]:
+    def due(self, now: float, limit: int = 1000) -> list[tuple[str, int]]:
         """(id, tick) of schedules whose tick has come, earliest first."""
         found = cast("list[tuple[str, float]]", self.r.zrangebyscore(
             SCHEDULES_DUE, "-inf", now, start=0, num=limit, withscores=True))

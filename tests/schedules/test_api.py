@@ -90,6 +90,7 @@ def test_run_now_makes_one_job_that_names_its_schedule(server: Server) -> None:
     assert resp.headers["location"] == f"/api/jobs/{job['id']}"
     assert job["schedule"] == schedule["id"] and job["status"] == "queued"
     assert job["source"] == "proj" and job["mode"] == "rsync" and job["owner"] == "admin"
+    assert job["name"] == "nightly"  # the schedule's name, the job having none of its own
     done = server.wait_final(job["id"])
     assert done["status"] == "success" and done["schedule"] == schedule["id"]
     assert server.log(job["id"]).startswith(b"from the schedule\n")

@@ -38,7 +38,7 @@ def test_a_git_schedule_round_trips(settings: Settings) -> None:
                             "artifacts": ["dist/*"]}
     assert "pw" not in json.dumps(shown) and "pw" in record["credential"]
     spec = loads(record["job"], record["run"], record.get("credential"))
-    job, payload = job_entry(spec, "j1", "admin", "s1", "2026-11-30T00:00:00.100Z")
+    job, payload = job_entry(spec, "j1", "admin", "s1", "2026-11-30T00:00:00.100Z", "nightly")
     assert job["schedule"] == "s1" and job["ref"] == "v1.2" and job["timeout"] == "900"
     assert job["source"] == "https://***@git.example.com/r.git" and job["status"] == "queued"
     assert payload["repo"] == "https://git.example.com/r.git" and payload["git_credential"] is True
@@ -55,7 +55,9 @@ def test_an_rsync_schedule_keeps_the_resolved_workspace(settings: Settings) -> N
     spec = loads(record["job"], record["run"], None)
     job, payload = job_entry(spec, "j2", "admin", "s2", "t")
     assert payload["workspace"] == "proj" and job["source"] == "proj" and payload["timeout"] == 5
-    assert "webhook" not in job and "name" not in job
+    assert "webhook" not in job and "name" not in job  # neither the job nor the schedule has one
+    named, _ = job_entry(spec, "j3", "admin", "s2", "t", "nightly")
+    assert named["name"] == "nightly"  # the schedule's name labels a job without its own
 
 
 def test_a_project_token_is_held_to_its_git_hosts(settings: Settings) -> None:
