@@ -9,7 +9,7 @@ from redis.exceptions import RedisError
 
 from remoteci import events, jobs
 from remoteci.config import Settings
-from remoteci.queue import AlreadySubmitted, JobStore, OverQuota, QueueFull, Quotas
+from remoteci.queue import AlreadySubmitted, JobStore, NotReplicated, OverQuota, QueueFull, Quotas
 from remoteci.schedules.jobspec import job_entry, loads
 from remoteci.schedules.model import next_tick
 from remoteci.schedules.store import ScheduleStore, tick_claim
@@ -78,6 +78,12 @@ class Ticker:
             self.refused[schedule_id] = time.monotonic() + REFUSED_BACKOFF
             events.warning(COMPONENT, f"schedule {schedule_id}: the queue refused its job "
                                       f"({type(exc).__name__}); retrying in {REFUSED_BACKOFF:.0f} s")
+            return None
+        except NotReplicated as exc:
+            # Stored on the primary only: the tick stays due, and the next look finds the job
+            # (or, after a failover that lost it, makes it).
+            events.warning(COMPONENT, f"schedule {schedule_id}: its job is not replicated yet "
+                                      f"({exc}); the next look settles the tick")
             return None
         self.refused.pop(schedule_id, None)
         # Missed ticks are not made up one by one: the next tick is the first after now.

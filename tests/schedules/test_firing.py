@@ -187,3 +187,18 @@ def test_a_full_queue_leaves_the_tick_due(settings: Settings, clients: list[Clie
     assert refused.fire_due(tick + 2) == []  # backing off: not asked again at once
     clients[0].delete("rci:queue")
     assert len(ticker(settings, clients[1]).fire_due(tick + 3)) == 1
+
+
+def test_a_job_no_replica_confirmed_leaves_the_tick_to_the_next_look(
+        settings: Settings, clients: list[Client]) -> None:
+    schedule_id = add_schedule(settings, clients[0])
+    tick = next_run_at(clients[0], schedule_id)
+    # REMOTE_CI_REDIS_MIN_REPLICAS=1 on a redis without replicas: WAIT confirms nothing.
+    unconfirmed = Ticker(settings, JobStore(clients[0], 3600, min_replicas=1),
+                         ScheduleStore(clients[0]))
+    assert unconfirmed.fire_due(tick + 1) == []
+    stored = scheduled_jobs(clients[0], schedule_id)
+    assert len(stored) == 1 and next_run_at(clients[0], schedule_id) == tick  # still due
+    assert ticker(settings, clients[1]).fire_due(tick + 2) == []  # finds that job, makes none
+    assert len(scheduled_jobs(clients[0], schedule_id)) == 1
+    assert next_run_at(clients[0], schedule_id) == tick + 60
