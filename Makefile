@@ -8,7 +8,7 @@ test: dev-deps lint  ## lint, type-check and run the test suite
 	.venv/bin/python -m pytest -q
 
 fuzz: dev-deps      ## the API fuzzed from its OpenAPI document, 1000 examples per operation (make test runs 100)
-	REMOTE_CI_FUZZ_EXAMPLES=$${REMOTE_CI_FUZZ_EXAMPLES:-1000} .venv/bin/python -m pytest -q tests/test_fuzz.py
+	REMOTE_CI_FUZZ_EXAMPLES=$${REMOTE_CI_FUZZ_EXAMPLES:-1000} .venv/bin/python -m pytest -q tests/web/test_fuzz.py
 
 lint: dev-deps
 	.venv/bin/ruff check .

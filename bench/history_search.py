@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from remoteci import jobs
-from remoteci.history_db import HistoryDB, Search, parse_history_url
+from remoteci.history.db import HistoryDB, Search, parse_history_url
 from tests.postgres import PostgresServer, pg_bin
 
 RECORDS = 100_000

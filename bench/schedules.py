@@ -16,13 +16,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from remoteci import jobs
+from remoteci.auth.identity import ADMIN
 from remoteci.config import Settings, load_settings
-from remoteci.identity import ADMIN
 from remoteci.queue import JobStore
-from remoteci.redis_conn import connect
 from remoteci.schedules.firing import Ticker
 from remoteci.schedules.model import new_record, parse_schedule
 from remoteci.schedules.store import ScheduleStore
+from remoteci.store.redis_conn import connect
 from tests.helpers import RedisServer
 
 SCHEDULES = 1000

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-# flag -> environment variable it overrides (the same names, as the README promises)
+# flag -> environment variable it overrides (the same names, as docs/configuration.md promises)
 SERVER_FLAGS = {
     "--host": "REMOTE_CI_HOST",
     "--port": "REMOTE_CI_PORT",
@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         exit_now(submit_main(args_list[1:]))
     if args_list[:1] == ["token"]:  # edits a file only: needs neither a token nor redis
-        from remoteci.token_cli import main as token_main
+        from remoteci.auth.token_cli import main as token_main
 
         return token_main(args_list[1:])
     parser = argparse.ArgumentParser(prog="remoteci.py", description="Remote CI job server")
@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     from remoteci import service
-    from remoteci.embedded_redis import EmbeddedRedisError
+    from remoteci.store.embedded_redis import EmbeddedRedisError
 
     try:
         if args.command == "serve":

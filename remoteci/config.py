@@ -8,11 +8,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from remoteci import redis_conn
-from remoteci.history_db import HistoryURL, parse_history_url
-from remoteci.isolation import DEFAULT_UID_RANGE, JobUser, named_user, parse_uid_range
-from remoteci.tokens import ProjectToken, TokensFileError, hash_token, load_tokens_file
-from remoteci.webhooks import MIN_SECRET_CHARS, HostPattern, parse_allowlist
+from remoteci.auth.tokens import ProjectToken, TokensFileError, hash_token, load_tokens_file
+from remoteci.history.db import HistoryURL, parse_history_url
+from remoteci.store import redis_conn
+from remoteci.system.isolation import DEFAULT_UID_RANGE, JobUser, named_user, parse_uid_range
+from remoteci.webhooks.rules import MIN_SECRET_CHARS, HostPattern, parse_allowlist
 
 
 class ConfigError(ValueError):

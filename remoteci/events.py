@@ -1,4 +1,4 @@
-"""One line per event on stderr; under systemd, syslog priority prefixes let journald keep levels.
+"""The log: one line per event on stderr; under systemd, syslog priority prefixes let journald keep levels.
 
 Never pass a token or job output here: these lines end up in the operator's journal.
 """

@@ -15,14 +15,18 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from remoteci import events, histograms, isolation, jobdirs, jobs, proctree
+from remoteci import events, jobs
+from remoteci.artifacts.collector import Limits, collect
+from remoteci.auth.identity import ADMIN_OWNER
 from remoteci.config import Settings
 from remoteci.errors import SourceError
-from remoteci.identity import ADMIN_OWNER
-from remoteci.isolation import JobUser
 from remoteci.queue import JobStore, Taken
-from remoteci.sources import discard_source, prepare_source
-from remoteci.wakeup import SignalWakeup
+from remoteci.sources.prepare import discard_source, prepare_source
+from remoteci.store import histograms
+from remoteci.system import isolation, proctree
+from remoteci.system.isolation import JobUser
+from remoteci.system.wakeup import SignalWakeup
+from remoteci.worker import jobdirs
 
 COMPONENT = "executor"
 TAKE_TIMEOUT = 1.0  # seconds a blocking pop waits, so a stop request is seen within a second
@@ -267,10 +271,6 @@ class Executor:
             if user is not None:  # its processes are gone: nothing of it may change the tree now
                 jobdirs.take_back(scratch)
             if payload.get("artifacts"):  # before the scratch dir goes, whatever the outcome
-                # Imported by the first job that keeps artifacts: it brings hashlib (OpenSSL,
-                # ~4 MB of RSS), which an executor otherwise never needs.
-                from remoteci.artifact_collector import Limits, collect
-
                 kept = collect(scratch, payload["artifacts"], self.settings.artifacts_dir / job_id,
                                Limits(self.settings.max_artifact_mb * 1024 * 1024))
                 _log_line(log_fd, kept.summary())
@@ -427,7 +427,7 @@ def _summary(outcome: Outcome) -> str:
     return f"{outcome.status}: exit code {outcome.exit_code}{took}{detail}"
 
 
-def executor_main(settings: Settings, store: JobStore, slot: int) -> None:
+def executor_main(settings: Settings, store: JobStore) -> None:
+    """One executor process's body, forked and restarted by the supervisor."""
     executor_id = f"{settings.node_name}:{os.getpid()}"
-    del slot
     Executor(settings, store, executor_id).run_forever()

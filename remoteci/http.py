@@ -4,42 +4,52 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from functools import cached_property
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 from redis.exceptions import RedisError
 
-from remoteci import events, history_api, isolation, jobs, logs, metrics, openapi, submissions, zstd
-from remoteci.config import ConfigError, Settings
-from remoteci.errors import ApiError
-from remoteci.gitsource import redact_url, split_credentials, validate_git_ref, validate_git_url
-from remoteci.history_db import HistoryDB
-from remoteci.history_store import HistoryQueue
-from remoteci.identity import (
+from remoteci import events, jobs
+from remoteci.auth.identity import (
     Authenticator,
     Identity,
     check_git_host,
     check_workspace,
     listing_owner,
-    may_see,
     require_admin,
 )
+from remoteci.config import ConfigError, Settings
+from remoteci.errors import ApiError
+from remoteci.history import api as history_api
+from remoteci.history.db import HistoryDB
+from remoteci.history.store import HistoryQueue
 from remoteci.queue import AlreadySubmitted, JobStore, NotReplicated, OverQuota, QueueFull, Quotas
-from remoteci.redis_watch import RedisWatch
-from remoteci.sources import discard_source
-from remoteci.spool import UPLOAD_PATH
-from remoteci.uploads import receive_upload
-from remoteci.workspaces import lexical_workspace, locate_workspace, require_directory
-from remoteci.wsgi_server import SEND_NOW
+from remoteci.sources import zstd
+from remoteci.sources.git import redact_url, split_credentials, validate_git_ref, validate_git_url
+from remoteci.sources.prepare import discard_source
+from remoteci.sources.workspaces import lexical_workspace, locate_workspace, require_directory
+from remoteci.store.redis_watch import RedisWatch
+from remoteci.system import isolation
+from remoteci.web import logs, metrics, openapi, submissions
+from remoteci.web.job_access import cancel, visible_job
+from remoteci.web.messages import (
+    Headers,
+    Request,
+    Response,
+    error_response,
+    json_response,
+    with_safety_headers,
+)
+from remoteci.web.routing import AppParts, Route, RouteSet
+from remoteci.web.server import SEND_NOW
+from remoteci.web.spool import UPLOAD_PATH
+from remoteci.web.streams import ReleasingStream, StreamSlots
+from remoteci.web.uploads import receive_upload
 
 MAX_JSON_BODY = 1024 * 1024
 LIST_LIMIT_MAX = 500
@@ -47,7 +57,6 @@ CLIENT_SCRIPT = Path(__file__).resolve().parent.parent / "ci" / "remote-ci.sh"
 COMPONENT = "api"
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
-Headers = list[tuple[str, str]]
 
 _REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content",
             206: "Partial Content", 303: "See Other", 400: "Bad Request",
@@ -58,102 +67,11 @@ _REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content",
             503: "Service Unavailable"}
 
 
-@dataclass
-class Request:
-    environ: dict[str, Any]
-    method: str
-    path: str
-    params: dict[str, str]  # from the path pattern
-
-    @cached_property
-    def _query(self) -> dict[str, list[str]]:
-        return parse_qs(self.environ.get("QUERY_STRING", ""), keep_blank_values=True)
-
-    def query(self, name: str) -> str | None:
-        values = self._query.get(name)
-        return values[-1] if values else None
-
-    @property
-    def identity(self) -> Identity:
-        """Who sent this request; set by authentication (routes without auth have none)."""
-        return self.environ["remoteci.identity"]  # type: ignore[no-any-return]
-
-    def header(self, name: str) -> str:
-        return str(self.environ.get("HTTP_" + name.upper().replace("-", "_"), ""))
-
-    def body(self, limit: int) -> bytes:
-        length = self.content_length()
-        if length > limit:
-            raise ApiError(413, f"the request body is larger than {limit // 1024} KB")
-        return bytes(self.environ["wsgi.input"].read(length)) if length else b""
-
-    def content_length(self) -> int:
-        try:
-            return max(0, int(self.environ.get("CONTENT_LENGTH") or 0))
-        except ValueError:
-            raise ApiError(400, "Content-Length is not a number") from None
-
-
-@dataclass
-class Response:
-    status: int
-    headers: Headers
-    body: Iterable[bytes]
-    streamed: bool = False  # headers go out at once, before the first (maybe late) chunk
-
-
-# One encoder for every response: json.dumps with any option builds a new one per call.
-_JSON = json.JSONEncoder(separators=(",", ":"))
-
-
-def json_response(status: int, obj: Any, headers: Headers | None = None) -> Response:
-    data = _JSON.encode(obj).encode()
-    return Response(status, [("Content-Type", "application/json"),
-                             ("Content-Length", str(len(data))), *(headers or [])], [data])
-
-
-def error_response(status: int, message: str, headers: Headers | None = None) -> Response:
-    return json_response(status, {"error": message}, headers)
-
-
-# Anything not an HTML page of ours (a log, an artifact, JSON) is never a document a browser
-# runs: no scripts, no styles, no requests, a unique origin. HTML pages carry their own policy.
-RAW_CSP = "default-src 'none'; sandbox"
-
-
-def with_safety_headers(headers: Headers) -> Headers:
-    """nosniff on every answer, so a log or an artifact is never read as HTML or script."""
-    names = {name.lower() for name, _ in headers}
-    extra = [] if "x-content-type-options" in names else [("X-Content-Type-Options", "nosniff")]
-    if "content-security-policy" not in names:
-        extra.append(("Content-Security-Policy", RAW_CSP))
-    return headers + extra if extra else headers
-
-
-Handler = Callable[[Request], Response]
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    pattern: re.Pattern[str]
-    handler: Handler
-    auth: str  # "none", "api" (Bearer) or "page" (Bearer or Basic)
-    label: str = field(init=False)  # the route in request metrics: /api/jobs/{id}
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "label", metrics.route_label(self.pattern.pattern))
-
-
 class App:
     """The whole HTTP side; one instance per process, shared by waitress' threads."""
 
-    def __init__(self, settings: Settings, store: JobStore):
-        from remoteci.artifact_routes import ArtifactRoutes  # these build on this module's
-        from remoteci.page_routes import PageRoutes  # Request and Response
-        from remoteci.schedules.page import SchedulePages
-        from remoteci.schedules.routes import ScheduleRoutes
-
+    def __init__(self, settings: Settings, store: JobStore, route_sets: Sequence[RouteSet] = ()):
+        """`route_sets`: the features' routes (remoteci/routes.py), added after the API's own."""
         self.settings = settings
         self.store = store
         self.stopping = threading.Event()
@@ -163,11 +81,9 @@ class App:
         # What /api/health says before any executor reported: in `serve` they have our rights.
         self.own_isolation = isolation.USER if isolation.can_switch_users() else isolation.NONE
         self.redis_watch = RedisWatch(COMPONENT, store.ping, self.stopping)
-        web = PageRoutes(settings, store, self.history)
         self.streams = StreamSlots(settings.max_followers)
         # What the clients may compress an upload with (they ask GET /api/health first).
         self.upload_formats = ["gzip", "zstd"] if zstd.available() else ["gzip"]
-        artifacts = ArtifactRoutes(settings, self._job, self.streams)
         self.auth = Authenticator(settings.tokens, settings.project_tokens)
         self.quotas = Quotas(settings.max_queued_per_owner,
                              settings.max_stored_mb_per_owner * 1024 * 1024)
@@ -180,27 +96,19 @@ class App:
             Route("GET", _p(r"/api/openapi\.json"), self.openapi, "none"),
             Route("GET", _p(r"/ci/remote-ci\.sh"), self.client_script, "none"),
             Route("POST", _p(r"/api/jobs/rsync"), self.submit_rsync, "api"),
-            Route("POST", _p(re.escape(UPLOAD_PATH)), self.submit_upload, "api"),  # spool.py
+            Route("POST", _p(re.escape(UPLOAD_PATH)), self.submit_upload, "api"),  # web/spool.py
             Route("POST", _p(r"/api/jobs/git"), self.submit_git, "api"),
             Route("GET", _p(r"/api/jobs"), self.list_jobs, "api"),
             Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)"), self.get_job, "api"),
             Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)/logs"), self.get_logs, "api"),
             Route("POST", _p(r"/api/jobs/(?P<id>[^/]+)/cancel"), self.cancel_job, "api"),
-            Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)/artifacts"), artifacts.listing, "api"),
-            Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)/artifacts\.tar\.gz"), artifacts.tarball, "api"),
-            Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)/artifacts/(?P<path>.+)"), artifacts.one, "api"),
             Route("GET", _p(r"/api/stats"), self.stats, "api"),
             Route("GET", _p(r"/api/history"), self.history_search, "api"),
             Route("GET", _p(r"/metrics"), self.metrics, "page"),
-            Route("GET", _p(r"/"), web.index, "page"),
-            Route("GET", _p(r"/history"), web.history_page, "page"),
-            Route("GET", _p(r"/charts"), web.charts, "page"),
-            Route("GET", _p(r"/jobs/(?P<id>[^/]+)"), web.job, "page"),
-            Route("GET", _p(r"/jobs/(?P<id>[^/]+)/log"), web.job_log, "page"),
-            Route("POST", _p(r"/jobs/(?P<id>[^/]+)/cancel"), web.cancel, "page"),
-            *ScheduleRoutes(settings, store).routes(),
-            *SchedulePages(settings, store).routes(),
         ]
+        parts = AppParts(settings, store, self.history, self.streams, self._job)
+        for route_set in route_sets:
+            self.routes += route_set(parts)
 
     # --- WSGI ------------------------------------------------------------------------------
 
@@ -232,7 +140,7 @@ class App:
             if close is not None:
                 close()
             return []
-        if response.streamed or isinstance(response.body, _ReleasingStream):
+        if response.streamed or isinstance(response.body, ReleasingStream):
             # A long answer: its chunks go out as they come, and a hang-up is noticed.
             send_now = environ.get(SEND_NOW)
             if send_now is not None:
@@ -532,37 +440,6 @@ class App:
                               ("Content-Length", str(len(data)))], [data])
 
 
-def visible_job(store: JobStore, settings: Settings, job_id: str, identity: Identity,
-                history: HistoryDB | None = None) -> dict[str, Any]:
-    """The job, or the API's 404: another owner's job gets the very answer an unknown id gets.
-
-    Once its Redis record expired, a job comes from the history database, with `log_expired`
-    saying whether its log is gone too.
-    """
-    job = store.get(job_id)
-    if job is None and history is not None:
-        job = history_api.expired_job(history, job_id, settings.logs_dir)
-    if job is None or not may_see(identity, job):
-        kept = settings.history_days if history is not None else settings.retention_days
-        raise ApiError(404, f"no job with id {job_id!r} (unknown, or older than {kept} days)")
-    return job
-
-
-def cancel(store: JobStore, job_id: str) -> str:
-    """Cancel a job (see JobStore.cancel); a queued upload's archive goes at once, since no
-    executor will ever take the job and discard it."""
-    outcome = store.cancel(job_id, jobs.iso_now())
-    if outcome == "dequeued":
-        payload = store.payload(job_id)
-        if payload is not None:
-            discard_source(payload)
-            if payload.get("git_credential"):
-                store.drop_git_credential(job_id)
-            if payload["mode"] == "upload" and payload.get("owner"):
-                store.settle_stored(payload["owner"], job_id, 0)  # its upload is gone
-    return outcome
-
-
 def _never() -> bool:
     return False
 
@@ -585,50 +462,3 @@ def _int_query(request: Request, name: str, default: int, low: int, high: int) -
     return value
 
 
-class StreamSlots:
-    """Long responses (log follows, large downloads) hold a waitress thread each, so they are
-    capped below the thread count (REMOTE_CI_MAX_FOLLOWERS) and can never starve the API."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self._free = threading.BoundedSemaphore(limit)
-
-    def hold(self, body: Iterable[bytes], instead: str) -> Iterable[bytes]:
-        """`body`, holding a slot until the server closes it; a 503 saying `instead` if none is free."""
-        held = self.try_hold(body)
-        if held is None:
-            raise ApiError(503, f"too many log followers and downloads at once "
-                                f"(REMOTE_CI_MAX_FOLLOWERS={self.limit}); {instead}",
-                           [("Retry-After", "5")])
-        return held
-
-    def try_hold(self, body: Iterable[bytes]) -> Iterable[bytes] | None:
-        """`body`, holding a slot until the server closes it; None if none is free."""
-        if not self._free.acquire(blocking=False):
-            return None
-        return _ReleasingStream(body, self._free.release)
-
-
-class _ReleasingStream:
-    """A streamed body that gives its slot back when the server closes it.
-
-    WSGI servers call close() whatever happened, even when the client left before the first
-    chunk, when a generator's own `finally` would never run.
-    """
-
-    def __init__(self, body: Iterable[bytes], release: Callable[[], None]):
-        self._body = body
-        self._release: Callable[[], None] | None = release
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._body)
-
-    def close(self) -> None:
-        try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            if self._release is not None:
-                self._release()
-                self._release = None

@@ -23,7 +23,7 @@ FINAL_STATUSES = (SUCCESS, FAILED, TIMEOUT, ERROR, CANCELLED)
 STATUSES = (QUEUED, RUNNING, *FINAL_STATUSES)
 MODES = ("rsync", "upload", "git")
 
-# The order of keys in the job object, as the README shows it; optional extras follow.
+# The order of keys in the job object, as docs/api.md shows it; optional extras follow.
 # `owner` is the submitting token's name ("admin" for REMOTE_CI_TOKEN; null on older records).
 _OBJECT_FIELDS = (
     "id", "mode", "status", "name", "script", "source", "timeout", "created_at", "started_at",

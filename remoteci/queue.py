@@ -1,4 +1,6 @@
-"""The Redis schema: enqueue, reliable pop, status transitions, listing, stats, heartbeats.
+"""The whole Redis schema, whatever the file name says (the path is fixed: deployments and docs
+name it): every key of every feature, enqueue, reliable pop, status transitions, listing, stats,
+heartbeats. Features keep their Redis code in their own store modules, on the keys named here.
 
 Keys (all under `rci:`):
   queue                 list of job payload JSON; LPUSH to enqueue, BLMOVE from the right to take
@@ -12,12 +14,12 @@ Keys (all under `rci:`):
   executors             set of executor ids that registered
   executor:<id>         heartbeat string (JSON) with a short TTL; gone means the executor is dead
   counters              hash of jobs finished per status since the data was created
-  histograms            hash of duration / queue-wait histogram buckets (see histograms.py)
+  histograms            hash of duration / queue-wait histogram buckets (see store/histograms.py)
   activity:<hour>       hash per hour of jobs ended, wait/run buckets, busy/up seconds per host;
-                        8-day TTL (see activity.py)
-  webhooks              list of job ids whose webhook is due (see webhook_store.py)
+                        8-day TTL (see store/activity.py)
+  webhooks              list of job ids whose webhook is due (see webhooks/store.py)
   history               list of final job records (JSON, without the payload) waiting for the
-                        history writer to copy them to the database (see history_store.py)
+                        history writer to copy them to the database (see history/store.py)
   job-uids              hash token owner -> the uid its jobs run as (kept, no TTL: stable
                         across hosts and restarts); job-uid-owners is its reverse, uid -> owner
   gitcred:<id>          a queued git job's credential (JSON), taken (GETDEL) when the job starts
@@ -47,8 +49,8 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError, RedisError
 
 from remoteci import jobs
-from remoteci.activity import ActivityStore
-from remoteci.redis_conn import Client as Redis
+from remoteci.store.activity import ActivityStore
+from remoteci.store.redis_conn import Client as Redis
 
 P = "rci:"
 QUEUE = P + "queue"

@@ -12,13 +12,18 @@ import threading
 from types import FrameType
 from typing import Any
 
-from remoteci import events, isolation, listener, notify, proctree, wsgi_server
+from remoteci import events
 from remoteci.config import ConfigError, Settings
-from remoteci.embedded_redis import EmbeddedRedis
 from remoteci.http import App
 from remoteci.queue import JobStore
-from remoteci.redis_conn import connect
-from remoteci.supervisor import supervisor_main
+from remoteci.routes import ROUTE_SETS
+from remoteci.store.embedded_redis import EmbeddedRedis
+from remoteci.store.redis_conn import connect
+from remoteci.system import isolation, proctree
+from remoteci.system import sd_notify as notify
+from remoteci.web import listen_socket as listener
+from remoteci.web import server as wsgi_server
+from remoteci.worker.supervisor import supervisor_main
 
 # Both sides' modules (redis-py, waitress, the app, the supervisor and executors) are imported
 # here, before `serve` forks its supervisor and the supervisor its executors: the forks share
@@ -86,7 +91,7 @@ def _banner(settings: Settings, server: Any) -> str:
 
 def _api(settings: Settings, url: str, sock: socket.socket) -> tuple[Any, Any]:
     """The WSGI app and its (not yet running) waitress server on the bound socket."""
-    app = App(settings, _store_factory(settings, url))
+    app = App(settings, _store_factory(settings, url), ROUTE_SETS)
     return app, wsgi_server.create(settings, app, sock)
 
 

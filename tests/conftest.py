@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import redis
 
-from remoteci.redis_conn import Client as Redis
-from remoteci.redis_conn import connect
+from remoteci.store.redis_conn import Client as Redis
+from remoteci.store.redis_conn import connect
 from tests.helpers import RedisServer, Server, running_server
 from tests.postgres import PostgresServer, pg_bin
 

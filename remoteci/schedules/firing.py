@@ -15,7 +15,6 @@ from remoteci.schedules.model import next_tick
 from remoteci.schedules.store import ScheduleStore, tick_claim
 
 COMPONENT = "scheduler"
-SCHEDULER_SLOT = -3  # the supervisor's slot number for its ticker
 TICK_EVERY = 1.0  # seconds between looks for due schedules: how late a tick may start
 REFUSED_BACKOFF = 30.0  # seconds before a tick the queue refused (full, over quota) is retried
 
@@ -110,6 +109,5 @@ class Ticker:
             time.sleep(TICK_EVERY)
 
 
-def ticker_main(settings: Settings, store: JobStore, slot: int) -> None:
-    del slot
+def ticker_main(settings: Settings, store: JobStore) -> None:
     Ticker(settings, store, ScheduleStore(store.r)).run_forever()

@@ -11,12 +11,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from remoteci import jobs, submissions
+from remoteci import jobs
+from remoteci.auth.identity import Identity, check_git_host, check_workspace
 from remoteci.config import Settings
 from remoteci.errors import ApiError
-from remoteci.gitsource import redact_url, split_credentials, validate_git_ref, validate_git_url
-from remoteci.identity import Identity, check_git_host, check_workspace
-from remoteci.workspaces import lexical_workspace, locate_workspace, require_directory
+from remoteci.sources.git import redact_url, split_credentials, validate_git_ref, validate_git_url
+from remoteci.sources.workspaces import lexical_workspace, locate_workspace, require_directory
+from remoteci.web import submissions
 
 MODES = ("git", "rsync")
 _JOB_HINT = ('an object such as {"mode": "git", "repo": "https://host/org/repo.git", '

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from remoteci import jobs
+from remoteci.auth.identity import Identity
 from remoteci.config import Settings
 from remoteci.errors import ApiError
-from remoteci.identity import Identity
 from remoteci.schedules import cron
 from remoteci.schedules.jobspec import JobSpec, parse_job
 

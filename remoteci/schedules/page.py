@@ -3,7 +3,6 @@ pause, resume and run-now buttons (forms with the cancel form's CSRF rules)."""
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import UTC, datetime
 from html import escape
@@ -11,19 +10,26 @@ from typing import Any
 from urllib.parse import parse_qs, quote
 from zoneinfo import ZoneInfo
 
-from remoteci import csrf, timefmt
-from remoteci import pages as shared
+from remoteci import timefmt
+from remoteci.auth.identity import listing_owner
 from remoteci.config import Settings
 from remoteci.errors import ApiError
-from remoteci.http import Request, Response, Route
-from remoteci.identity import listing_owner
-from remoteci.page_routes import FORM_BODY_MAX, html_response
+from remoteci.pages import csrf
+from remoteci.pages import render as shared
+from remoteci.pages.routes import FORM_BODY_MAX, html_response
 from remoteci.queue import JobStore
 from remoteci.schedules.model import schedule_object
 from remoteci.schedules.routes import run_now, set_enabled, visible_schedule
 from remoteci.schedules.store import ScheduleStore
+from remoteci.web.messages import Request, Response
+from remoteci.web.routing import AppParts, Route, path
 
 ACTIONS = ("pause", "resume", "run")
+
+
+def routes(parts: AppParts) -> list[Route]:
+    """The schedules' page and its forms, registered through remoteci/routes.py."""
+    return SchedulePages(parts.settings, parts.store).routes()
 
 
 def action_name(action: str, schedule_id: str) -> str:
@@ -40,8 +46,8 @@ class SchedulePages:
 
     def routes(self) -> list[Route]:
         return [
-            Route("GET", re.compile(r"/schedules"), self.listing, "page"),
-            Route("POST", re.compile(r"/schedules/(?P<schedule>[^/]+)/(?P<action>pause|resume|run)"),
+            Route("GET", path(r"/schedules"), self.listing, "page"),
+            Route("POST", path(r"/schedules/(?P<schedule>[^/]+)/(?P<action>pause|resume|run)"),
                   self.act, "page"),
         ]
 

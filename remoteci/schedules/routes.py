@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
-from remoteci import events, jobs, submissions
+from remoteci import events, jobs
+from remoteci.auth.identity import Identity, listing_owner, may_see
 from remoteci.config import Settings
 from remoteci.errors import ApiError
-from remoteci.http import MAX_JSON_BODY, Request, Response, Route, json_response
-from remoteci.identity import Identity, listing_owner, may_see
 from remoteci.queue import JobStore, OverQuota, QueueFull
 from remoteci.schedules import firing
 from remoteci.schedules.model import new_record, next_tick, parse_schedule, schedule_object
 from remoteci.schedules.store import ScheduleStore
+from remoteci.web import submissions
+from remoteci.web.messages import Request, Response, json_response
+from remoteci.web.routing import AppParts, Route, path
 
 COMPONENT = "api"
+MAX_JSON_BODY = 1024 * 1024  # as a submission's
 MAX_SCHEDULES = 1000  # all owners together: every ticker reads the due ones each second
 ONE = r"/api/schedules/(?P<schedule>[^/]+)"
+
+
+def routes(parts: AppParts) -> list[Route]:
+    """The schedules' API, registered with the app through remoteci/routes.py."""
+    return ScheduleRoutes(parts.settings, parts.store).routes()
 
 
 class ScheduleRoutes:
@@ -29,13 +36,13 @@ class ScheduleRoutes:
 
     def routes(self) -> list[Route]:
         return [
-            Route("POST", re.compile(r"/api/schedules"), self.create, "api"),
-            Route("GET", re.compile(r"/api/schedules"), self.listing, "api"),
-            Route("GET", re.compile(ONE), self.one, "api"),
-            Route("DELETE", re.compile(ONE), self.delete, "api"),
-            Route("POST", re.compile(ONE + r"/pause"), self.pause, "api"),
-            Route("POST", re.compile(ONE + r"/resume"), self.resume, "api"),
-            Route("POST", re.compile(ONE + r"/run"), self.run, "api"),
+            Route("POST", path(r"/api/schedules"), self.create, "api"),
+            Route("GET", path(r"/api/schedules"), self.listing, "api"),
+            Route("GET", path(ONE), self.one, "api"),
+            Route("DELETE", path(ONE), self.delete, "api"),
+            Route("POST", path(ONE + r"/pause"), self.pause, "api"),
+            Route("POST", path(ONE + r"/resume"), self.resume, "api"),
+            Route("POST", path(ONE + r"/run"), self.run, "api"),
         ]
 
     def create(self, request: Request) -> Response:

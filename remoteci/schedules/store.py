@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import cast
 
 from remoteci.queue import SCHEDULES, SCHEDULES_DUE, schedule_key
-from remoteci.redis_conn import Client
+from remoteci.store.redis_conn import Client
 
 
 def tick_claim(schedule_id: str, tick: int) -> str:

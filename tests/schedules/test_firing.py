@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 
 from remoteci import jobs
+from remoteci.auth.identity import ADMIN
 from remoteci.config import Settings, load_settings
-from remoteci.identity import ADMIN
 from remoteci.queue import JobStore
-from remoteci.redis_conn import Client, connect
 from remoteci.schedules.firing import Ticker, make_job
 from remoteci.schedules.model import new_record, parse_schedule
 from remoteci.schedules.store import ScheduleStore, tick_claim
+from remoteci.store.redis_conn import Client, connect
 from tests.helpers import RedisServer
 
 T0 = 1_796_000_000  # 2026-11-30T00:53:20Z; every test's clock starts here

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from remoteci.auth.identity import ADMIN, Identity
 from remoteci.config import Settings, load_settings
 from remoteci.errors import ApiError
-from remoteci.identity import ADMIN, Identity
 from remoteci.schedules.jobspec import job_entry, loads
 from remoteci.schedules.model import new_record, parse_schedule, schedule_object
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from tests.auth.test_project_tokens import add_token
 from tests.helpers import TOKEN, MakeServer, Server
-from tests.test_project_tokens import add_token
 
 NEVER_SOON = "0 0 1 1 *"
 

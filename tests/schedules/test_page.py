@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from remoteci import csrf
+from remoteci.pages import csrf
 from remoteci.schedules.page import action_name
 from tests.helpers import TOKEN, Server
-from tests.test_pages import BASIC, page
+from tests.pages.test_pages import BASIC, page
 
 FORM = {**BASIC, "Content-Type": "application/x-www-form-urlencoded"}
 HOSTILE = "<script>alert('x')</script>"
