@@ -434,6 +434,8 @@ submit() {
   esac
   case $HTTP_CODE in
     4??) json_field error < "$TMP/submit.body"
+      # The HTTP server's own refusals (a body past the limit, a malformed request) are plain text.
+      [ -n "$REPLY" ] || REPLY=$(head -c 300 "$TMP/submit.body" | tr -s '\r\n' '  ')
       refuse "the server refused the job (HTTP $HTTP_CODE): $REPLY$hint" ;;
     *) why submit; die 1 "the server failed to accept the job ($REPLY); tell the server's operator" ;;
   esac

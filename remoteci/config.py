@@ -58,7 +58,6 @@ class Settings:
     job_user: JobUser | None = None  # REMOTE_CI_JOB_USER: every job as this user
     max_queued_per_owner: int = 1000  # 0: no cap
     max_stored_mb_per_owner: int = 51200  # uploads and artifacts; 0: no cap
-    max_connections_per_client: int = 64  # open connections per client address; 0: no cap
     history_url: HistoryURL | None = None  # None: SQLite in the data dir
     history_days: int = 365
     redis_min_replicas: int = 0  # a submission is answered 202 once this many replicas have it
@@ -196,7 +195,6 @@ _INT_SETTINGS: dict[str, tuple[str, int, int]] = {
     "REMOTE_CI_WEBHOOK_ATTEMPTS": ("webhook_attempts", 1, 20),
     "REMOTE_CI_MAX_QUEUED_PER_OWNER": ("max_queued_per_owner", 0, 10_000_000),
     "REMOTE_CI_MAX_STORED_MB_PER_OWNER": ("max_stored_mb_per_owner", 0, 1_000_000_000),
-    "REMOTE_CI_MAX_CONNECTIONS_PER_CLIENT": ("max_connections_per_client", 0, 100_000),
     "REMOTE_CI_HISTORY_DAYS": ("history_days", 1, 36500),
     "REMOTE_CI_REDIS_MIN_REPLICAS": ("redis_min_replicas", 0, 100),
 }

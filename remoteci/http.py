@@ -46,9 +46,7 @@ from remoteci.web.messages import (
     with_safety_headers,
 )
 from remoteci.web.routing import AppParts, Route, RouteSet
-from remoteci.web.server import SEND_NOW
-from remoteci.web.spool import UPLOAD_PATH
-from remoteci.web.streams import ReleasingStream, StreamSlots
+from remoteci.web.streams import StreamSlots
 from remoteci.web.uploads import receive_upload
 
 MAX_JSON_BODY = 1024 * 1024
@@ -96,7 +94,7 @@ class App:
             Route("GET", _p(r"/api/openapi\.json"), self.openapi, "none"),
             Route("GET", _p(r"/ci/remote-ci\.sh"), self.client_script, "none"),
             Route("POST", _p(r"/api/jobs/rsync"), self.submit_rsync, "api"),
-            Route("POST", _p(re.escape(UPLOAD_PATH)), self.submit_upload, "api"),  # web/spool.py
+            Route("POST", _p(r"/api/jobs/upload"), self.submit_upload, "api"),
             Route("POST", _p(r"/api/jobs/git"), self.submit_git, "api"),
             Route("GET", _p(r"/api/jobs"), self.list_jobs, "api"),
             Route("GET", _p(r"/api/jobs/(?P<id>[^/]+)"), self.get_job, "api"),
@@ -140,11 +138,6 @@ class App:
             if close is not None:
                 close()
             return []
-        if response.streamed or isinstance(response.body, ReleasingStream):
-            # A long answer: its chunks go out as they come, and a hang-up is noticed.
-            send_now = environ.get(SEND_NOW)
-            if send_now is not None:
-                send_now()
         if response.streamed:
             write(b"")  # waitress sends headers on the first non-empty chunk unless told now
         return response.body

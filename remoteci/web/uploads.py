@@ -9,10 +9,12 @@ header folding and split delimiters wrong, and the stdlib has nothing streaming 
 3.13, email.parser holds the whole body). Its PushMultipartParser is sans-IO, so reading, the size
 limits and the file on disk stay here.
 
-waitress reads the whole request before calling the app (spooling an upload's body into the
-uploads dir, see spool.py, so a raw archive is renamed into place rather than copied),
-de-chunks `Transfer-Encoding: chunked` and then sets CONTENT_LENGTH itself, and refuses bodies over
-its `max_request_body_size`; give it `max_request_bytes(...)` so it stops oversized uploads first.
+waitress reads the whole request before calling the app (past `inbuf_overflow` into an unnamed
+file in the data dir's spool, see web/server.py), de-chunks `Transfer-Encoding: chunked` and then
+sets CONTENT_LENGTH itself, and refuses bodies over its `max_request_body_size`; give it
+`max_request_bytes(...)` so it stops oversized uploads first. The app reads `wsgi.input` in 64 KiB
+chunks into the uploads dir, so memory stays flat whatever the size; the body is written twice
+(waitress' spool, then the archive), the price of keeping to waitress' public API.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from multipart import MultipartError, MultipartSegment, PushMultipartParser, par
 
 from remoteci.errors import ApiError
 from remoteci.sources.archives import ARCHIVE_KINDS, sniff_archive
-from remoteci.web.spool import spooled_path
 
 RAW_TYPES = ("application/gzip", "application/x-gzip", "application/zstd", "application/x-tar",
              "application/octet-stream")
@@ -52,19 +53,6 @@ def receive_upload(environ: dict[str, Any], uploads_dir: Path, max_bytes: int) -
     Raises ApiError: 400 for a malformed request or an upload that is not an archive, 413 past
     `max_bytes`. On any error nothing is left in `uploads_dir`.
     """
-    spooled = spooled_path(environ["wsgi.input"])
-    try:
-        adoptable = spooled if spooled is not None and spooled.parent == uploads_dir else None
-        return _receive(environ, uploads_dir, max_bytes, adoptable)
-    finally:
-        if spooled is not None:
-            # Renamed into place or read through: either way it goes before the answer does
-            # (waitress would remove it only after the answer is sent).
-            spooled.unlink(missing_ok=True)
-
-
-def _receive(environ: dict[str, Any], uploads_dir: Path, max_bytes: int,
-             spooled: Path | None) -> tuple[dict[str, str], Path]:
     mime, options = parse_options_header(environ.get("CONTENT_TYPE") or "")
     if mime == "multipart/form-data":
         limit = max_request_bytes(max_bytes)
@@ -84,12 +72,9 @@ def _receive(environ: dict[str, Any], uploads_dir: Path, max_bytes: int,
             fields = _receive_form(body, options.get("boundary", ""), length, upload)
         else:
             fields = _query_fields(environ.get("QUERY_STRING", ""))
-            if spooled is not None:
-                upload.adopt(spooled)  # the body is the archive, and already on disk here
-            else:
-                upload.open()
-                for chunk in body:
-                    upload.write(chunk)
+            upload.open()
+            for chunk in body:
+                upload.write(chunk)
         path = upload.finish()
         sniff_archive(path)
         return fields, path
@@ -145,15 +130,6 @@ class _Upload:
         self.path = self.directory / _archive_name()
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         self.fd = os.open(self.path, flags, 0o600)
-
-    def adopt(self, spooled: Path) -> None:
-        """Take the file the body was spooled to, in this directory, as the archive: a rename
-        (the spool's owner removes only its own name), not a copy."""
-        self.path = self.directory / _archive_name()
-        os.rename(spooled, self.path)
-        self.size = os.stat(self.path).st_size
-        if self.size > self.max_bytes:
-            raise _too_large(self.max_bytes)
 
     def write(self, chunk: bytes) -> None:
         assert self.fd is not None

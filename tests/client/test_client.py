@@ -344,6 +344,20 @@ def test_upload_sends_the_dir_honouring_remoteciignore(cli: list[str], srv: Serv
     assert out.splitlines()[:3] == [b"./" + client.IGNORE_FILE.encode(), b"./src/a.py", b"K=v v"]
 
 
+@needs_upload
+def test_the_bash_client_shows_the_http_servers_own_plain_text_413(
+        own_server: Callable[..., Server], tmp_path: Path) -> None:
+    # Past the upload limit plus the form allowance waitress refuses the body itself, in plain
+    # text, not the app's JSON; the client still says why.
+    server = own_server(env={"REMOTE_CI_MAX_UPLOAD_MB": "1"})
+    src = tmp_path / "big"
+    src.mkdir()
+    (src / "random.bin").write_bytes(os.urandom(4 * 1024 * 1024))  # incompressible: > 1 + 2 MiB
+    code, out, err = run(CLIENTS["sh"], server, "--upload", str(src), "--script", "true")
+    assert code == 2 and out == b"", err
+    assert "HTTP 413" in err and "exceeds max_body" in err, err
+
+
 def path_without_zstd(tmp_path: Path) -> str:
     """A PATH with every program of this one but zstd: a runner that lacks it."""
     bin_dir = tmp_path / "bin-without-zstd"

@@ -1,31 +1,49 @@
-"""A body without credentials is refused before it is read, and one client address may hold only
-so many connections: a stranger can neither fill the data disk nor every connection slot."""
+"""A body without credentials is refused and nothing of it kept; a stranger's body is bounded.
+
+waitress reads a whole body before the app can look at the request, so the 401 comes after the
+body (docs/reverse-proxy.md: a proxy refuses it at the edge); what bounds a stranger is the
+body limit, refused from the Content-Length alone, and the idle timeout.
+"""
 
 from __future__ import annotations
 
-import json
 import socket
-import time
 
 from tests.helpers import MakeServer, Server, read_head, wait_until
 
+MB = 1024 * 1024
 
-def test_a_body_without_a_token_is_refused_before_it_is_read(server: Server) -> None:
+
+def _answer(sock: socket.socket) -> bytes:
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
+def test_a_body_without_a_token_is_refused_and_nothing_of_it_kept(server: Server) -> None:
     uploads = server.data_dir / "uploads"
     before = set(uploads.iterdir()) if uploads.exists() else set()
-    for path, auth in (("/api/jobs/upload", ""), ("/api/jobs/rsync", ""),
-                       ("/api/jobs/upload", "Authorization: Bearer\r\n"),
-                       ("/api/jobs/upload", "Authorization: Token abc\r\n")):
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+    for path, auth, size in (("/api/jobs/upload", "", 2 * MB), ("/api/jobs/rsync", "", 65536),
+                             ("/api/jobs/upload", "Authorization: Bearer\r\n", 65536),
+                             ("/api/jobs/upload", "Authorization: Token abc\r\n", 2 * MB)):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
             sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/gzip\r\n"
-                         f"Content-Length: 400000000\r\n\r\n".encode() + b"\0" * 65536)
-            started = time.monotonic()
-            reply = read_head(sock)  # no more of the 400 MB is ever sent
-            assert reply.startswith(b"HTTP/1.1 401"), (path, auth, reply)
-            assert time.monotonic() - started < 5
-            head = reply.partition(b"\r\n\r\n")[0]
-            assert b"www-authenticate: bearer" in head.lower()
-        assert (set(uploads.iterdir()) if uploads.exists() else set()) == before  # nothing spooled
+                         f"Content-Length: {size}\r\nConnection: close\r\n\r\n".encode()
+                         + b"\0" * size)
+            reply = _answer(sock)
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 401"), (path, auth, reply[:300])
+        assert b"www-authenticate: bearer" in head.lower() and b'"error"' in body
+        assert (set(uploads.iterdir()) if uploads.exists() else set()) == before
+
+
+def test_a_strangers_body_past_the_limit_is_refused_unread(server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST /api/jobs/upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/gzip\r\n"
+                     b"Content-Length: 600000000\r\n\r\n" + b"\0" * 65536)
+        reply = read_head(sock)  # no more of the 600 MB is ever sent
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:300]
 
 
 def test_a_body_with_a_wrong_token_is_still_a_plain_401(server: Server) -> None:
@@ -34,43 +52,9 @@ def test_a_body_with_a_wrong_token_is_still_a_plain_401(server: Server) -> None:
     assert resp.status == 401 and "token" in resp.json()["error"]
 
 
-def connect_from(address: str, port: int) -> socket.socket:
-    sock = socket.socket()
-    sock.bind((address, 0))
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", port))
-    return sock
-
-
-def health_over(sock: socket.socket) -> bytes:
-    sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
-    return read_head(sock)
-
-
-def test_one_client_address_holds_only_so_many_connections(make_server: MakeServer) -> None:
+def test_the_retired_per_address_cap_is_named_at_start(make_server: MakeServer) -> None:
+    # waitress has no public hook for it; an operator who set it learns where it went.
     server = make_server(env={"REMOTE_CI_MAX_CONNECTIONS_PER_CLIENT": "3"})
-    held = [connect_from("127.0.0.2", server.port) for _ in range(3)]
-    try:
-        for sock in held:
-            assert health_over(sock).startswith(b"HTTP/1.1 200")
-        with connect_from("127.0.0.2", server.port) as extra:
-            reply = read_head(extra)
-            assert reply.startswith(b"HTTP/1.1 429"), reply
-            head, _, body = reply.partition(b"\r\n\r\n")
-            assert b"retry-after:" in head.lower()
-            assert "REMOTE_CI_MAX_CONNECTIONS_PER_CLIENT" in json.loads(
-                body + extra.recv(4096))["error"]
-        # Another address, and the host itself (a proxy in front), are not held up.
-        with connect_from("127.0.0.3", server.port) as other:
-            assert health_over(other).startswith(b"HTTP/1.1 200")
-        assert server.request("GET", "/api/health", token=None).status == 200
-        held.pop().close()
-
-        def accepted_again() -> bool:
-            with connect_from("127.0.0.2", server.port) as again:
-                return health_over(again).startswith(b"HTTP/1.1 200")
-
-        wait_until(accepted_again, 10, "a slot to come free once a connection closed")
-    finally:
-        for sock in held:
-            sock.close()
+    wait_until(lambda: "REMOTE_CI_MAX_CONNECTIONS_PER_CLIENT is no longer enforced" in server.output(),
+               10, "the warning about the retired setting")
+    assert "docs/reverse-proxy.md" in server.output()
