@@ -20,7 +20,7 @@ MODE="" SOURCE="" GIT_REF="" SCRIPT="" TIMEOUT="" NAME=""
 MAX_WAIT=1500 FAIL_ON_WAIT_TIMEOUT=0 RETRY_FOR=300
 RSYNC_TO="" SOURCE_DIR=. INCLUDE_GIT=0
 ENV_KEYS=() ENV_VALUES=()
-ARTIFACTS=() DOWNLOAD_DIR="" WEBHOOK=""
+ARTIFACTS=() DOWNLOAD_DIR="" WEBHOOK="" HOST=""
 TMP="" TMP_OWNER="" JOB_ID="" CHILD_PID="" SUBMITTING=0 PENDING_SIGNAL=""
 LAST_OK=0 DELAY=1
 COMPRESSION=gzip  # of an upload: zstd when both ends have it (choose_compression)
@@ -36,7 +36,7 @@ usage() {
 usage: remote-ci.sh --server URL (--workspace W | --rsync-to DEST | --upload DIR | --git [URL] [--ref R])
                     --script S [--timeout SEC] [--name N] [--env K=V ...] [--max-wait SEC]
                     [--fail-on-wait-timeout] [--retry-for SEC] [--source-dir DIR] [--include-git]
-                    [--artifacts GLOB ...] [--download-artifacts DIR] [--webhook URL]
+                    [--artifacts GLOB ...] [--download-artifacts DIR] [--webhook URL] [--host NAME]
 The token comes from $REMOTE_CI_TOKEN (or --token), the server from $REMOTE_CI_SERVER.
 Exit: 0 success, the script's code, 124 timeout, 1 error/cancelled, 2 refused, 130/143 interrupted.
 See ci/README.md.
@@ -60,7 +60,7 @@ parse_args() {
     esac
     case $flag in
       --server|--token|--workspace|--upload|--ref|--script|--timeout|--name|--env|--max-wait|\
-      --retry-for|--rsync-to|--source-dir|--artifacts|--download-artifacts|--webhook)
+      --retry-for|--rsync-to|--source-dir|--artifacts|--download-artifacts|--webhook|--host)
         if [ $has_value = 0 ]; then
           [ $# -gt 0 ] || refuse "$flag needs a value; see --help"
           value=$1; shift
@@ -89,6 +89,7 @@ parse_args() {
       --artifacts) ARTIFACTS+=("$value") ;;
       --download-artifacts) DOWNLOAD_DIR=$value ;;
       --webhook) WEBHOOK=$value ;;
+      --host) HOST=$value ;;  # the worker host (REMOTE_CI_NODE_NAME) that must run the job
       -h|--help) usage; exit 0 ;;
       *) refuse "unknown argument '$arg'; see --help" ;;
     esac
@@ -209,6 +210,7 @@ json_body() {  # the JSON submission for rsync and git jobs
   [ ${#ENV_KEYS[@]} = 0 ] || { env_json; out+=",\"env\":$REPLY"; }
   [ ${#ARTIFACTS[@]} = 0 ] || { artifacts_json; out+=",\"artifacts\":$REPLY"; }
   [ -z "$WEBHOOK" ] || { json_string "$WEBHOOK"; out+=",\"webhook\":$REPLY"; }
+  [ -z "$HOST" ] || { json_string "$HOST"; out+=",\"host\":$REPLY"; }
   if [ "$MODE" = git ]; then
     json_string "$SOURCE"; out+=",\"repo\":$REPLY"
     [ -z "$GIT_REF" ] || { json_string "$GIT_REF"; out+=",\"ref\":$REPLY"; }
@@ -226,6 +228,7 @@ upload_query() {  # a raw-body upload carries its fields in the query string; en
   [ ${#ENV_KEYS[@]} = 0 ] || { env_json; urlencode "$REPLY"; out+="&env=$REPLY"; }
   [ ${#ARTIFACTS[@]} = 0 ] || { artifacts_json; urlencode "$REPLY"; out+="&artifacts=$REPLY"; }
   [ -z "$WEBHOOK" ] || { urlencode "$WEBHOOK"; out+="&webhook=$REPLY"; }
+  [ -z "$HOST" ] || { urlencode "$HOST"; out+="&host=$REPLY"; }
   REPLY=$out
 }
 
@@ -623,6 +626,8 @@ main() {
   submit
   json_field queue_position < "$TMP/submit.body"; position=$REPLY
   say "job $JOB_ID queued${position:+, queue position $position}: $SERVER/jobs/$JOB_ID"
+  json_field waiting_for < "$TMP/submit.body"
+  [ -z "$REPLY" ] || say "it waits for $REPLY"
   if follow; then finish; fi
   say "stopped waiting after --max-wait $MAX_WAIT s; the job goes on. Follow it at $SERVER/jobs/$JOB_ID" \
     "or: curl -fsS -N -H \"Authorization: Bearer \$REMOTE_CI_TOKEN\"" \

@@ -93,6 +93,7 @@ class Options(NamedTuple):
     artifacts: tuple[str, ...] = ()
     download_artifacts: str | None = None
     webhook: str | None = None
+    host: str | None = None  # the worker host (its REMOTE_CI_NODE_NAME) that must run the job
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--webhook", metavar="URL",
                         help="the server POSTs the job's final state to URL (a signed JSON body); "
                              "its host must be in the server's REMOTE_CI_WEBHOOK_ALLOW")
+    parser.add_argument("--host", metavar="NAME",
+                        help="run the job only on the worker host NAME (its REMOTE_CI_NODE_NAME), "
+                             "e.g. the one that holds the --workspace")
     return parser
 
 
@@ -171,7 +175,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> Options:
         max_wait=args.max_wait, fail_on_wait_timeout=args.fail_on_wait_timeout,
         retry_for=args.retry_for, rsync_to=args.rsync_to, source_dir=args.source_dir,
         include_git=args.include_git, artifacts=tuple(args.artifacts),
-        download_artifacts=args.download_artifacts, webhook=args.webhook)
+        download_artifacts=args.download_artifacts, webhook=args.webhook, host=args.host or None)
 
 
 def _source(args: argparse.Namespace, environ: Mapping[str, str]) -> Source:
@@ -610,6 +614,8 @@ def submission_fields(opts: Options) -> dict[str, Any]:
         fields["artifacts"] = list(opts.artifacts)
     if opts.webhook:
         fields["webhook"] = opts.webhook
+    if opts.host:
+        fields["host"] = opts.host
     return fields
 
 
@@ -858,6 +864,8 @@ def run(opts: Options, state: Run, out: BinaryIO) -> int:
         raise Interrupted(state.pending)
     position = f", queue position {job['queue_position']}" if job.get("queue_position") else ""
     say(f"job {state.job_id} {job.get('status', 'queued')}{position}: {state.job_url()}")
+    if job.get("waiting_for"):
+        say(f"it waits for {job['waiting_for']}")
     follow_path = f"/api/jobs/{state.job_id}/logs?follow=1"
     status, offset = follow_log(state.api, state.job_id, out, patience)
     if status is None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from remoteci.auth.tokens import ProjectToken, TokensFileError, hash_token, load_tokens_file
 from remoteci.history.db import HistoryURL, parse_history_url
+from remoteci.hosts.names import NODE_NAME_RULE, is_node_name
 from remoteci.store import redis_conn
 from remoteci.system.isolation import DEFAULT_UID_RANGE, JobUser, named_user, parse_uid_range
 from remoteci.webhooks.rules import MIN_SECRET_CHARS, HostPattern, parse_allowlist
@@ -299,8 +300,9 @@ def _check_consistency(settings: Settings) -> None:
             "record would expire before the job ends; keep the retention at least an hour "
             "longer than the job timeout"
         )
-    if ":" in settings.node_name or not settings.node_name:
-        raise ConfigError("REMOTE_CI_NODE_NAME may not be empty or contain ':'")
+    if not is_node_name(settings.node_name):  # submissions name it in `host`
+        raise ConfigError(f"REMOTE_CI_NODE_NAME {settings.node_name[:140]!r} must be "
+                          f"{NODE_NAME_RULE.split(' (')[0]}; set it to this host's short name")
     if settings.redis_min_replicas and settings.redis_url is None:
         raise ConfigError("REMOTE_CI_REDIS_MIN_REPLICAS needs REMOTE_CI_REDIS_URL: the embedded "
                           "redis has no replicas, so no submission could be accepted")

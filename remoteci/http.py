@@ -28,6 +28,7 @@ from remoteci.errors import ApiError
 from remoteci.history import api as history_api
 from remoteci.history.db import HistoryDB
 from remoteci.history.store import HistoryQueue
+from remoteci.hosts.table import waiting_note
 from remoteci.queue import AlreadySubmitted, JobStore, NotReplicated, OverQuota, QueueFull, Quotas
 from remoteci.sources import zstd
 from remoteci.sources.git import redact_url, split_credentials, validate_git_ref, validate_git_url
@@ -208,12 +209,16 @@ class App:
         workspace = submissions.required_string(
             data, "workspace", "a directory under the workspace root, e.g. \"project-a\"")
         root = self.settings.workspace_dir
-        relative = locate_workspace(root, workspace)
-        check_workspace(request.identity, workspace, relative, lexical_workspace(root, workspace))
+        # Pinned to a host, the workspace lives there: judged by its name only, looked for
+        # when the job starts on that host.
+        lexical = lexical_workspace(root, workspace)
+        relative = lexical if common.host else locate_workspace(root, workspace)
+        check_workspace(request.identity, workspace, relative, lexical)
         if relative is None:
             raise ApiError(403, f"workspace {workspace!r} is outside the workspace root; "
                                 "use a directory inside it")
-        require_directory(root, relative, workspace)
+        if not common.host:
+            require_directory(root, relative, workspace)
         return self._accept(request, "rsync", common, workspace, {"workspace": relative})
 
     def submit_git(self, request: Request) -> Response:
@@ -262,6 +267,7 @@ class App:
             "source": source, "timeout": str(common.timeout), "created_at": jobs.iso_now(),
             "owner": request.identity.owner,
             **({"name": common.name} if common.name else {}), **(record_extra or {}),
+            **({"host": common.host} if common.host else {}),
             # A `webhook` field is what makes the final transition queue a delivery.
             **({"webhook": common.webhook, "webhook_status": "pending", "webhook_attempts": "0"}
                if common.webhook else {}),
@@ -269,7 +275,8 @@ class App:
         payload = {"id": job_id, "mode": mode, "script": common.script,
                    "created_at": record["created_at"], "owner": request.identity.owner,
                    "timeout": common.timeout, "env": common.env, **payload_extra,
-                   **({"artifacts": list(common.artifacts)} if common.artifacts else {})}
+                   **({"artifacts": list(common.artifacts)} if common.artifacts else {}),
+                   **({"host": common.host} if common.host else {})}
         key = submissions.parse_idempotency_key(request.header("Idempotency-Key"))
         if git_credential is not None:
             self.store.put_git_credential(job_id, git_credential)
@@ -296,7 +303,7 @@ class App:
                                   ("Idempotent-Replayed", "true")])
         events.info(COMPONENT, f"job {job_id} accepted mode={mode} owner={request.identity.owner} "
                                f"position={position}")
-        obj = jobs.job_object(record, position)
+        obj = self._with_wait(jobs.job_object(record, position))
         return json_response(202, obj, [("Location", f"/api/jobs/{job_id}")])
 
     def _over_quota(self, what: str, owner: str) -> ApiError:
@@ -313,7 +320,16 @@ class App:
     # --- reading ---------------------------------------------------------------------------
 
     def get_job(self, request: Request) -> Response:
-        return json_response(200, self._job(request.params["id"], request.identity))
+        return json_response(200, self._with_wait(self._job(request.params["id"],
+                                                            request.identity)))
+
+    def _with_wait(self, job: dict[str, Any]) -> dict[str, Any]:
+        """A queued job pinned to a host no executor serves says so (`waiting_for`)."""
+        if job.get("host") and job.get("status") == jobs.QUEUED:
+            note = waiting_note(job, self.store.live_hosts())
+            if note:
+                job["waiting_for"] = note
+        return job
 
     def _job(self, job_id: str, identity: Identity) -> dict[str, Any]:
         return visible_job(self.store, self.settings, job_id, identity, self.history)
@@ -380,6 +396,7 @@ class App:
         s = self.store.stats()
         return json_response(200, {"running": s.running, "queued": s.queued,
                                    "workers": s.workers, "finished": s.finished,
+                                   "hosts": s.hosts,
                                    "concurrency_per_host": self.settings.concurrency})
 
     def health(self, request: Request) -> Response:

@@ -30,9 +30,10 @@ _OBJECT_FIELDS = (
     "finished_at", "duration", "exit_code", "error", "worker", "owner",
 )
 # `artifacts`: how many files were kept, once a job that asked for artifacts has ended.
+# `host`: the node name a submission pinned the job to.
 # `schedule`: the id of the schedule that made the job.
 _EXTRA_FIELDS = ("ref", "commit", "cancel_requested", "artifacts", "webhook", "webhook_status",
-                 "webhook_attempts", "schedule")
+                 "webhook_attempts", "host", "schedule")
 # Every stored field the job object shows: what a read of a record asks Redis for.
 SHOWN_FIELDS = _OBJECT_FIELDS + _EXTRA_FIELDS
 

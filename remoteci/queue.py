@@ -3,7 +3,14 @@ name it): every key of every feature, enqueue, reliable pop, status transitions,
 heartbeats. Features keep their Redis code in their own store modules, on the keys named here.
 
 Keys (all under `rci:`):
-  queue                 list of job payload JSON; LPUSH to enqueue, BLMOVE from the right to take
+  queue                 list of the payload JSON of jobs any host may run; LPUSH to enqueue,
+                        the oldest at the right
+  queue:host:<h>        the same for jobs pinned to host <h> (a submission's `host`)
+  queue-hosts           set of the hosts that had a pinned job queued (stats read their lists;
+                        the sweep drops entries whose record expired while their host never
+                        came, and a host whose list is empty)
+  bell, bell:<h>        streams of one entry: each enqueue (and requeue) adds one to the bell of
+                        its list, so idle executors wake (XREAD BLOCK) without polling
   inflight:<executor>   list; a taken job stays here until its final status is written
   job:<id>              hash, the job record; TTL = retention, renewed on every transition
   seq                   counter giving every accepted job its place in FIFO order
@@ -32,6 +39,19 @@ Keys (all under `rci:`):
   schedules:due         sorted set of enabled schedule ids by next tick (epoch seconds); the
                         tickers read the due ones (see schedules/store.py)
 
+Several hosts and FIFO: an executor of host h takes whichever of the two oldest entries, of
+`queue:host:h` and of `queue`, was accepted first (the lower seq), so jobs start in submission
+order among everything h may run: a pinned job never overtakes an older unpinned one, nor the
+other way round, while jobs pinned elsewhere never hold h up. (Each list is in seq order: an
+enqueue draws its seq and pushes in one script.) Choosing between two lists and
+moving the entry is one Lua script, which cannot block, so an executor that found nothing
+waits on the bells instead: the script hands back the last id of both bells it read, and
+XREAD BLOCK from those ids returns at once if anything was queued since. (One list with every
+job, skipped over by hosts it is not for, would cost a scan per take; BLMOVE waits on a single
+list only; BLMPOP waits on several but pops without the in-flight copy that makes a take safe.)
+Each enqueue wakes every idle executor that may run the job; one claims it, the others look once
+and wait again: a few µs of Lua each at the fleet sizes this server is for.
+
 Every status change is one Lua script, so it is one atomic transaction, and conditional:
 a job is claimed only while `queued`, finished only while `running`. The script that makes a job
 final also queues its webhook and its history record, so no final status can miss either.
@@ -42,18 +62,22 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError, RedisError
 
 from remoteci import jobs
+from remoteci.hosts.names import node_of
+from remoteci.hosts.table import host_table
 from remoteci.store.activity import ActivityStore
 from remoteci.store.redis_conn import Client as Redis
 
 P = "rci:"
 QUEUE = P + "queue"
+QUEUE_HOSTS = P + "queue-hosts"
+BELL = P + "bell"
 SEQ = P + "seq"
 INDEX_ALL = P + "index:all"
 EXECUTORS = P + "executors"
@@ -73,6 +97,19 @@ REPLICA_WAIT_MS = 2000  # how long a write waits for REMOTE_CI_REDIS_MIN_REPLICA
 
 def job_key(job_id: str) -> str:
     return f"{P}job:{job_id}"
+
+
+def host_queue_key(host: str) -> str:
+    return f"{P}queue:host:{host}"
+
+
+def bell_key(host: str | None) -> str:
+    return f"{BELL}:{host}" if host else BELL
+
+
+def queue_of(host: str | None) -> str:
+    """The list a job waits in: its host's when pinned, else the shared one."""
+    return host_queue_key(host) if host else QUEUE
 
 
 def inflight_key(executor_id: str) -> str:
@@ -199,11 +236,12 @@ class AlreadySubmitted(Exception):
         self.job_id = job_id
 
 
-# KEYS: job, queue, seq, index:all, index:status:queued, index:mode:<m>, index:owner:<o> or '',
-#       owners or '', idempotency key or '', index:queued:<o> or '', stored:<o> or '', stored
-# Returns the queue position, -1 when the queue is full, -2 when the owner has its most queued
-# jobs, -3 when the owner's stored bytes would pass its cap, or (a string) the id of the job an
-# earlier request with the same idempotency key created.
+# KEYS: job, queue (shared, or the pinned host's), seq, index:all, index:status:queued,
+#       index:mode:<m>, index:owner:<o> or '', owners or '', idempotency key or '',
+#       index:queued:<o> or '', stored:<o> or '', stored, bell of that queue, queue-hosts
+# Returns the queue position, -1 when the queue (every queued job, pinned or not) is full,
+# -2 when the owner has its most queued jobs, -3 when the owner's stored bytes would pass its
+# cap, or (a string) the id of the job an earlier request with the same idempotency key created.
 # ARGV: id, payload, ttl, max_queue, owner, max queued per owner (0: none), bytes the job
 #       stores (its upload), max stored bytes per owner (0: none), '1' when the job will store
 #       something (an upload, artifacts), then field/value pairs of the record
@@ -213,7 +251,7 @@ if KEYS[9] ~= '' then
   local earlier = redis.call('GET', KEYS[9])
   if earlier then return earlier end
 end
-if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[4]) then return -1 end
+if redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[4]) then return -1 end
 local bytes = tonumber(ARGV[7])
 if ARGV[5] ~= '' then
   local max_queued = tonumber(ARGV[6])
@@ -240,7 +278,10 @@ if ARGV[5] ~= '' then
     redis.call('HINCRBY', KEYS[12], ARGV[5], bytes)
   end
 end
+local host = redis.call('HGET', KEYS[1], 'host')
+if host then redis.call('SADD', KEYS[14], host) end
 redis.call('LPUSH', KEYS[2], ARGV[2])
+redis.call('XADD', KEYS[13], 'MAXLEN', '1', '*', 'job', ARGV[1])
 return redis.call('ZCARD', KEYS[5])
 """
 
@@ -280,27 +321,56 @@ local function iso_time(secs, micros)
 end
 """
 
-# KEYS: inflight, index:status:queued, index:status:running
+# KEYS: inflight, index:status:queued, index:status:running, queue:host:<h> or '', queue,
+#       bell:<h> or '', bell
 # ARGV: job key prefix, worker, ttl, owner queued index prefix
-# Claims the job BLMOVE has just put at the head of the in-flight list (it runs right after
-# the move, in the same round trip): {payload, 'running', started_at}, or {payload, status} when
-# the job was cancelled or expired meanwhile (then dropped from in-flight), or
-# {payload, 'malformed'} for an entry that is not a job (left for the executor to report).
-# Nothing moved (the move timed out, and the head is empty or a job still running): nil.
-# started_at is Redis' clock, read in the claim. The job's key is built here from ARGV[1]
-# (its id is known only after the move), which a single Redis allows; a cluster would not.
-_CLAIM = _LUA_ISO_TIME + """
-local payload = redis.call('LINDEX', KEYS[1], 0)
-if not payload then return nil end
-local ok, job = pcall(cjson.decode, payload)
-if not ok or type(job) ~= 'table' or type(job['id']) ~= 'string'
-   or not string.match(job['id'], '^[%w_-]+$') then
-  return {payload, 'malformed'}
+# Moves the oldest entry this executor may run (the lower seq of the two lists' oldest; see the
+# module docstring) to its in-flight list and claims it: {payload, 'running', started_at}, or
+# {payload, status} when the job was cancelled or expired meanwhile (then dropped from
+# in-flight), or {payload, 'malformed'} for an entry that is not a job (left for the executor
+# to report). Nothing to take: {'', 'idle', last id of bell:<h>, last id of bell}, from which
+# the executor waits. started_at is Redis' clock, read in the claim. A job's key is built here
+# from ARGV[1] (its id is known only from the entry), which a single Redis allows; a cluster
+# would not.
+_TAKE = _LUA_ISO_TIME + """
+local function job_id(payload)
+  local ok, job = pcall(cjson.decode, payload)
+  if not ok or type(job) ~= 'table' or type(job['id']) ~= 'string'
+     or not string.match(job['id'], '^[%w_-]+$') then
+    return nil
+  end
+  return job['id']
 end
-local id = job['id']
+-- The seq of a list's oldest entry; 0 (first in line) for one that is not a job or whose
+-- record is gone, so it is reported or dropped at once instead of blocking the list.
+local function oldest(list)
+  if list == '' then return nil end
+  local payload = redis.call('LINDEX', list, -1)
+  if not payload then return nil end
+  local id = job_id(payload)
+  if not id then return 0 end
+  return tonumber(redis.call('HGET', ARGV[1] .. id, 'seq')) or 0
+end
+local function last_id(bell)
+  if bell == '' then return '0-0' end
+  local last = redis.call('XREVRANGE', bell, '+', '-', 'COUNT', 1)
+  if last[1] then return last[1][1] end
+  return '0-0'
+end
+local pinned, shared = oldest(KEYS[4]), oldest(KEYS[5])
+local source
+if pinned and (not shared or pinned < shared) then source = KEYS[4]
+elseif shared then source = KEYS[5]
+else return {'', 'idle', last_id(KEYS[6]), last_id(KEYS[7])} end
+local payload = redis.call('LMOVE', source, KEYS[1], 'RIGHT', 'LEFT')
+local id = job_id(payload)
+if not id then return {payload, 'malformed'} end
 local key = ARGV[1] .. id
 local status = redis.call('HGET', key, 'status')
-if status == 'running' then return nil end  -- ours, still running: the move timed out
+if status == 'running' then  -- a second copy of a job that runs: not to be run twice
+  redis.call('LREM', KEYS[1], 1, payload)
+  return nil
+end
 if status ~= 'queued' then
   redis.call('LREM', KEYS[1], 1, payload)
   return {payload, status or 'missing'}
@@ -353,7 +423,8 @@ queue_history(KEYS[1], KEYS[8])
 return 'ok'
 """
 
-# KEYS: job, queue, index:status:queued, index:status:cancelled, counters, webhooks, history
+# KEYS: job, queue (the job's: shared or its host's), index:status:queued,
+#       index:status:cancelled, counters, webhooks, history
 # ARGV: id, finished_at, ttl, owner queued index prefix
 _CANCEL = _LUA_QUEUE_HISTORY + """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -380,14 +451,26 @@ end
 return status
 """
 
-# KEYS: inflight, queue, job
-# ARGV: payload
-# A taken job whose executor died before claiming it goes back to the head of the queue.
+# KEYS: inflight, queue (the job's: shared or its host's), job, bell of that queue, queue-hosts
+# ARGV: payload, the host it is pinned to or ''
+# A taken job whose executor died before claiming it goes back to the head of its queue.
 _REQUEUE_UNCLAIMED = """
 local status = redis.call('HGET', KEYS[3], 'status')
 redis.call('LREM', KEYS[1], 1, ARGV[1])
-if status == 'queued' then redis.call('RPUSH', KEYS[2], ARGV[1]) end
+if status == 'queued' then
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  if ARGV[2] ~= '' then redis.call('SADD', KEYS[5], ARGV[2]) end
+  redis.call('XADD', KEYS[4], 'MAXLEN', '1', '*', 'requeued', '1')
+end
 return status or 'missing'
+"""
+
+
+# KEYS: queue:host:<h>, queue-hosts;  ARGV: host
+# A host with nothing queued for it leaves the set, in one step with the look at its list.
+_FORGET_HOST = """
+if redis.call('LLEN', KEYS[1]) == 0 then return redis.call('SREM', KEYS[2], ARGV[1]) end
+return 0
 """
 
 
@@ -437,6 +520,26 @@ class Stats:
     running: int
     workers: int
     finished: dict[str, int]
+    # {host: {executors, running, queued}}; queued counts the jobs pinned to that host
+    hosts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def _entry_id(entry: str) -> str | None:
+    """The job id of a queue entry, or None for one that is not a job (its taker reports it)."""
+    try:
+        job_id = json.loads(entry)["id"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return job_id if isinstance(job_id, str) and jobs.is_valid_job_id(job_id) else None
+
+
+def _requeue_args(inflight: str, payload: str, job_id: str) -> tuple[list[str], list[str]]:
+    """The keys and args that put a taken entry back where it waited: its host's queue when
+    pinned."""
+    host = json.loads(payload).get("host")
+    host = host if isinstance(host, str) and host else None
+    return ([inflight, queue_of(host), job_key(job_id), bell_key(host), QUEUE_HOSTS],
+            [payload, host or ""])
 
 
 class JobStore:
@@ -447,11 +550,12 @@ class JobStore:
         self.ttl = retention_seconds
         self.min_replicas = min_replicas
         self._enqueue = replicated(client, client.register_script(_ENQUEUE), min_replicas)
-        self._claim = client.register_script(_CLAIM)
+        self._take = client.register_script(_TAKE)
         self._transition = replicated(client, client.register_script(_TRANSITION), min_replicas)
         self._cancel = client.register_script(_CANCEL)
         self._requeue = client.register_script(_REQUEUE_UNCLAIMED)
         self._forget_owner = client.register_script(_FORGET_OWNER)
+        self._forget_host = client.register_script(_FORGET_HOST)
         self._job_uid = client.register_script(_JOB_UID)
         self._settle_stored = client.register_script(_SETTLE_STORED)
         self.activity = ActivityStore(client)
@@ -471,12 +575,13 @@ class JobStore:
         payload_json = json.dumps(payload, separators=(",", ":"), sort_keys=True)
         fields = [item for pair in record.items() for item in pair]
         owner = record.get("owner", "")
-        keys = [job_key(job_id), QUEUE, SEQ, INDEX_ALL, status_index(jobs.QUEUED),
+        host = record.get("host")
+        keys = [job_key(job_id), queue_of(host), SEQ, INDEX_ALL, status_index(jobs.QUEUED),
                 mode_index(record["mode"]), owner_index(owner) if owner else "",
                 OWNERS if owner else "",
                 idempotency_index(owner, idempotency_key) if idempotency_key else "",
                 owner_queued_index(owner) if owner else "", stored_key(owner) if owner else "",
-                STORED]
+                STORED, bell_key(host), QUEUE_HOSTS]
         result = self._enqueue(keys=keys, args=[job_id, payload_json, self.ttl, max_queue,
                                                 owner, quotas.max_queued, stored_bytes,
                                                 quotas.max_stored_bytes,
@@ -511,35 +616,60 @@ class JobStore:
     # --- executing -------------------------------------------------------------------------
 
     def take(self, executor_id: str, timeout: float) -> Taken | None:
-        """Block up to `timeout` for the oldest job, move it to our in-flight list (never lost)
-        and claim it, in one round trip; None when no job came.
+        """Take the oldest job this executor may run (its host's or anyone's; the host is the
+        `<node>` of its id), move it to our in-flight list (never lost) and claim it, in one
+        step; with nothing queued, wait up to `timeout` for the bell of a new one. None when
+        no job came.
 
         With min_replicas, a claim no replica confirmed raises NotReplicated: a failover could
         lose it and hand the job to another executor, so the job is not run before
         `left_in_flight` has read it back.
         """
-        keys = [inflight_key(executor_id), status_index(jobs.QUEUED), status_index(jobs.RUNNING)]
+        host = node_of(executor_id)
+        reply = self._try_take(executor_id, host)
+        if not isinstance(reply, tuple):
+            return reply
+        streams = {BELL: reply[1], **({bell_key(host): reply[0]} if host else {})}
+        found = self._try_take(executor_id, host, after_bell=(streams, timeout))
+        return None if isinstance(found, tuple) else found
+
+    def _try_take(self, executor_id: str, host: str,
+                  after_bell: tuple[dict[str, str], float] | None = None,
+                  ) -> Taken | tuple[str, str] | None:
+        """A take: the job claimed, or the bells' last ids to wait from. `after_bell` (the
+        bells' ids and a timeout) first waits for a ring, in the same round trip: Redis runs
+        the take as soon as the wait ends, so a job that rang is claimed in that round trip."""
+        keys = [inflight_key(executor_id), status_index(jobs.QUEUED), status_index(jobs.RUNNING),
+                host_queue_key(host) if host else "", QUEUE, bell_key(host) if host else "",
+                BELL]
         args: list[str | int] = [job_key(""), executor_id, self.ttl, OWNER_QUEUED_PREFIX]
-        # The claim goes out with the move, so Redis runs it as soon as the move is done or
-        # timed out: whatever it does to the moved job costs no second round trip.
+        # The WAIT goes out with the claim, so a confirmed take costs no second round trip.
         pipe = self.r.pipeline(transaction=False)
-        pipe.blmove(QUEUE, keys[0], timeout, "RIGHT", "LEFT")  # type: ignore[arg-type]
-        pipe.evalsha(self._claim.sha, len(keys), *keys, *args)
+        if after_bell:
+            streams, timeout = after_bell
+            pipe.xread(streams, block=max(1, int(timeout * 1000)))  # type: ignore[arg-type]
+        pipe.evalsha(self._take.sha, len(keys), *keys, *args)
         if self.min_replicas:
             pipe.wait(self.min_replicas, REPLICA_WAIT_MS)
-        moved, reply, *acked = pipe.execute(raise_on_error=False)
-        if isinstance(moved, Exception):
-            raise moved
-        if isinstance(reply, NoScriptError):  # a restarted or new primary: the move stands
-            reply = replicated(self.r, self._claim, self.min_replicas)(keys=keys, args=args)
+        replies = pipe.execute(raise_on_error=False)
+        if after_bell:
+            rung = replies.pop(0)
+            if isinstance(rung, Exception):
+                raise rung
+        reply, *acked = replies
+        if isinstance(reply, NoScriptError):  # a restarted or new primary: nothing ran yet
+            reply = replicated(self.r, self._take, self.min_replicas)(keys=keys, args=args)
         elif isinstance(reply, Exception):
             raise reply
-        elif reply is not None and acked and int(acked[0]) < self.min_replicas:
+        elif reply is not None and reply[1] != "idle" and acked and (
+                int(acked[0]) < self.min_replicas):
             raise NotReplicated(int(acked[0]), self.min_replicas)
         if reply is None:
             return None
-        payload, status, *started_at = reply
-        return Taken(payload, status, started_at[0] if started_at else None)
+        payload, status, *rest = reply
+        if status == "idle" and not payload:
+            return rest[0], rest[1]
+        return Taken(payload, status, rest[0] if rest else None)
 
     def left_in_flight(self, executor_id: str) -> Taken | None:
         """After a take whose answer was lost: the job it claimed for us, to be run now. Any
@@ -556,7 +686,7 @@ class JobStore:
             if status == jobs.RUNNING and worker == executor_id:
                 self._confirm_claim(job_id, executor_id)
                 return Taken(payload, jobs.RUNNING, cast("str | None", started_at))
-            self._requeue(keys=[key, QUEUE, job_key(job_id)], args=[payload])
+            self._requeue(*_requeue_args(key, payload, job_id))
         return None
 
     def _confirm_claim(self, job_id: str, executor_id: str) -> None:
@@ -607,7 +737,9 @@ class JobStore:
     def cancel(self, job_id: str, finished_at: str) -> str:
         """Cancel: 'dequeued' (it was queued), 'running' (its executor stops it), 'missing', or
         the final status it already had."""
-        keys = [job_key(job_id), QUEUE, status_index(jobs.QUEUED), status_index(jobs.CANCELLED),
+        host = cast("str | None", self.r.hget(job_key(job_id), "host"))  # never changes
+        keys = [job_key(job_id), queue_of(host), status_index(jobs.QUEUED),
+                status_index(jobs.CANCELLED),
                 COUNTERS, WEBHOOKS, HISTORY]
         outcome: str = self._cancel(keys=keys, args=[job_id, finished_at, self.ttl,
                                                      OWNER_QUEUED_PREFIX])
@@ -627,6 +759,9 @@ class JobStore:
     def live_executors(self) -> list[dict[str, Any]]:
         return [json.loads(b) for _, b in heartbeats(self.r, EXECUTORS, heartbeat_key) if b is not None]
 
+    def live_hosts(self) -> set[str]:
+        return {str(e.get("host")) for e in self.live_executors()}
+
     def dead_executors(self) -> list[str]:
         return [m for m, b in heartbeats(self.r, EXECUTORS, heartbeat_key) if b is None]
 
@@ -644,7 +779,7 @@ class JobStore:
             except (ValueError, KeyError, TypeError):
                 self.r.lrem(key, 1, payload)  # not a job; nothing to record
                 continue
-            status = self._requeue(keys=[key, QUEUE, job_key(job_id)], args=[payload])
+            status = self._requeue(*_requeue_args(key, payload, job_id))
             if status == jobs.QUEUED:
                 continue  # never started: it went back to the head of the queue
             # _requeue already dropped it from in-flight; an empty key skips the second LREM.
@@ -754,12 +889,23 @@ class JobStore:
     def stats(self) -> Stats:
         pipe = self.r.pipeline(transaction=False)
         pipe.zcard(status_index(jobs.QUEUED))
-        pipe.zcard(status_index(jobs.RUNNING))
+        pipe.zrange(status_index(jobs.RUNNING), 0, -1)
         pipe.hgetall(COUNTERS)
-        queued, running, counters = pipe.execute()
+        pipe.smembers(QUEUE_HOSTS)
+        queued, running_ids, counters, queue_hosts = pipe.execute()
         finished = {s: int(counters.get(s, 0)) for s in jobs.FINAL_STATUSES}
-        return Stats(queued=queued, running=running, workers=len(self.live_executors()),
-                     finished=finished)
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in running_ids:
+            pipe.hget(job_key(job_id), "worker")
+        hosts = sorted(queue_hosts)
+        for host in hosts:
+            pipe.llen(host_queue_key(host))
+        replies = pipe.execute() if running_ids or hosts else []
+        workers, lengths = replies[:len(running_ids)], replies[len(running_ids):]
+        executors = self.live_executors()
+        return Stats(queued=queued, running=len(running_ids), workers=len(executors),
+                     finished=finished,
+                     hosts=host_table(executors, workers, dict(zip(hosts, lengths, strict=True))))
 
     def owners(self) -> list[str]:
         """Every owner with a job still stored, for an admin's owner filter."""
@@ -781,6 +927,7 @@ class JobStore:
             ids = cast("list[str]", self.r.zrange(INDEX_ALL, cursor, cursor + batch - 1))
             if not ids:
                 self._forget_idle_owners(owners)
+                self.forget_idle_hosts()
                 return removed
             pipe = self.r.pipeline(transaction=False)
             for job_id in ids:
@@ -796,6 +943,26 @@ class JobStore:
                                         args=[owner, *(v for j in gone for v in (j, 0))])
                 removed += len(gone)
             cursor += batch - len(gone)
+
+    def forget_idle_hosts(self, batch: int = 500) -> None:
+        """Jobs pinned to a host that never came expire (their records do) without anyone taking
+        their entries: the oldest `batch` entries of each host's queue whose record is gone are
+        dropped. A host with nothing left waiting leaves the stats' list of queues."""
+        for host in cast("set[str]", self.r.smembers(QUEUE_HOSTS)):
+            key = host_queue_key(host)
+            entries = cast("list[str]", self.r.lrange(key, -batch, -1))
+            ids = [_entry_id(entry) for entry in entries]
+            pipe = self.r.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.exists(job_key(job_id or ""))
+            alive = pipe.execute() if ids else []
+            gone = [e for e, i, a in zip(entries, ids, alive, strict=True) if i and not a]
+            if gone:
+                pipe = self.r.pipeline(transaction=False)
+                for entry in gone:
+                    pipe.lrem(key, 1, entry)
+                pipe.execute()
+            self._forget_host(keys=[key, QUEUE_HOSTS], args=[host])
 
     def _forget_idle_owners(self, owners: set[str]) -> None:
         """An owner whose jobs have all expired leaves the owner filter (and its empty index)."""

@@ -160,19 +160,34 @@ def _executors(executors: list[dict[str, Any]], running: Mapping[str, dict[str, 
             + "".join(rows) + "</table>")
 
 
+def _hosts(hosts: Mapping[str, Mapping[str, int]]) -> str:
+    """Per worker host: a host jobs are pinned to but with no executor is one they wait for."""
+    if not hosts:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_text(name)}</td><td>{int(h['executors'])}</td><td>{int(h['running'])}</td>"
+        f"<td>{int(h['queued'])}"
+        + (" <span class=muted>waiting: no live executor on this host</span>"
+           if h["queued"] and not h["executors"] else "") + "</td></tr>"
+        for name, h in hosts.items())
+    return ("<h2>Hosts</h2><table><tr><th>host</th><th>executors</th><th>running</th>"
+            f"<th>queued for it</th></tr>{rows}</table>")
+
+
 def _queue(queued: list[dict[str, Any]], total: int, now: float) -> str:
     if not queued:
         return "<p class=muted>The queue is empty.</p>"
     rows = "".join(
         f"<tr><td>{_text(j['queue_position'])}</td><td>{_job_link(j['id'])}</td>"
         f"<td>{_text(j['name'])}</td><td>{_text(j['mode'])}</td><td>{_text(j['source'])}</td>"
+        f"<td>{_text(j.get('host')) if j.get('host') else '<span class=muted>any</span>'}</td>"
         f"<td>{_when(j['created_at'], now)}</td>"
         f"<td>{_between(j['created_at'], None, now)}</td></tr>" for j in queued)
     more = (f"<p class=muted>{total - len(queued)} more: "
             f"<a href=\"{_query(status='queued')}\">all queued jobs</a></p>"
             if total > len(queued) else "")
     return ("<table><tr><th>#</th><th>id</th><th>name</th><th>mode</th><th>source</th>"
-            f"<th>accepted</th><th>waiting</th></tr>{rows}</table>{more}")
+            f"<th>host</th><th>accepted</th><th>waiting</th></tr>{rows}</table>{more}")
 
 
 def _select(name: str, options: tuple[str, ...] | list[str], chosen: str | None) -> str:
@@ -222,6 +237,7 @@ def index_page(stats: Stats, executors: list[dict[str, Any]], running: list[dict
             + "<p><a href=\"/charts\">Charts: the last 24 hours and 7 days</a> · "
               "<a href=\"/schedules\">Schedules</a></p>"
             + "<h2>Executors</h2>" + _executors(executors, by_executor, now)
+            + _hosts(stats.hosts)
             + "<h2>Queue</h2>" + _queue(queued, queued_total, now)
             + "<h2>Jobs</h2>" + _listing(listing, now)
             + "<p><a href=\"/history\">History: every job of the last months »</a></p>")

@@ -60,7 +60,8 @@ def parse_job(value: Any, settings: Settings, identity: Identity) -> JobSpec:
                              **({"name": common.name} if common.name else {}),
                              **({"env": common.env} if common.env else {}),
                              **({"artifacts": list(common.artifacts)} if common.artifacts else {}),
-                             **({"webhook": common.webhook} if common.webhook else {})}
+                             **({"webhook": common.webhook} if common.webhook else {}),
+                             **({"host": common.host} if common.host else {})}
     if mode == "rsync":
         return _rsync(data, settings, identity, shown)
     return _git(data, settings, identity, shown)
@@ -71,12 +72,16 @@ def _rsync(data: dict[str, Any], settings: Settings, identity: Identity,
     workspace = submissions.required_string(
         data, "workspace", "a directory under the workspace root, e.g. \"project-a\"")
     root = settings.workspace_dir
-    relative = locate_workspace(root, workspace)
-    check_workspace(identity, workspace, relative, lexical_workspace(root, workspace))
+    # Pinned to a host, the workspace lives there, as for a submission: judged by its name
+    # only, looked for when each job starts on that host.
+    lexical = lexical_workspace(root, workspace)
+    relative = lexical if shown.get("host") else locate_workspace(root, workspace)
+    check_workspace(identity, workspace, relative, lexical)
     if relative is None:
         raise ApiError(403, f"workspace {workspace!r} is outside the workspace root; "
                             "use a directory inside it")
-    require_directory(root, relative, workspace)
+    if not shown.get("host"):
+        require_directory(root, relative, workspace)
     return JobSpec({**shown, "workspace": workspace}, workspace, {"workspace": relative}, {})
 
 
@@ -104,19 +109,22 @@ def job_entry(spec: JobSpec, job_id: str, owner: str, schedule_id: str, created_
     without a name of its own is labelled with its schedule's, so lists show where it came from."""
     shown = spec.shown
     webhook = shown.get("webhook")
+    host = shown.get("host")
     name = shown.get("name") or schedule_name
     record = {
         "id": job_id, "mode": shown["mode"], "status": jobs.QUEUED, "script": shown["script"],
         "source": spec.source, "timeout": str(shown["timeout"]), "created_at": created_at,
         "owner": owner, "schedule": schedule_id,
         **({"name": name} if name else {}), **spec.record,
+        **({"host": host} if host else {}),
         **({"webhook": webhook, "webhook_status": "pending", "webhook_attempts": "0"}
            if webhook else {}),
     }
     payload = {"id": job_id, "mode": shown["mode"], "script": shown["script"],
                "created_at": created_at, "owner": owner, "timeout": shown["timeout"],
                "env": shown.get("env", {}), **spec.payload,
-               **({"artifacts": shown["artifacts"]} if shown.get("artifacts") else {})}
+               **({"artifacts": shown["artifacts"]} if shown.get("artifacts") else {}),
+               **({"host": host} if host else {})}
     return record, payload
 
 

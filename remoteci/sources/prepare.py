@@ -21,7 +21,8 @@ def prepare_source(payload: dict[str, Any], scratch: Path, settings: Settings,
     """Fill `scratch` with the job's code; return fields to record on the job (e.g. `commit`)."""
     mode = payload["mode"]
     if mode == "rsync":
-        workspace_fd = open_workspace(settings.workspace_dir, payload["workspace"])
+        workspace_fd = open_workspace(settings.workspace_dir, payload["workspace"],
+                                      payload.get("host"))
         try:
             copy_workspace(workspace_fd, scratch, timeout=payload["timeout"])
         finally:

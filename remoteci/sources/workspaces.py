@@ -55,22 +55,30 @@ def require_directory(root: Path, relative: str, requested: str) -> None:
                             "rsync your code into it first")
 
 
-def open_workspace(root: Path, relative: str) -> int:
+def open_workspace(root: Path, relative: str, host: str | None = None) -> int:
     """At job start: an fd on the workspace submitted, which may have been removed or swapped for
     a link since; the copy reads through this fd, so no later swap can redirect it.
 
     `relative` was resolved at submission, so it must still resolve to itself: a link swapped in
     while the job was queued may point at another project's tree inside the root, which the
-    submitter's token was never allowed to use. Each component is opened with O_NOFOLLOW from
+    submitter's token was never allowed to use. `host` is set for a job pinned to this host,
+    whose workspace the API never saw. Each component is opened with O_NOFOLLOW from
     the real root's fd, so a link swapped in after the look below is refused too.
     """
     real_root, target = _resolve_below(root, relative)
     if target is None:
         raise SourceError(f"workspace {relative!r} now resolves outside the workspace root")
+    if target != os.path.join(real_root, relative) and host:
+        raise SourceError(f"workspace {relative!r} on host {host!r} is a link (to "
+                          f"{target[len(real_root):].lstrip('/')!r}); a job pinned to a host "
+                          "runs only on a directory of that name, so name the directory itself")
     if target != os.path.join(real_root, relative):
         raise SourceError(f"workspace {relative!r} was replaced by a link (to "
                           f"{target[len(real_root):].lstrip('/')!r}) while the job was queued; "
                           "the job runs only on the directory that was submitted")
+    if not os.path.isdir(target) and host:  # pinned: the API never looked on its own disk
+        raise SourceError(f"workspace {relative!r} not found on host {host!r} (under "
+                          f"{real_root}); rsync it to that host, or submit without `host`")
     if not os.path.isdir(target):
         raise SourceError(f"workspace {relative!r} is gone (deleted while the job was queued, "
                           f"or not synced to this worker host's {real_root})")

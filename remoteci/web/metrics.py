@@ -58,6 +58,11 @@ def _histogram(hist: histograms.Histogram, raw: Mapping[str, str]) -> list[str]:
         f"{name}_sum {snap.total!r}", f"{name}_count {snap.count}"])
 
 
+_HOST_GAUGES = (("executors", "Live executors of a worker host."),
+                ("running", "Jobs running on a worker host."),
+                ("queued", "Queued jobs pinned to a worker host."))
+
+
 def render(stats: Stats, histogram_raw: Mapping[str, str],
            requests: Mapping[tuple[str, str, int], int],
            history: tuple[int, float] = (0, 0.0)) -> str:
@@ -69,6 +74,11 @@ def render(stats: Stats, histogram_raw: Mapping[str, str],
                  [f"remoteci_jobs_running {stats.running}"]),
         *_family("executors", "gauge", "Live executors on every host.",
                  [f"remoteci_executors {stats.workers}"]),
+        # Per worker host: queued counts the jobs pinned to it (a submission's `host`).
+        *(line for field, help_text in _HOST_GAUGES for line in _family(
+            f"host_{field}", "gauge", help_text,
+            [f"remoteci_host_{field}{_labels(host=h)} {row[field]}"
+             for h, row in stats.hosts.items()])),
         *_family("jobs_finished_total", "counter", "Jobs that ended, by final status.",
                  [f"remoteci_jobs_finished_total{_labels(status=s)} {n}"
                   for s, n in stats.finished.items()]),

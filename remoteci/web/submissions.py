@@ -9,6 +9,7 @@ from typing import Any
 
 from remoteci.artifacts.manifest import parse_patterns
 from remoteci.errors import ApiError
+from remoteci.hosts.names import parse_host
 from remoteci.web import strict_json
 from remoteci.webhooks.rules import HostPattern, validate_webhook
 
@@ -18,7 +19,7 @@ MAX_ENV_VARS = 200
 MAX_ENV_BYTES = 256 * 1024
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RESERVED_ENV = frozenset({"REMOTE_CI_JOB_ID"})
-COMMON_FIELDS = ("script", "timeout", "env", "name", "artifacts", "webhook")
+COMMON_FIELDS = ("script", "timeout", "env", "name", "artifacts", "webhook", "host")
 MODE_FIELDS = {"rsync": ("workspace",), "git": ("repo", "ref"), "upload": ()}
 
 
@@ -30,6 +31,7 @@ class Common:
     env: dict[str, str] = field(default_factory=dict)
     artifacts: tuple[str, ...] = ()  # glob patterns; empty: keep nothing
     webhook: str | None = None
+    host: str | None = None  # the node name of the only host that may run it; None: any
 
 
 def parse_json_body(body: bytes) -> dict[str, Any]:
@@ -58,7 +60,7 @@ def check_known_fields(data: Mapping[str, Any], mode: str) -> None:
 def parse_common(data: Mapping[str, Any], max_timeout: int,
                  webhook_allow: tuple[HostPattern, ...] = (), webhook_signed: bool = False,
                  ) -> Common:
-    """script, timeout, env, name, artifacts and webhook; strings are accepted for
+    """script, timeout, env, name, artifacts, webhook and host; strings are accepted for
     timeout/env/artifacts (multipart, query)."""
     return Common(
         script=_script(data.get("script")),
@@ -67,6 +69,7 @@ def parse_common(data: Mapping[str, Any], max_timeout: int,
         env=_env(data.get("env")),
         artifacts=parse_patterns(data.get("artifacts")),
         webhook=validate_webhook(data.get("webhook"), webhook_allow, webhook_signed),
+        host=parse_host(data.get("host")),
     )
 
 

@@ -602,3 +602,12 @@ def test_a_file_tar_cannot_read_stops_a_zstd_upload_naming_it(tmp_path: Path,
     with pytest.raises(client.ClientError, match=r"vanished\.txt") as caught:
         b"".join(client.tar_stream(str(tmp_path), False, "zstd"))
     assert caught.value.code == client.EXIT_REFUSED
+
+
+def test_host_goes_into_the_submission_and_the_upload_query() -> None:
+    opts = client.parse_args(["--workspace", "w", "--script", "x", "--host", "build-2"], BASE_ENV)
+    assert client.submission_fields(opts)["host"] == "build-2"
+    upload = client.parse_args(["--upload", ".", "--script", "x", "--host", "build-2"], BASE_ENV)
+    assert client.upload_query(upload) == "script=x&host=build-2"
+    assert "host" not in client.submission_fields(client.parse_args(["--workspace", "w",
+                                                                     "--script", "x"], BASE_ENV))

@@ -141,3 +141,10 @@ def test_only_the_client_shell_removes_its_temp_dir() -> None:
     tmp, listing = done.stdout.split("\n", 1)
     assert listing.split() == ["auth"], done.stderr
     assert not Path(tmp).exists()  # the client shell itself still cleans up when it exits
+
+
+def test_host_goes_into_the_json_body_and_the_upload_query() -> None:
+    body = json.loads(reply_of('SCRIPT=x; MODE=rsync; SOURCE=w; HOST="$1"; json_body', "build-2"))
+    assert body == {"script": "x", "workspace": "w", "host": "build-2"}
+    query = reply_of('SCRIPT=x; HOST="$1"; upload_query', "build-2")
+    assert parse_qs(query)["host"] == ["build-2"]

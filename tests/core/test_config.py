@@ -135,3 +135,13 @@ def test_min_replicas_needs_a_redis_of_its_own() -> None:
         load_settings({**TOKEN, "REMOTE_CI_REDIS_MIN_REPLICAS": "1"})
     with pytest.raises(ConfigError, match="REMOTE_CI_REDIS_MIN_REPLICAS=-1 is out of range"):
         load_settings({**TOKEN, **url, "REMOTE_CI_REDIS_MIN_REPLICAS": "-1"})
+
+
+@pytest.mark.parametrize("name", ["has space", "a:b", "-lead", "x" * 129])
+def test_a_node_name_a_submission_could_not_name_refuses_to_start(name: str) -> None:
+    with pytest.raises(ConfigError, match="REMOTE_CI_NODE_NAME"):
+        load_settings({**TOKEN, "REMOTE_CI_NODE_NAME": name})
+
+
+def test_a_hostname_is_a_node_name() -> None:
+    assert load_settings({**TOKEN, "REMOTE_CI_NODE_NAME": "build-02.lan"}).node_name == "build-02.lan"

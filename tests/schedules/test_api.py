@@ -171,3 +171,13 @@ def test_unknown_or_impossible_ids_are_404(server: Server, method: str, suffix: 
 def test_the_api_needs_a_token(server: Server) -> None:
     assert server.request("GET", "/api/schedules", token=None).status == 401
     assert server.request("POST", "/api/schedules", {"cron": "* * * * *"}, token="wrong").status == 401
+
+
+def test_a_pinned_schedules_jobs_wait_for_their_host(server: Server) -> None:
+    schedule = create(server, {"cron": NEVER_SOON, "job": {
+        "mode": "rsync", "workspace": "on-build-02", "script": "true", "host": "build-02"}})
+    assert schedule["job"]["host"] == "build-02"
+    job = server.request("POST", f"/api/schedules/{schedule['id']}/run").json()
+    assert job["host"] == "build-02" and job["schedule"] == schedule["id"]
+    assert server.job(job["id"])["status"] == "queued"  # no executor of build-02 here
+    assert server.request("POST", f"/api/jobs/{job['id']}/cancel").status == 202

@@ -67,3 +67,19 @@ def test_a_project_token_is_held_to_its_git_hosts(settings: Settings) -> None:
             "mode": "git", "repo": "https://elsewhere.example/r.git", "script": "x"}},
             settings, project)
     assert caught.value.status == 403 and "field 'repo'" in caught.value.message
+
+
+def test_a_schedule_pinned_to_a_host_pins_its_jobs(settings: Settings) -> None:
+    # The workspace lives on that host: not looked for on this one, as for a submission.
+    new = parse_schedule({"cron": "0 3 * * *", "job": {"mode": "rsync", "workspace": "elsewhere",
+                                                       "script": "true", "host": "build-02"}},
+                         settings, ADMIN)
+    record = new_record("s3", new, "admin", NOW)
+    assert schedule_object(record)["job"]["host"] == "build-02"
+    job, payload = job_entry(loads(record["job"], record["run"], None), "j4", "admin", "s3", "t")
+    assert job["host"] == payload["host"] == "build-02" and payload["workspace"] == "elsewhere"
+    with pytest.raises(ApiError) as caught:
+        parse_schedule({"cron": "0 3 * * *", "job": {"mode": "rsync", "workspace": "proj",
+                                                     "script": "true", "host": "no:colon"}},
+                       settings, ADMIN)
+    assert caught.value.status == 400 and "host" in caught.value.message

@@ -297,3 +297,12 @@ def test_an_entry_swapped_for_a_link_during_the_copy_is_not_followed(
         os.close(fd)
     assert copied_secret(dest) == []
 
+
+
+def test_a_pinned_job_names_its_host_when_the_workspace_is_missing_or_a_link(root: Path) -> None:
+    with pytest.raises(SourceError, match="workspace 'nowhere' not found on host 'c'"):
+        open_workspace(root, "nowhere", host="c")
+    with pytest.raises(SourceError, match=r"'to-proj' on host 'c' is a link \(to 'proj'\)"):
+        open_workspace(root, "to-proj", host="c")
+    fd = open_workspace(root, "proj", host="c")
+    os.close(fd)

@@ -218,7 +218,9 @@ def _only_the_jobs_own(before: dict[str, frozenset[str]], after: dict[str, froze
                        job_id: str | None, schedule_id: str | None = None) -> None:
     """What a request left behind belongs to the job it created, and only to that job (or to
     the schedule it named)."""
-    payloads = [item for item in after.get("redis rci:queue", ()) if job_id and job_id in item]
+    # The shared queue, or the queue of the host the job is pinned to (rci:queue:host:<h>).
+    payloads = [item for name, items in after.items() if name.startswith("redis rci:queue")
+                for item in items if job_id and job_id in item]
     for name, items in after.items():
         added = items - before.get(name, frozenset())
         if name in before and not added:
@@ -243,6 +245,10 @@ def _only_the_jobs_own(before: dict[str, frozenset[str]], after: dict[str, froze
             assert added <= {"admin"}, added  # the owners with jobs, and with stored bytes
         elif key.startswith("rci:activity:"):
             continue  # the charts' counts of the hour: a cancel counts as an ended job
+        elif key.startswith("rci:bell"):
+            continue  # the wake-up bell of the queue the job went to: a stream of one entry
+        elif key == "rci:queue-hosts":  # the host the job is pinned to
+            assert all(any(f'"host":"{host}"' in p for p in payloads) for host in added), added
         elif key.startswith(SHARED_KEYS):
             assert all(job_id in item for item in added), (name, added)
         elif key.startswith("rci:idem:admin:"):

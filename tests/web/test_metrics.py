@@ -76,9 +76,12 @@ def test_metrics_parse_strictly_with_every_family(server: Server) -> None:
         "remoteci_executors": "gauge", "remoteci_jobs_finished_total": "counter",
         "remoteci_job_duration_seconds": "histogram", "remoteci_job_queue_wait_seconds": "histogram",
         "remoteci_http_requests_total": "counter", "remoteci_history_pending": "gauge",
-        "remoteci_history_lag_seconds": "gauge"}
+        "remoteci_history_lag_seconds": "gauge", "remoteci_host_executors": "gauge",
+        "remoteci_host_running": "gauge", "remoteci_host_queued": "gauge"}
     assert all(f.help for f in families.values())
     assert value(families, "remoteci_executors") == 2
+    host = server.request("GET", "/api/stats").json()["hosts"]
+    assert [value(families, "remoteci_host_executors", host=h) for h in host] == [2]
 
 
 def test_histogram_buckets_are_cumulative_and_end_at_the_count(server: Server) -> None:

@@ -85,8 +85,10 @@ def test_served_without_a_token_with_this_servers_timeout(server: Server) -> Non
 
 
 def test_the_job_schema_names_every_field_the_job_object_can_have() -> None:
-    # log_expired: on a job answered from history once its Redis record expired
-    assert set(SCHEMAS["Job"]["properties"]) == {*jobs.SHOWN_FIELDS, "queue_position", "log_expired"}
+    # log_expired: on a job answered from history once its Redis record expired; waiting_for:
+    # on a queued job pinned to a host with no live executor
+    assert set(SCHEMAS["Job"]["properties"]) == {*jobs.SHOWN_FIELDS, "queue_position", "log_expired",
+                                                 "waiting_for"}
     assert SCHEMAS["Job"]["properties"]["status"]["enum"] == list(jobs.STATUSES)
     assert SCHEMAS["Job"]["properties"]["mode"]["enum"] == list(jobs.MODES)
     assert SCHEMAS["JobId"]["pattern"] == f"^{jobs.JOB_ID_RE.pattern}$"
