@@ -21,6 +21,7 @@ MAX_WAIT=1500 FAIL_ON_WAIT_TIMEOUT=0 RETRY_FOR=300
 RSYNC_TO="" SOURCE_DIR=. INCLUDE_GIT=0
 ENV_KEYS=() ENV_VALUES=()
 ARTIFACTS=() DOWNLOAD_DIR="" WEBHOOK="" HOST=""
+PIPELINE="" KIND=jobs  # --pipeline FILE; KIND: what JOB_ID names (jobs, or pipelines)
 TMP="" TMP_OWNER="" JOB_ID="" CHILD_PID="" SUBMITTING=0 PENDING_SIGNAL=""
 LAST_OK=0 DELAY=1
 COMPRESSION=gzip  # of an upload: zstd when both ends have it (choose_compression)
@@ -37,6 +38,7 @@ usage: remote-ci.sh --server URL (--workspace W | --rsync-to DEST | --upload DIR
                     --script S [--timeout SEC] [--name N] [--env K=V ...] [--max-wait SEC]
                     [--fail-on-wait-timeout] [--retry-for SEC] [--source-dir DIR] [--include-git]
                     [--artifacts GLOB ...] [--download-artifacts DIR] [--webhook URL] [--host NAME]
+       remote-ci.sh --pipeline FILE [a source flag, or the source in FILE] [--max-wait SEC] ...
 The token comes from $REMOTE_CI_TOKEN (or --token), the server from $REMOTE_CI_SERVER.
 Exit: 0 success, the script's code, 124 timeout, 1 error/cancelled, 2 refused, 130/143 interrupted.
 See ci/README.md.
@@ -60,7 +62,8 @@ parse_args() {
     esac
     case $flag in
       --server|--token|--workspace|--upload|--ref|--script|--timeout|--name|--env|--max-wait|\
-      --retry-for|--rsync-to|--source-dir|--artifacts|--download-artifacts|--webhook|--host)
+      --retry-for|--rsync-to|--source-dir|--artifacts|--download-artifacts|--webhook|--host|\
+      --pipeline)
         if [ $has_value = 0 ]; then
           [ $# -gt 0 ] || refuse "$flag needs a value; see --help"
           value=$1; shift
@@ -90,6 +93,7 @@ parse_args() {
       --download-artifacts) DOWNLOAD_DIR=$value ;;
       --webhook) WEBHOOK=$value ;;
       --host) HOST=$value ;;  # the worker host (REMOTE_CI_NODE_NAME) that must run the job
+      --pipeline) PIPELINE=$value ;;
       -h|--help) usage; exit 0 ;;
       *) refuse "unknown argument '$arg'; see --help" ;;
     esac
@@ -118,7 +122,11 @@ check_args() {
   case $SERVER in http://?*|https://?*) ;; *) refuse "--server '$SERVER' must be an http:// or https:// URL" ;; esac
   [ -n "$TOKEN" ] || refuse "no API token: set REMOTE_CI_TOKEN from your CI's secret store" \
     "(GitHub: secrets.REMOTE_CI_TOKEN; GitLab: a masked CI/CD variable)"
-  [ -n "$SCRIPT" ] || refuse "--script is required: the shell command(s) to run, e.g. --script 'make test'"
+  if [ -n "$PIPELINE" ]; then
+    check_pipeline_args
+  else
+    [ -n "$SCRIPT" ] || refuse "--script is required: the shell command(s) to run, e.g. --script 'make test'"
+  fi
   is_seconds "$MAX_WAIT" || refuse "--max-wait must be a whole number of seconds"
   is_seconds "$RETRY_FOR" || refuse "--retry-for must be a whole number of seconds"
   if [ -n "$TIMEOUT" ]; then
@@ -137,7 +145,8 @@ check_args() {
     fi
   fi
   case $MODE in
-    "") refuse "say where the code is: --workspace NAME, --rsync-to DEST, --upload DIR, or --git [URL]" ;;
+    "") [ -n "$PIPELINE" ] \
+      || refuse "say where the code is: --workspace NAME, --rsync-to DEST, --upload DIR, or --git [URL]" ;;
     upload) [ -d "$SOURCE" ] || refuse "--upload '$SOURCE' is not a directory; pass the directory to send, e.g. --upload ." ;;
     git) [ -n "$SOURCE" ] || git_from_ci ;;
   esac
@@ -568,6 +577,198 @@ download_artifacts() {  # 0 when the artifacts are unpacked into DOWNLOAD_DIR
   return 1
 }
 
+# --- pipelines ----------------------------------------------------------------------------------------
+# --pipeline FILE: submit the pipeline, print every started job's log with each line prefixed by
+# the job's name, exit with the code of the first job that failed (0 when all succeeded).
+# Parallel arrays, not associative ones: bash 3.2 has none.
+P_IDS=() P_NAMES=() P_OFFSETS=() P_PARTIAL=() P_DONE=()
+
+check_pipeline_args() {
+  local flag
+  for flag in "--script:$SCRIPT" "--timeout:$TIMEOUT" "--name:$NAME" "--webhook:$WEBHOOK" "--host:$HOST" \
+      "--download-artifacts:$DOWNLOAD_DIR" "--env:${ENV_KEYS[*]:-}" "--artifacts:${ARTIFACTS[*]:-}"; do
+    [ -z "${flag#*:}" ] || refuse "${flag%%:*} does not go with --pipeline: set it in the file"
+  done
+  if [ ! -f "$PIPELINE" ] || [ ! -r "$PIPELINE" ]; then
+    refuse "--pipeline '$PIPELINE' is not a readable file"
+  fi
+}
+
+pipeline_body() {  # REPLY: the file's JSON object, with the source of a source flag put first
+  local text="" line source
+  while IFS= read -r line || [ -n "$line" ]; do text+=$line$'\n'; done < "$PIPELINE"
+  text=${text#"${text%%[![:space:]]*}"}
+  case $text in '{'*) ;; *) refuse "--pipeline '$PIPELINE' must hold a JSON object {\"stages\": ...}" ;; esac
+  case $MODE in
+    git) json_string "$SOURCE"; source="{\"mode\":\"git\",\"repo\":$REPLY"
+      [ -z "$GIT_REF" ] || { json_string "$GIT_REF"; source+=",\"ref\":$REPLY"; }
+      source+="}" ;;
+    rsync) json_string "$SOURCE"; source="{\"mode\":\"rsync\",\"workspace\":$REPLY}" ;;
+    *) REPLY=$text; return ;;
+  esac
+  text=${text#\{}
+  case ${text#"${text%%[![:space:]]*}"} in '}'*) REPLY="{\"source\":$source$text" ;;
+    *) REPLY="{\"source\":$source,$text" ;; esac
+}
+
+send_pipeline_upload() {  # the archive as multipart field `code`, the file as field `pipeline`
+  local excludes=() line suffix=gz
+  [ "$COMPRESSION" != zstd ] || suffix=zst
+  while IFS= read -r line; do excludes+=("$line"); done < <(tar_excludes)
+  : > "$TMP/submit.hdr"
+  pack ${excludes[@]+"${excludes[@]}"} </dev/null 2>"$TMP/tar.err" \
+    | curl -sS -X POST -H @"$TMP/auth" -H 'Expect:' -H "Idempotency-Key: $SUBMISSION_KEY" \
+      -F "pipeline=<$PIPELINE" -F "code=@-;filename=code.tar.$suffix;type=application/$COMPRESSION" \
+      --connect-timeout 10 --speed-limit 1 --speed-time 120 -D "$TMP/submit.hdr" \
+      -o "$TMP/submit.body" -w '%{http_code}' "$SERVER/api/pipelines" \
+      >"$TMP/submit.code" 2>"$TMP/submit.err" &
+  CHILD_PID=$!
+  wait_child
+  CURL_RC=$?
+  read_code submit
+}
+
+submit_pipeline() {
+  local location
+  new_key; SUBMISSION_KEY=$REPLY
+  SUBMITTING=1 KIND=pipelines
+  while :; do
+    if [ "$MODE" = upload ]; then
+      send_pipeline_upload
+    else
+      pipeline_body; printf '%s' "$REPLY" > "$TMP/request.json"
+      curl_call submit POST /api/pipelines --max-time 660 -H 'Content-Type: application/json' \
+        -H "Idempotency-Key: $SUBMISSION_KEY" --data-binary @"$TMP/request.json"
+    fi
+    if ! retryable || [ -n "$PENDING_SIGNAL" ]; then break; fi
+    why submit; backoff "submitting the pipeline" "$REPLY"
+  done
+  mark_ok
+  header Location "$TMP/submit.hdr"; location=$REPLY
+  if [ "$HTTP_CODE" = 202 ]; then JOB_ID=${location##*/}; fi
+  SUBMITTING=0
+  # shellcheck disable=SC2086  # PENDING_SIGNAL is "NAME CODE"
+  [ -z "$PENDING_SIGNAL" ] || on_signal $PENDING_SIGNAL
+  if [ -n "$JOB_ID" ]; then return 0; fi
+  case $HTTP_CODE in
+    4??) json_field error < "$TMP/submit.body"; refuse "the server refused the pipeline (HTTP $HTTP_CODE): $REPLY" ;;
+    *) why submit; die 1 "the server failed to accept the pipeline ($REPLY); tell the server's operator" ;;
+  esac
+}
+
+stage_jobs() {  # stage_jobs BODY started|all -> IDS: job ids of the pipeline's (started) stages
+  local rest=${1#*\"stages\":} ids part
+  local re='"status":"([a-z]+)","jobs":\[([^]]*)\]'
+  IDS=()
+  while [[ $rest =~ $re ]]; do
+    rest=${rest#*"${BASH_REMATCH[0]}"}
+    [ "$2" = all ] || [ "${BASH_REMATCH[1]}" != waiting ] || continue
+    ids=${BASH_REMATCH[2]//\"/}
+    while [ -n "$ids" ]; do
+      part=${ids%%,*}; IDS+=("$part")
+      [ "$part" != "$ids" ] || break
+      ids=${ids#*,}
+    done
+  done
+}
+
+pipeline_log() {  # pipeline_log INDEX: print what is new in that job's log, prefixed; P_DONE when ended
+  local i=$1 line name=${P_NAMES[$1]} got=0
+  curl_call plog GET "/api/jobs/${P_IDS[i]}/logs?offset=${P_OFFSETS[i]}" --max-time 30
+  [ "$HTTP_CODE" = 200 ] || return 1
+  while IFS= read -r line; do  # complete lines; bytes are counted from the file's size below
+    printf '[%s] %s\n' "$name" "${P_PARTIAL[i]}$line"
+    P_PARTIAL[i]=""
+  done < "$TMP/plog.body"
+  P_PARTIAL[i]+=$line  # a last line without its newline yet
+  header X-Log-Offset "$TMP/plog.hdr"; got=$REPLY
+  is_seconds "$got" && P_OFFSETS[i]=$got
+  header X-Job-Status "$TMP/plog.hdr"
+  case $REPLY in success|failed|timeout|error|cancelled)
+    [ -z "${P_PARTIAL[i]}" ] || printf '[%s] %s\n' "$name" "${P_PARTIAL[i]}"
+    P_PARTIAL[i]="" P_DONE[i]=1 ;;
+  esac
+}
+
+pipeline_index() {  # pipeline_index ID -> REPLY: its index in P_IDS, added (with its name) if new
+  local i
+  for ((i = 0; i < ${#P_IDS[@]}; i++)); do [ "${P_IDS[i]}" != "$1" ] || { REPLY=$i; return 0; }; done
+  curl_call job GET "/api/jobs/$1" --max-time 30
+  [ "$HTTP_CODE" = 200 ] || return 1
+  i=${#P_IDS[@]}
+  json_field name < "$TMP/job.body"
+  P_IDS[i]=$1 P_NAMES[i]=${REPLY:-$1} P_OFFSETS[i]=0 P_PARTIAL[i]="" P_DONE[i]=0
+  json_field started_at < "$TMP/job.body"
+  if [ -z "$REPLY" ]; then  # cancelled before it ran: nothing to show
+    json_field status < "$TMP/job.body"
+    case $REPLY in success|failed|timeout|error|cancelled) P_DONE[i]=1 ;; esac
+  fi
+  REPLY=$i
+}
+
+follow_pipeline() {  # 0 once the pipeline and every job it started have ended; 1 at --max-wait
+  local body line status pending id i
+  while [ $SECONDS -lt "$DEADLINE" ]; do
+    curl_call pipeline GET "/api/pipelines/$JOB_ID" --max-time 30
+    if [ "$HTTP_CODE" != 200 ]; then
+      why pipeline
+      retryable || die 1 "the server would not show the pipeline ($REPLY)"
+      backoff "following the pipeline" "$REPLY"; continue
+    fi
+    body=""
+    while IFS= read -r line || [ -n "$line" ]; do body+=$line; done < "$TMP/pipeline.body"
+    json_field status <<< "$body"; status=$REPLY
+    stage_jobs "$body" started
+    pending=0
+    for id in ${IDS[@]+"${IDS[@]}"}; do
+      if ! pipeline_index "$id"; then pending=1; continue; fi
+      i=$REPLY
+      [ "${P_DONE[i]}" = 1 ] || pipeline_log "$i" || pending=1
+      [ "${P_DONE[i]}" = 1 ] || pending=1
+    done
+    mark_ok
+    case $status in success|failed|cancelled) [ $pending = 1 ] || return 0 ;; esac
+    run_bg sleep 1
+  done
+  return 1
+}
+
+pipeline_exit() {  # REPLY: 0, or the exit code of the job that failed first (1 when none ran)
+  local id best="" code=1 culprit="" finished body="" line
+  json_field status < "$TMP/pipeline.body"
+  if [ "$REPLY" = success ]; then REPLY=0; return; fi
+  while IFS= read -r line || [ -n "$line" ]; do body+=$line; done < "$TMP/pipeline.body"
+  stage_jobs "$body" all
+  for id in ${IDS[@]+"${IDS[@]}"}; do
+    curl_call job GET "/api/jobs/$id" --max-time 30
+    [ "$HTTP_CODE" = 200 ] || continue
+    json_field started_at < "$TMP/job.body"; [ -n "$REPLY" ] || continue
+    json_field status < "$TMP/job.body"; [ "$REPLY" != success ] || continue
+    json_field finished_at < "$TMP/job.body"; finished=$REPLY
+    if [ -z "$best" ] || [[ $finished < $best ]]; then
+      best=$finished
+      json_field status < "$TMP/job.body"; exit_code_for "$REPLY" < "$TMP/job.body"; code=$REPLY
+      json_field name < "$TMP/job.body"; culprit=$REPLY
+    fi
+  done
+  [ -z "$culprit" ] || say "first failed: $culprit"
+  REPLY=$code
+}
+
+run_pipeline() {
+  local status
+  submit_pipeline
+  say "pipeline $JOB_ID running: $SERVER/pipelines/$JOB_ID"
+  if ! follow_pipeline; then
+    say "stopped waiting after --max-wait $MAX_WAIT s; the pipeline goes on: $SERVER/pipelines/$JOB_ID"
+    exit $((FAIL_ON_WAIT_TIMEOUT ? 1 : 0))
+  fi
+  json_field status < "$TMP/pipeline.body"; status=$REPLY
+  pipeline_exit
+  say "pipeline $JOB_ID ended $status, exit code $REPLY: $SERVER/pipelines/$JOB_ID"
+  exit "$REPLY"
+}
+
 # --- signals and main ---------------------------------------------------------------------------------
 
 on_signal() {  # the public CI cancels the step: cancel the remote job too, bounded, then exit
@@ -584,10 +785,10 @@ on_signal() {  # the public CI cancels the step: cancel the remote job too, boun
     say "interrupted before the server accepted the job; nothing to cancel"
   # The header goes on stdin, so the cancel works even if the temp dir is gone.
   elif auth_header | curl -sS -f -X POST -H @- --max-time 10 \
-      --retry 3 --retry-max-time 10 -o /dev/null "$SERVER/api/jobs/$JOB_ID/cancel"; then
-    say "cancelled job $JOB_ID: $SERVER/jobs/$JOB_ID"
+      --retry 3 --retry-max-time 10 -o /dev/null "$SERVER/api/$KIND/$JOB_ID/cancel"; then
+    say "cancelled ${KIND%s} $JOB_ID: $SERVER/$KIND/$JOB_ID"
   else
-    say "could not cancel job $JOB_ID; cancel it at $SERVER/jobs/$JOB_ID"
+    say "could not cancel ${KIND%s} $JOB_ID; cancel it at $SERVER/$KIND/$JOB_ID"
   fi
   exit "$2"
 }
@@ -623,6 +824,7 @@ main() {
     choose_compression
     if [ "$COMPRESSION" = zstd ]; then say "packing $SOURCE as tar.zst"; else say "packing $SOURCE as tar.gz"; fi
   fi
+  [ -z "$PIPELINE" ] || run_pipeline  # it exits
   submit
   json_field queue_position < "$TMP/submit.body"; position=$REPLY
   say "job $JOB_ID queued${position:+, queue position $position}: $SERVER/jobs/$JOB_ID"

@@ -94,6 +94,7 @@ class Options(NamedTuple):
     download_artifacts: str | None = None
     webhook: str | None = None
     host: str | None = None  # the worker host (its REMOTE_CI_NODE_NAME) that must run the job
+    pipeline: dict[str, Any] | None = None  # --pipeline FILE, read; its `source` may come from flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "(GITHUB_SERVER_URL/GITHUB_REPOSITORY or CI_REPOSITORY_URL)")
     parser.add_argument("--ref", help="branch, tag or sha for --git (default with a bare --git: "
                                       "GITHUB_SHA or CI_COMMIT_SHA)")
-    parser.add_argument("--script", required=True, help="the shell command(s) to run")
+    parser.add_argument("--script", help="the shell command(s) to run (required without --pipeline)")
+    parser.add_argument("--pipeline", metavar="FILE",
+                        help="run the pipeline in FILE (JSON: name, stages of jobs, and source "
+                             "unless a source flag gives it); each log line is prefixed [job]")
     parser.add_argument("--timeout", type=int, help="job time limit in seconds")
     parser.add_argument("--name", help="a label shown in the server's job list")
     parser.add_argument("--env", action="append", default=[], metavar="K=V",
@@ -169,13 +173,50 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> Options:
             raise refused(f"{flag} must be a number of seconds, 0 or more")
     if args.timeout is not None and args.timeout < 1:
         raise refused("--timeout must be a whole number of seconds, 1 or more")
+    pipeline = None
+    if args.pipeline is not None:
+        pipeline = read_pipeline(args.pipeline, args)
+        source = Source("file", "") if "source" in pipeline and not _has_source_flag(args) \
+            else _source(args, environ)
+    elif not args.script:
+        raise refused("--script is required: the shell command(s) to run (or --pipeline FILE)")
+    else:
+        source = _source(args, environ)
     return Options(
-        server=server, token=token, source=_source(args, environ), script=args.script,
+        server=server, token=token, source=source, script=args.script or "", pipeline=pipeline,
         timeout=args.timeout, name=args.name, env=parse_env_pairs(args.env, environ),
         max_wait=args.max_wait, fail_on_wait_timeout=args.fail_on_wait_timeout,
         retry_for=args.retry_for, rsync_to=args.rsync_to, source_dir=args.source_dir,
         include_git=args.include_git, artifacts=tuple(args.artifacts),
         download_artifacts=args.download_artifacts, webhook=args.webhook, host=args.host or None)
+
+
+def _has_source_flag(args: argparse.Namespace) -> bool:
+    return any(v is not None for v in (args.workspace, args.upload, args.git, args.rsync_to))
+
+
+def read_pipeline(path: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline file as a JSON object; per-job settings live in it, not in flags."""
+    per_job = [flag for flag, value in (("--script", args.script), ("--timeout", args.timeout),
+                                        ("--env", args.env), ("--artifacts", args.artifacts),
+                                        ("--download-artifacts", args.download_artifacts),
+                                        ("--host", args.host))
+               if value]
+    if per_job:
+        raise refused(f"{per_job[0]} does not go with --pipeline: set it per job in the file")
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise refused(f"cannot read --pipeline {path!r}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise refused(f"--pipeline {path!r} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise refused(f"--pipeline {path!r} must hold a JSON object with \"stages\"")
+    for key, value in (("name", args.name), ("webhook", args.webhook)):
+        if value:
+            data[key] = value
+    return data
 
 
 def _source(args: argparse.Namespace, environ: Mapping[str, str]) -> Source:
@@ -835,6 +876,7 @@ class Run:
     def __init__(self, api: Api):
         self.api = api
         self.job_id: str | None = None
+        self.pipeline_id: str | None = None  # with --pipeline: what a signal cancels
         self.submitting = False
         self.pending: int | None = None
 
@@ -851,6 +893,8 @@ class Run:
 
 
 def run(opts: Options, state: Run, out: BinaryIO) -> int:
+    if opts.pipeline is not None:
+        return run_pipeline(opts, state, out)
     patience = Patience(time.monotonic() + opts.max_wait, opts.retry_for)
     if opts.rsync_to:
         run_rsync(opts, patience)
@@ -885,6 +929,181 @@ def run(opts: Options, state: Run, out: BinaryIO) -> int:
         except ClientError as exc:
             say(str(exc))
             return code or exc.code  # a green job whose outputs are missing is not green
+    return code
+
+
+# --- pipelines ---------------------------------------------------------------------------------
+
+PIPELINE_POLL = 0.5  # seconds between looks at a pipeline's jobs and their logs
+PIPELINE_FINAL = ("success", "failed", "cancelled")
+
+
+def submit_pipeline(api: Api, opts: Options, patience: Patience,
+                    interrupted: Callable[[], int | None] = lambda: None) -> dict[str, Any]:
+    """POST the pipeline: JSON with its source, or multipart with the code as `code`."""
+    import uuid
+
+    assert opts.pipeline is not None
+    spec = dict(opts.pipeline)
+    source = opts.source
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    if source.mode == "upload":
+        spec.pop("source", None)
+        compression = upload_compression(api)
+        say(f"packing {source.value} as tar.{'zst' if compression == 'zstd' else 'gz'}")
+        boundary = f"remote-ci-{uuid.uuid4().hex}"
+        suffix = "zst" if compression == "zstd" else "gz"
+        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="pipeline"\r\n'
+                "Content-Type: application/json\r\n\r\n").encode() + json.dumps(spec).encode() + (
+            f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="code"; '
+            f'filename="code.tar.{suffix}"\r\nContent-Type: application/{compression}\r\n\r\n'
+        ).encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+
+        def body() -> Iterator[bytes]:
+            yield head
+            yield from tar_stream(source.value, opts.include_git, compression)
+            yield tail
+
+        def send() -> Reply:
+            return api.call("POST", "/api/pipelines", body=body(), timeout=300,
+                            headers={"Content-Type": f"multipart/form-data; boundary={boundary}",
+                                     **key})
+    else:
+        if source.mode == "git":
+            spec["source"] = {"mode": "git", "repo": source.value,
+                              **({"ref": source.ref} if source.ref else {})}
+        elif source.mode == "rsync":
+            spec["source"] = {"mode": "rsync", "workspace": source.value}
+        data = json.dumps(spec).encode()
+
+        def send() -> Reply:
+            return api.call("POST", "/api/pipelines", body=data, timeout=300,
+                            headers={"Content-Type": "application/json", **key})
+    reply = with_retries(patience, "submitting the pipeline", send, interrupted)
+    if reply.status == 202 and isinstance(reply.json().get("id"), str):
+        return dict(reply.json())
+    if 400 <= reply.status < 500:
+        raise refused(f"the server refused the pipeline (HTTP {reply.status}): {reply.error_text()}")
+    raise ClientError(f"the server failed to accept the pipeline (HTTP {reply.status}): "
+                      f"{reply.error_text()}; tell the server's operator", EXIT_ERROR)
+
+
+class PrefixedLog:
+    """One job's log, copied line by line with `[name] ` in front; a last partial line is
+    held until it ends or the job does."""
+
+    def __init__(self, name: str, out: BinaryIO):
+        self.prefix = f"[{name}] ".encode()
+        self.out = out
+        self.offset = 0
+        self.partial = b""
+
+    def feed(self, chunk: bytes) -> None:
+        self.offset += len(chunk)
+        *lines, self.partial = (self.partial + chunk).split(b"\n")
+        if lines:
+            _write_out(self.out, b"".join(self.prefix + line + b"\n" for line in lines))
+
+    def close(self) -> None:
+        if self.partial:
+            _write_out(self.out, self.prefix + self.partial + b"\n")
+            self.partial = b""
+
+
+def _read_log_once(api: Api, job_id: str, log: PrefixedLog) -> str:
+    """Copy what is new in the job's log; return its status as the log answer gave it (read
+    before the log's size, so a final status means the whole log has been copied)."""
+    conn, resp = api.open("GET", f"/api/jobs/{job_id}/logs?offset={log.offset}")
+    try:
+        if resp.status != 200:
+            reply = Reply(resp.status, resp.headers, resp.read(64 * 1024))
+            raise ClientError(f"the server would not show the log of job {job_id} "
+                              f"(HTTP {resp.status}): {reply.error_text()}", EXIT_ERROR)
+        status = resp.headers.get("X-Job-Status", "")
+        while chunk := _read_some(resp, log.offset):
+            log.feed(chunk)
+        return status
+    finally:
+        conn.close()
+
+
+def follow_pipeline(api: Api, pipeline_id: str, out: BinaryIO,
+                    patience: Patience) -> dict[str, Any] | None:
+    """Print every started job's log, prefixed by its name, until the pipeline and its jobs
+    have ended; return the final pipeline, or None when --max-wait ran out."""
+    logs: dict[str, PrefixedLog] = {}
+    done: set[str] = set()
+    while patience.remaining() > 0:
+        try:
+            pipeline = api.call("GET", f"/api/pipelines/{pipeline_id}").json()
+            started = [job_id for stage in pipeline["stages"] if stage["status"] != "waiting"
+                       for job_id in stage["jobs"]]
+            for job_id in started:
+                if job_id in done:
+                    continue
+                if job_id not in logs:
+                    job = api.call("GET", f"/api/jobs/{job_id}").json()
+                    if job.get("started_at") is None and job.get("status") in FINAL:
+                        done.add(job_id)  # cancelled before it ran: no log to show
+                        continue
+                    logs[job_id] = PrefixedLog(str(job.get("name") or job_id), out)
+                if _read_log_once(api, job_id, logs[job_id]) in FINAL:
+                    logs[job_id].close()
+                    done.add(job_id)
+            patience.ok()
+        except (Retryable, Cut) as exc:
+            patience.failed("following the pipeline", str(exc))
+            continue
+        # A pipeline ends in the same step that writes its unstarted jobs as cancelled: once it
+        # is final, every stage shows as started, and every job's status is final or running.
+        if pipeline["status"] in PIPELINE_FINAL and set(started) <= done:
+            return dict(pipeline)
+        time.sleep(max(0.0, min(PIPELINE_POLL, patience.remaining())))
+    return None
+
+
+def pipeline_exit_code(api: Api, pipeline: Mapping[str, Any]) -> tuple[int, dict[str, Any] | None]:
+    """0 when the pipeline succeeded; else the code of the job that failed first (of those that
+    ran), or 1 when none did (say, it was cancelled while jobs were queued)."""
+    if pipeline.get("status") == "success":
+        return EXIT_SUCCESS, None
+    ended = [api.call("GET", f"/api/jobs/{job_id}").json()
+             for stage in pipeline["stages"] for job_id in stage["jobs"]]
+    ran = [j for j in ended if j.get("started_at") and j.get("status") != "success"]
+    if not ran:
+        return EXIT_ERROR, None
+    first = min(ran, key=lambda j: str(j.get("finished_at")))
+    return exit_code_for(first), first
+
+
+def run_pipeline(opts: Options, state: Run, out: BinaryIO) -> int:
+    patience = Patience(time.monotonic() + opts.max_wait, opts.retry_for)
+    if opts.rsync_to:
+        run_rsync(opts, patience)
+    state.submitting = True
+    try:
+        created = submit_pipeline(state.api, opts, patience, lambda: state.pending)
+        state.pipeline_id = created["id"]
+    finally:
+        state.submitting = False
+    if state.pending is not None:
+        raise Interrupted(state.pending)
+    url = state.api.url(f"/pipelines/{state.pipeline_id}")
+    stages = " -> ".join(str(s["name"]) for s in created["stages"])
+    say(f"pipeline {state.pipeline_id} running ({stages}): {url}")
+    final = follow_pipeline(state.api, created["id"], out, patience)
+    if final is None:
+        say(f"stopped waiting after --max-wait {opts.max_wait:g} s; the pipeline goes on: {url}")
+        return EXIT_ERROR if opts.fail_on_wait_timeout else EXIT_SUCCESS
+    while True:
+        try:
+            code, first = pipeline_exit_code(state.api, final)
+            break
+        except Retryable as exc:
+            patience.failed("reading the pipeline's result", str(exc))
+    culprit = f"; first failed: {first.get('name')} ({first.get('status')})" if first else ""
+    say(f"pipeline {state.pipeline_id} ended {final['status']}{culprit}, exit code {code}: {url}")
     return code
 
 
@@ -945,14 +1164,17 @@ def unpack_artifacts(stream: BinaryIO, dest: str) -> int:
 
 def cancel_remote(state: Run) -> None:
     """Best effort, bounded: the CI is about to kill us, the remote job must not run on."""
+    if state.pipeline_id is not None:  # the pipeline, and with it every job it has left
+        state.job_id = state.pipeline_id
     if state.job_id is None:
         say("interrupted before the server accepted the job; nothing to cancel")
         return
+    kind = "pipelines" if state.pipeline_id is not None else "jobs"
     deadline = time.monotonic() + CANCEL_BUDGET
     last = "no time left"
     while time.monotonic() < deadline:
         try:
-            reply = state.api.call("POST", f"/api/jobs/{state.job_id}/cancel",
+            reply = state.api.call("POST", f"/api/{kind}/{state.job_id}/cancel",
                                    timeout=max(0.5, deadline - time.monotonic()))
         except Retryable as exc:
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))

@@ -20,6 +20,8 @@ from remoteci.artifacts.collector import Limits, collect
 from remoteci.auth.identity import ADMIN_OWNER
 from remoteci.config import Settings
 from remoteci.errors import SourceError
+from remoteci.pipelines.cleanup import release_if_done
+from remoteci.pipelines.inputs import place_inputs
 from remoteci.queue import JobStore, Taken
 from remoteci.sources.prepare import discard_source, prepare_source
 from remoteci.store import histograms
@@ -211,6 +213,9 @@ class Executor:
             del self._ended[next(iter(self._ended))]  # the oldest
         recorded = self._call_redis(lambda: self.store.finish(self.id, job_id, payload_json,
                                                               outcome.status, fields, observed))
+        if payload.get("pipeline"):  # its last job gone, a pipeline's snapshot goes too
+            self._call_redis(lambda: release_if_done(self.store.r, self.settings.data_dir,
+                                                     payload["pipeline"]))
         owner = payload.get("owner")
         if owner and (payload["mode"] == "upload" or "artifact_bytes" in fields):
             # Its owner's stored bytes: the upload is gone now, the artifacts stay.
@@ -258,6 +263,9 @@ class Executor:
             try:
                 user = self._job_user(payload)
                 extra = prepare_source(payload, scratch, self.settings, log_fd)
+                if payload.get("inputs"):  # a pipeline job: what its earlier stages kept
+                    placed = place_inputs(payload["inputs"], self.settings.artifacts_dir, scratch)
+                    _log_line(log_fd, f"{placed} artifact files of earlier stages placed")
             except SourceError as exc:
                 _log_line(log_fd, f"error: {exc}")
                 return Outcome(jobs.ERROR, error=str(exc))

@@ -34,6 +34,11 @@ Keys (all under `rci:`):
   stored:<owner>        hash job id -> bytes the job keeps on disk (its upload while it waits or
                         runs, then its artifacts until the record expires)
   stored                hash owner -> the sum of its stored:<owner>: its cap on stored bytes
+  pipeline:<id>         hash, a pipeline: its status, stage, plan (see pipelines/lua.py, which
+                        moves it inside the job transitions below); TTL = retention
+  pipelines             sorted set of pipeline ids by creation time (ms): the listing;
+                        pipelines:owner:<owner> the same per owner
+  A pipeline's jobs are job records with `pipeline`, `stage` and `stage_index` fields.
   schedule:<id>         hash: a schedule (cron, zone, its job, next tick, last job); no TTL
   schedules             sorted set of schedule ids by creation time (ms), for listing
   schedules:due         sorted set of enabled schedule ids by next tick (epoch seconds); the
@@ -71,6 +76,7 @@ from redis.exceptions import NoScriptError, RedisError
 from remoteci import jobs
 from remoteci.hosts.names import node_of
 from remoteci.hosts.table import host_table
+from remoteci.pipelines.lua import PIPELINE_LUA
 from remoteci.store.activity import ActivityStore
 from remoteci.store.redis_conn import Client as Redis
 
@@ -156,6 +162,17 @@ def schedule_key(schedule_id: str) -> str:
 
 def owner_index(owner: str) -> str:
     return f"{P}index:owner:{owner}"
+
+
+PIPELINES = P + "pipelines"
+
+
+def pipeline_key(pipeline_id: str) -> str:
+    return f"{P}pipeline:{pipeline_id}"
+
+
+def pipelines_owner_index(owner: str) -> str:
+    return f"{PIPELINES}:owner:{owner}"
 
 
 def beat(r: Redis, members: str, member: str, key: str, value: str) -> None:
@@ -406,7 +423,8 @@ end
 # ARGV: id, payload, from_status, to_status, ttl, n, then n histogram field/increment pairs,
 #       then field/value pairs
 # Ends a job that is in <from>; anything else only drops the payload from the in-flight list.
-_TRANSITION = _LUA_QUEUE_HISTORY + """
+# A pipeline's job moves its pipeline in the same step (pipelines/lua.py).
+_TRANSITION = _LUA_QUEUE_HISTORY + _LUA_ISO_TIME + PIPELINE_LUA + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if KEYS[2] ~= '' then redis.call('LREM', KEYS[2], 1, ARGV[2]) end
 if status ~= ARGV[3] then return status or 'missing' end
@@ -420,13 +438,14 @@ redis.call('ZADD', KEYS[4], seq, ARGV[1])
 redis.call('HINCRBY', KEYS[5], ARGV[4], 1)
 if redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then redis.call('LPUSH', KEYS[7], ARGV[1]) end
 queue_history(KEYS[1], KEYS[8])
+pipeline_job_ended(KEYS[1], ARGV[4], ARGV[5])
 return 'ok'
 """
 
 # KEYS: job, queue (the job's: shared or its host's), index:status:queued,
 #       index:status:cancelled, counters, webhooks, history
 # ARGV: id, finished_at, ttl, owner queued index prefix
-_CANCEL = _LUA_QUEUE_HISTORY + """
+_CANCEL = _LUA_QUEUE_HISTORY + _LUA_ISO_TIME + PIPELINE_LUA + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
 if status == 'queued' then
@@ -442,6 +461,7 @@ if status == 'queued' then
   redis.call('HINCRBY', KEYS[5], 'cancelled', 1)
   if redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then redis.call('LPUSH', KEYS[6], ARGV[1]) end
   queue_history(KEYS[1], KEYS[7])
+  pipeline_job_ended(KEYS[1], 'cancelled', ARGV[3])
   return 'dequeued'
 end
 if status == 'running' then

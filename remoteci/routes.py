@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from remoteci.artifacts import routes as artifacts
 from remoteci.pages import routes as pages
+from remoteci.pipelines import routes as pipelines
 from remoteci.schedules import page as schedule_pages
 from remoteci.schedules import routes as schedules
 from remoteci.web.routing import RouteSet
@@ -15,6 +16,7 @@ from remoteci.web.routing import RouteSet
 ROUTE_SETS: list[RouteSet] = [
     artifacts.routes,
     pages.routes,
+    pipelines.routes,
     schedules.routes,
     schedule_pages.routes,
 ]

@@ -125,14 +125,15 @@ MAY_IMPORT = {
     "sources": set(),
     "store": {"system"},
     "auth": {"sources"},
-    "webhooks": {"store"},
+    "webhooks": {"store", "pipelines"},  # pipelines.objects: the body of a pipeline's webhook
     "history": {"store", "system", "auth"},
     "artifacts": {"web", "auth"},
     "hosts": set(),
     "web": {"store", "system", "auth", "sources", "history", "artifacts", "webhooks", "hosts"},
     "pages": {"store", "web", "auth", "history"},
     "worker": {"executor", "store", "system", "sources", "history", "webhooks", "artifacts",
-               "schedules"},
+               "pipelines", "schedules"},
+    "pipelines": {"store", "web", "auth", "sources", "artifacts", "webhooks", "history", "pages"},
     "schedules": {"store", "auth", "sources", "web", "pages"},
 }
 

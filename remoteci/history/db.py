@@ -157,6 +157,13 @@ def search_sql(q: Search) -> tuple[str, list[Any]]:
             [*args, q.limit + 1])
 
 
+# Pipelines (history_writer tells them by `kind`): a row per final pipeline, found by id.
+_PIPELINE_COLUMNS = ("id", "status", "owner", "name", "created_at", "finished_at")
+_UPSERT_PIPELINE = (f"INSERT INTO pipelines ({', '.join(_PIPELINE_COLUMNS)}, record) "
+                    f"VALUES ({', '.join('?' for _ in range(len(_PIPELINE_COLUMNS) + 1))}) "
+                    "ON CONFLICT (id) DO UPDATE SET "
+                    + ", ".join(f"{c} = excluded.{c}" for c in (*_PIPELINE_COLUMNS[1:], "record")))
+
 _UPSERT = (f"INSERT INTO jobs ({', '.join(_COLUMNS)}, record) "
            f"VALUES ({', '.join('?' for _ in range(len(_COLUMNS) + 1))}) "
            f"ON CONFLICT (id) DO UPDATE SET "
@@ -207,6 +214,20 @@ class HistoryDB:
                 run(_UPSERT, row_values(record))
             self._commit()
 
+    def upsert_pipelines(self, records: Sequence[dict[str, str]]) -> None:
+        """Store final pipeline records, as `upsert` stores jobs."""
+        with self._session() as run:
+            for record in records:
+                run(_UPSERT_PIPELINE, [*(record.get(c) or None for c in _PIPELINE_COLUMNS),
+                                       json.dumps(record, sort_keys=True)])
+            self._commit()
+
+    def get_pipeline(self, pipeline_id: str) -> dict[str, str] | None:
+        with self._session() as run:
+            rows = run("SELECT record FROM pipelines WHERE id = ?", [pipeline_id])
+            self._commit()
+        return json.loads(rows[0][0]) if rows else None
+
     def search(self, q: Search) -> tuple[list[dict[str, str]], tuple[str, str] | None]:
         """One page of records, newest first, and the cursor of the next page (None: no more)."""
         sql, args = search_sql(q)
@@ -229,6 +250,7 @@ class HistoryDB:
         with self._session() as run:
             count = run("SELECT COUNT(*) FROM jobs WHERE finished_at < ?", [before])[0][0]
             run("DELETE FROM jobs WHERE finished_at < ?", [before])
+            run("DELETE FROM pipelines WHERE finished_at < ?", [before])
             self._commit()
         return int(count)
 

@@ -2,7 +2,8 @@
 
 Keys (all under `rci:`):
   history               list of final job records (JSON); the Lua script that makes a job final
-                        RPUSHes one (queue.py), the writer copies the oldest to the database and
+                        RPUSHes one (queue.py), and a pipeline's end its own (`kind: pipeline`,
+                        pipelines/lua.py); the writer copies the oldest to the database and
                         only then trims them off, so a crash in between copies them again
                         (the database upserts by id: a copy twice is a copy once)
   history:lease         the id of the one writer that may copy and trim, with a short TTL

@@ -89,7 +89,10 @@ class HistoryWriter:
         if len(records) < len(raw):
             events.error(COMPONENT, f"skipped {len(raw) - len(records)} history entries that "
                                     "are not job records")
-        self.db.upsert(records)
+        pipelines = [r for r in records if r.get("kind") == "pipeline"]  # see pipelines/lua.py
+        self.db.upsert([r for r in records if r.get("kind") != "pipeline"])
+        if pipelines:
+            self.db.upsert_pipelines(pipelines)
         if not self.queue.done(self.id, len(raw)):
             events.warning(COMPONENT, "lost the lease while copying; another writer goes on")
         return len(raw)

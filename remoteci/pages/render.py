@@ -44,6 +44,11 @@ form.filters{display:flex;gap:.6em;align-items:center;margin:.5em 0}
 .paging{margin:.6em 0;display:flex;gap:1em}.muted{color:#57606a}
 button{padding:.3em 1em}form{margin:.6em 0}
 button.danger{background:#cf222e;color:#fff;border:0;border-radius:4px}
+.stages{display:flex;gap:1em;align-items:flex-start;overflow-x:auto;margin-top:1em}
+.stage{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:.5em .8em;min-width:14em}
+.stage h3{font-size:1em;margin:.2em 0 .6em;display:flex;justify-content:space-between;gap:.5em}
+.stage ul{list-style:none;margin:0;padding:0}.stage li{padding:.3em 0;border-top:1px solid #eaeef2}
+.st-waiting{background:#afb8c1}
 """
 
 # The one script: static, in its own file so it reads as JavaScript.
@@ -261,6 +266,8 @@ def _field(key: str, value: Any, now: float) -> str:
         return _when(value, now)
     if key == "duration":
         return _seconds(value)
+    if key == "pipeline":
+        return f"<a class=id href=\"/pipelines/{escape(quote(str(value), safe=''))}\">{_text(value)}</a>"
     return _text(value)
 
 

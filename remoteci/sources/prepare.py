@@ -21,8 +21,9 @@ def prepare_source(payload: dict[str, Any], scratch: Path, settings: Settings,
     """Fill `scratch` with the job's code; return fields to record on the job (e.g. `commit`)."""
     mode = payload["mode"]
     if mode == "rsync":
-        workspace_fd = open_workspace(settings.workspace_dir, payload["workspace"],
-                                      payload.get("host"))
+        # A pipeline's job copies the snapshot its pipeline took at submission instead.
+        root = Path(payload.get("snapshot_root") or settings.workspace_dir)
+        workspace_fd = open_workspace(root, payload["workspace"], payload.get("host"))
         try:
             copy_workspace(workspace_fd, scratch, timeout=payload["timeout"])
         finally:
@@ -45,8 +46,9 @@ def prepare_source(payload: dict[str, Any], scratch: Path, settings: Settings,
 
 
 def discard_source(payload: dict[str, Any]) -> None:
-    """An upload's archive is deleted when its job ends, whatever the outcome."""
-    if payload["mode"] == "upload":
+    """An upload's archive is deleted when its job ends, whatever the outcome; a pipeline's
+    archive is shared by its jobs and goes when the pipeline ends."""
+    if payload["mode"] == "upload" and not payload.get("pipeline"):
         try:
             os.unlink(payload["path"])
         except FileNotFoundError:

@@ -27,6 +27,7 @@ from remoteci.webhooks.rules import (
     allowed_by,
     decide,
     delivery_body,
+    delivery_event,
     delivery_headers,
     parse_target,
 )
@@ -115,7 +116,7 @@ class Deliverer:
         # Counted before the attempt, so a deliverer dying mid-attempt still shows it.
         self._redis(lambda: self.store.update(job_id, {"webhook_delivery": delivery_id,
                                                        "webhook_attempts": str(attempts)}))
-        reply = self._attempt(url, delivery_body(record), delivery_id)
+        reply = self._attempt(url, delivery_body(record), delivery_id, delivery_event(record))
         decision = decide(reply, attempts, self.settings.webhook_attempts,
                           self.settings.webhook_retry_seconds)
         retry_at = None if decision.retry_in is None else time.time() + decision.retry_in
@@ -132,7 +133,7 @@ class Deliverer:
         else:
             events.error(COMPONENT, f"job {job_id} webhook to {where} {decision.status}")
 
-    def _attempt(self, url: str, body: bytes, delivery_id: str) -> Reply:
+    def _attempt(self, url: str, body: bytes, delivery_id: str, event: str) -> Reply:
         try:
             target = parse_target(url)
         except ValueError as exc:
@@ -142,7 +143,7 @@ class Deliverer:
             return Reply(None, f"{target.host}:{target.port} is not in REMOTE_CI_WEBHOOK_ALLOW "
                                f"on {self.settings.node_name}", retryable=False)
         secret = self.settings.webhook_secret or ""
-        return webhook_send.post(target, url, body, delivery_headers(body, secret, delivery_id),
+        return webhook_send.post(target, url, body, delivery_headers(body, secret, delivery_id, event),
                                  self.settings.webhook_timeout)
 
     def _redis(self, action: Callable[[], T]) -> T | None:

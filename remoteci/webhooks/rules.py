@@ -27,8 +27,10 @@ from urllib.parse import urlsplit
 
 from remoteci import jobs
 from remoteci.errors import ApiError
+from remoteci.pipelines.objects import pipeline_object
 
 EVENT = "job.finished"
+PIPELINE_EVENT = "pipeline.finished"
 MAX_URL_CHARS = 2048
 MIN_SECRET_CHARS = 16
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -201,14 +203,26 @@ def sign(body: bytes, secret: str) -> str:
 
 
 def delivery_body(record: dict[str, str]) -> bytes:
-    """The final job object, without the delivery's own bookkeeping (it changes per attempt)."""
-    obj = {k: v for k, v in jobs.job_object(record).items() if k not in DELIVERY_FIELDS}
+    """The final job (or pipeline) object, without the delivery's own bookkeeping (it changes
+    per attempt)."""
+    whole = pipeline_object(record) if is_pipeline(record) else jobs.job_object(record)
+    obj = {k: v for k, v in whole.items() if k not in DELIVERY_FIELDS}
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def delivery_headers(body: bytes, secret: str, delivery_id: str) -> dict[str, str]:
+def is_pipeline(record: dict[str, str]) -> bool:
+    """A pipeline's hash holds its plan (`spec`, see pipelines/lua.py); a job's never does."""
+    return "spec" in record
+
+
+def delivery_event(record: dict[str, str]) -> str:
+    return PIPELINE_EVENT if is_pipeline(record) else EVENT
+
+
+def delivery_headers(body: bytes, secret: str, delivery_id: str,
+                     event: str = EVENT) -> dict[str, str]:
     return {"Content-Type": "application/json", "User-Agent": "remote-ci",
-            "X-RemoteCI-Event": EVENT, "X-RemoteCI-Delivery": delivery_id,
+            "X-RemoteCI-Event": event, "X-RemoteCI-Delivery": delivery_id,
             "X-RemoteCI-Signature": sign(body, secret)}
 
 

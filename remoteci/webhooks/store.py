@@ -2,7 +2,8 @@
 
 Keys (all under `rci:`):
   webhooks                   list of job ids due for delivery; the Lua script that makes a job
-                             final LPUSHes its id when the record has a `webhook` (queue.py)
+                             final LPUSHes its id when the record has a `webhook` (queue.py),
+                             and `pipeline:<id>` when a pipeline with one ends (pipelines/lua.py)
   webhooks:retry             sorted set of job ids waiting for a retry, scored by due time (epoch s)
   webhooks:inflight:<id>     list; a taken delivery stays here until its outcome is recorded
   deliverers                 set of deliverer ids that registered
@@ -25,6 +26,11 @@ from remoteci.store.redis_conn import Client as Redis
 RETRY = P + "webhooks:retry"
 DELIVERERS = P + "deliverers"
 PROMOTE_BATCH = 100
+
+
+def record_key(entry: str) -> str:
+    """A delivery names a job id, or `pipeline:<id>` for a pipeline's end (pipelines/lua.py)."""
+    return P + entry if entry.startswith("pipeline:") else job_key(entry)
 
 
 def inflight_key(deliverer_id: str) -> str:
@@ -97,16 +103,16 @@ class WebhookStore:
 
     def record(self, job_id: str) -> dict[str, str]:
         """The job's stored hash ({} once it expired)."""
-        return cast("dict[str, str]", self.r.hgetall(job_key(job_id)))
+        return cast("dict[str, str]", self.r.hgetall(record_key(job_id)))
 
     def update(self, job_id: str, fields: Mapping[str, str]) -> None:
-        self._update(keys=[job_key(job_id)], args=_flat(fields))
+        self._update(keys=[record_key(job_id)], args=_flat(fields))
 
     def settle(self, deliverer_id: str, job_id: str, fields: Mapping[str, str],
                retry_at: float | None) -> None:
         """Record an attempt's outcome, schedule its retry, and drop it from in-flight, at once."""
         due = "" if retry_at is None else repr(retry_at)
-        self._settle(keys=[job_key(job_id), inflight_key(deliverer_id), RETRY],
+        self._settle(keys=[record_key(job_id), inflight_key(deliverer_id), RETRY],
                      args=[job_id, due, *_flat(fields)])
 
     def heartbeat(self, deliverer_id: str) -> None:

@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from remoteci import events, jobs
 from remoteci.config import Settings
 from remoteci.executor import DRAIN_KILL_GRACE, executor_main
+from remoteci.pipelines import cleanup as pipeline_cleanup
 from remoteci.queue import HEARTBEAT_TTL, JobStore
 from remoteci.store import activity
 from remoteci.store.redis_watch import RedisWatch
@@ -266,6 +267,7 @@ class Supervisor:
             removed += _remove_older(self.settings.work_dir, scratch_cutoff, keep=running,
                                      entries=scratch)
             pruned = self.store.prune_indexes()
+            removed += pipeline_cleanup.sweep(self.store.r, self.settings.data_dir)
         except RedisError as exc:
             events.warning(COMPONENT, f"scratch sweep and index pruning skipped, redis "
                                       f"unreachable ({exc})")

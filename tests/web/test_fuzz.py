@@ -15,6 +15,7 @@ examples per operation: 100 in `make test`, 1000 in `make fuzz`.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import tarfile
@@ -57,14 +58,16 @@ CHECKS = [schemathesis.checks.not_a_server_error, openapi_checks.status_code_con
 # Keys every job adds to (named by the queue module); anything new in them must name the job:
 # the queue, indexes, an owner's stored bytes per job, final records waiting for history.
 SHARED_KEYS = ("rci:queue", "rci:seq", "rci:owners", "rci:index:", "rci:stored:", "rci:history",
-               "rci:schedules")
+               "rci:pipelines", "rci:schedules")
 # Raw archive bodies are bytes on the wire, as octet-stream is (schemathesis knows no gzip).
 schemathesis.serializer.alias([t for t in RAW_TYPES if t != "application/octet-stream"],
                               "application/octet-stream")
 SUBMISSIONS = ("/api/jobs/rsync", "/api/jobs/git", "/api/jobs/upload")
+PIPELINES = "/api/pipelines"  # a submission too, of a pipeline and its first stage's jobs
 ARCHIVE = _tar_gz()
 ACCEPTED: list[str] = []  # ids of the jobs the server made, for the requests that read them
 ENDED: list[str] = []  # a job that has ended (cancelled), for log follows
+PIPELINES_MADE: list[str] = []  # ids of the pipelines the server made
 SCHEDULED: list[str] = []  # a schedule, for the requests that read or change one
 
 
@@ -76,7 +79,8 @@ def _runs() -> list[tuple[str, str, str]]:
     for path, item in openapi.load()["paths"].items():
         for method, operation in item.items():
             runs.append((method.upper(), path, "valid"))
-            if path in SUBMISSIONS or "{id}" in path or "{schedule}" in path:
+            if (path in SUBMISSIONS or "{id}" in path or "{schedule}" in path
+                    or (path, method) == (PIPELINES, "post")):
                 runs.append((method.upper(), path, "accepted"))
             if operation.get("parameters") or operation.get("requestBody"):
                 runs.append((method.upper(), path, "invalid"))
@@ -125,20 +129,27 @@ def test_the_api_keeps_its_document(method: str, path: str, kind: str, api_schem
     def one_request(case: Any) -> None:
         if steer:
             _make_acceptable(case)
+        if operation.path == PIPELINES:
+            _no_clone(case)
         before = _snapshot(client, srv.data_dir)
         response = case.call(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
         case.validate_response(response, checks=CHECKS)
         accepted = response.json()["id"] if response.status_code in (201, 202) else None
         if accepted and operation.path in SUBMISSIONS:
             ACCEPTED.append(accepted)
+        owned = [accepted] if accepted else []
+        if accepted and operation.path == PIPELINES and case.method == "POST":
+            PIPELINES_MADE.append(accepted)
+            owned += response.json()["stages"][0]["jobs"]  # the first stage is queued at once
         # A request on a schedule may change that schedule's own keys (pause, resume, run).
         schedule = (case.path_parameters or {}).get("schedule")
-        _only_the_jobs_own(before, _snapshot(client, srv.data_dir), accepted, schedule)
+        _only_the_jobs_own(before, _snapshot(client, srv.data_dir), owned, schedule)
 
-    made = len(ACCEPTED)
+    made = len(ACCEPTED) + len(PIPELINES_MADE)
     one_request()
-    if steer and operation.path in SUBMISSIONS:
-        assert len(ACCEPTED) > made, "no generated submission was accepted: the fuzz missed the 202 path"
+    if steer and (operation.path in SUBMISSIONS or operation.path == PIPELINES):
+        assert len(ACCEPTED) + len(PIPELINES_MADE) > made, \
+            "no generated submission was accepted: the fuzz missed the 202 path"
 
 
 def _fresh_start(srv: Server, client: redis.Redis) -> None:
@@ -170,6 +181,15 @@ def _make_acceptable(case: Any) -> None:
             job_id = ENDED[0]  # a follow streams until its job ends: no executor ends a queued one
         case.path_parameters = {**case.path_parameters, "id": job_id}
         return
+    if case.operation.path == PIPELINES:
+        if isinstance(case.body, dict) and "code" in case.body:  # multipart: the archive
+            case.body = {**case.body, "code": ARCHIVE}
+            case.body["pipeline"] = json.dumps({"stages": [{"name": "s", "jobs": [
+                {"name": "j", "script": "true"}]}]})
+        elif isinstance(case.body, dict):
+            case.body = {**case.body, "source": {"mode": "rsync", "workspace": "project-a"}}
+            case.body.pop("webhook", None)
+        return
     if case.operation.path == "/api/jobs/upload":
         if isinstance(case.body, dict):
             case.body = {**case.body, "code": ARCHIVE}
@@ -187,6 +207,16 @@ def _make_acceptable(case: Any) -> None:
         body["repo"] = "https://git.example.com/org/repo.git"
         body.pop("ref", None)
     case.body = body
+
+
+def _no_clone(case: Any) -> None:
+    """A pipeline's git source is cloned at submission, by the API: a generated URL must never
+    reach the network, so a git source becomes the workspace that exists (the validation of
+    git URLs is fuzzed through /api/jobs/git, where nothing is cloned)."""
+    body = case.body
+    if isinstance(body, dict) and isinstance(body.get("source"), dict) \
+            and body["source"].get("mode") == "git":
+        case.body = {**body, "source": {"mode": "rsync", "workspace": "project-a"}}
 
 
 def _snapshot(client: redis.Redis, data_dir: Path) -> dict[str, frozenset[str]]:
@@ -215,9 +245,10 @@ def _snapshot(client: redis.Redis, data_dir: Path) -> dict[str, frozenset[str]]:
 
 
 def _only_the_jobs_own(before: dict[str, frozenset[str]], after: dict[str, frozenset[str]],
-                       job_id: str | None, schedule_id: str | None = None) -> None:
-    """What a request left behind belongs to the job it created, and only to that job (or to
-    the schedule it named)."""
+                       owned: list[str], schedule_id: str | None = None) -> None:
+    """What a request left behind belongs to the job (or pipeline and its jobs) it created,
+    and only to that (or to the schedule it named)."""
+    job_id = owned[0] if owned else None
     # The shared queue, or the queue of the host the job is pinned to (rci:queue:host:<h>).
     payloads = [item for name, items in after.items() if name.startswith("redis rci:queue")
                 for item in items if job_id and job_id in item]
@@ -232,8 +263,8 @@ def _only_the_jobs_own(before: dict[str, frozenset[str]], after: dict[str, froze
                                                    and added <= {schedule_id})):
             continue  # the schedule's own record, or its place among the due ones
         assert job_id is not None, f"a request answered without a new job left {name} {added}"
-        if job_id in key:
-            continue  # the job's own record or log
+        if any(one in key for one in owned):
+            continue  # the job's own record or log (a pipeline's: its dir, its jobs' records)
         if kind == "file":
             # An upload's archive: its path is in the job's queued payload.
             assert key.startswith("uploads/") and any(key in p for p in payloads), name
@@ -250,7 +281,7 @@ def _only_the_jobs_own(before: dict[str, frozenset[str]], after: dict[str, froze
         elif key == "rci:queue-hosts":  # the host the job is pinned to
             assert all(any(f'"host":"{host}"' in p for p in payloads) for host in added), added
         elif key.startswith(SHARED_KEYS):
-            assert all(job_id in item for item in added), (name, added)
+            assert all(any(one in item for one in owned) for item in added), (name, added)
         elif key.startswith("rci:idem:admin:"):
             assert added == {job_id}, (name, added)
         else:
