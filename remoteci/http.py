@@ -59,7 +59,8 @@ COMPONENT = "api"
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
-_REASONS = {200: "OK", 202: "Accepted", 206: "Partial Content", 303: "See Other", 400: "Bad Request",
+_REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content",
+            206: "Partial Content", 303: "See Other", 400: "Bad Request",
             401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
             409: "Conflict", 413: "Content Too Large", 416: "Range Not Satisfiable",
             429: "Too Many Requests",

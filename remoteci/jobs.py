@@ -32,8 +32,9 @@ _OBJECT_FIELDS = (
 # `artifacts`: how many files were kept, once a job that asked for artifacts has ended.
 # `pipeline` and `stage`: the pipeline a job belongs to and its stage's name.
 # `host`: the node name a submission pinned the job to.
+# `schedule`: the id of the schedule that made the job.
 _EXTRA_FIELDS = ("ref", "commit", "cancel_requested", "artifacts", "webhook", "webhook_status",
-                 "webhook_attempts", "pipeline", "stage", "host")
+                 "webhook_attempts", "pipeline", "stage", "host", "schedule")
 # Every stored field the job object shows: what a read of a record asks Redis for.
 SHOWN_FIELDS = _OBJECT_FIELDS + _EXTRA_FIELDS
 

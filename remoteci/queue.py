@@ -39,6 +39,10 @@ Keys (all under `rci:`):
   pipelines             sorted set of pipeline ids by creation time (ms): the listing;
                         pipelines:owner:<owner> the same per owner
   A pipeline's jobs are job records with `pipeline`, `stage` and `stage_index` fields.
+  schedule:<id>         hash: a schedule (cron, zone, its job, next tick, last job); no TTL
+  schedules             sorted set of schedule ids by creation time (ms), for listing
+  schedules:due         sorted set of enabled schedule ids by next tick (epoch seconds); the
+                        tickers read the due ones (see schedules/store.py)
 
 Several hosts and FIFO: an executor of host h takes whichever of the two oldest entries, of
 `queue:host:h` and of `queue`, was accepted first (the lower seq), so jobs start in submission
@@ -90,6 +94,8 @@ WEBHOOKS = P + "webhooks"
 HISTORY = P + "history"
 JOB_UIDS = P + "job-uids"
 JOB_UID_OWNERS = P + "job-uid-owners"
+SCHEDULES = P + "schedules"
+SCHEDULES_DUE = P + "schedules:due"
 HEARTBEAT_TTL = 15
 SCAN_BATCHES = 20  # bound on index batches one listing page reads when a second filter is rare
 REPLICA_WAIT_MS = 2000  # how long a write waits for REMOTE_CI_REDIS_MIN_REPLICAS acks
@@ -148,6 +154,10 @@ def owner_queued_index(owner: str) -> str:
 
 def stored_key(owner: str) -> str:
     return f"{P}stored:{owner}"
+
+
+def schedule_key(schedule_id: str) -> str:
+    return f"{P}schedule:{schedule_id}"
 
 
 def owner_index(owner: str) -> str:

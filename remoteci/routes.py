@@ -9,6 +9,8 @@ from __future__ import annotations
 from remoteci.artifacts import routes as artifacts
 from remoteci.pages import routes as pages
 from remoteci.pipelines import routes as pipelines
+from remoteci.schedules import page as schedule_pages
+from remoteci.schedules import routes as schedules
 from remoteci.shipping import routes as shipping
 from remoteci.web.routing import RouteSet
 
@@ -17,4 +19,6 @@ ROUTE_SETS: list[RouteSet] = [
     pages.routes,
     pipelines.routes,
     shipping.routes,
+    schedules.routes,
+    schedule_pages.routes,
 ]

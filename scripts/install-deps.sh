@@ -12,6 +12,7 @@ command -v rsync >/dev/null || missing+=(rsync)
 command -v git >/dev/null || missing+=(git)
 command -v curl >/dev/null || missing+=(curl)
 command -v zstd >/dev/null || missing+=(zstd)  # unpacks .tar.zst uploads
+[[ -e /usr/share/zoneinfo/Etc/UTC ]] || missing+=(tzdata)  # schedules' time zones (zoneinfo)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
   echo "installing system packages: ${missing[*]}" >&2

@@ -132,9 +132,10 @@ MAY_IMPORT = {
     "web": {"store", "system", "auth", "sources", "history", "artifacts", "webhooks", "hosts"},
     "pages": {"store", "web", "auth", "history"},
     "worker": {"executor", "store", "system", "sources", "history", "webhooks", "artifacts",
-               "pipelines"},
+               "pipelines", "schedules"},
     "pipelines": {"store", "web", "auth", "sources", "artifacts", "webhooks", "history", "pages"},
     "shipping": {"web", "auth", "artifacts"},
+    "schedules": {"store", "auth", "sources", "web", "pages"},
 }
 
 

@@ -239,7 +239,8 @@ def index_page(stats: Stats, executors: list[dict[str, Any]], running: list[dict
                now: float) -> str:
     by_executor = {str(j["worker"]): j for j in running if j.get("worker")}
     body = (_tiles(stats)
-            + "<p><a href=\"/charts\">Charts: the last 24 hours and 7 days</a></p>"
+            + "<p><a href=\"/charts\">Charts: the last 24 hours and 7 days</a> · "
+              "<a href=\"/schedules\">Schedules</a></p>"
             + "<h2>Executors</h2>" + _executors(executors, by_executor, now)
             + _hosts(stats.hosts)
             + "<h2>Queue</h2>" + _queue(queued, queued_total, now)

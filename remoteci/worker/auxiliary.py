@@ -1,5 +1,6 @@
 """The supervisor's auxiliary processes: long-running loops next to the executors (the history
-writer, the webhook deliverer), each forked once, restarted when it dies, stopped at the drain.
+writer, the webhook deliverer, the schedule ticker), each forked once, restarted when it dies,
+stopped at the drain.
 
 A new loop (say, a scheduler) is one more entry in `auxiliaries`: a name and a `main`.
 """
@@ -13,6 +14,7 @@ from remoteci import events
 from remoteci.config import Settings
 from remoteci.history.writer import history_main
 from remoteci.queue import JobStore
+from remoteci.schedules.firing import ticker_main
 from remoteci.webhooks.deliverer import STOP_GRACE, deliverer_main
 from remoteci.webhooks.store import WebhookStore
 
@@ -42,6 +44,9 @@ def auxiliaries(settings: Settings) -> list[Auxiliary]:
     else:
         found.append(Auxiliary("history writer", history_main,
                                after_death="what it had not copied waits in Redis"))
+    # On every host: a tick's claim in Redis makes its job once, whoever looks first.
+    found.append(Auxiliary("schedule ticker", ticker_main,
+                           after_death="due ticks wait in Redis for it"))
     if settings.webhooks_enabled:
         found.append(Auxiliary("webhook deliverer", deliverer_main, stops_last=True,
                                stop_grace=STOP_GRACE + settings.webhook_timeout,

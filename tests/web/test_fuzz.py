@@ -58,7 +58,7 @@ CHECKS = [schemathesis.checks.not_a_server_error, openapi_checks.status_code_con
 # Keys every job adds to (named by the queue module); anything new in them must name the job:
 # the queue, indexes, an owner's stored bytes per job, final records waiting for history.
 SHARED_KEYS = ("rci:queue", "rci:seq", "rci:owners", "rci:index:", "rci:stored:", "rci:history",
-               "rci:pipelines")
+               "rci:pipelines", "rci:schedules")
 # Raw archive bodies are bytes on the wire, as octet-stream is (schemathesis knows no gzip).
 schemathesis.serializer.alias([t for t in RAW_TYPES if t != "application/octet-stream"],
                               "application/octet-stream")
@@ -68,6 +68,7 @@ ARCHIVE = _tar_gz()
 ACCEPTED: list[str] = []  # ids of the jobs the server made, for the requests that read them
 ENDED: list[str] = []  # a job that has ended (cancelled), for log follows
 PIPELINES_MADE: list[str] = []  # ids of the pipelines the server made
+SCHEDULED: list[str] = []  # a schedule, for the requests that read or change one
 
 
 
@@ -78,7 +79,8 @@ def _runs() -> list[tuple[str, str, str]]:
     for path, item in openapi.load()["paths"].items():
         for method, operation in item.items():
             runs.append((method.upper(), path, "valid"))
-            if path in SUBMISSIONS or "{id}" in path or (path, method) == (PIPELINES, "post"):
+            if (path in SUBMISSIONS or "{id}" in path or "{schedule}" in path
+                    or (path, method) == (PIPELINES, "post")):
                 runs.append((method.upper(), path, "accepted"))
             if operation.get("parameters") or operation.get("requestBody"):
                 runs.append((method.upper(), path, "invalid"))
@@ -132,7 +134,7 @@ def test_the_api_keeps_its_document(method: str, path: str, kind: str, api_schem
         before = _snapshot(client, srv.data_dir)
         response = case.call(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
         case.validate_response(response, checks=CHECKS)
-        accepted = response.json()["id"] if response.status_code == 202 else None
+        accepted = response.json()["id"] if response.status_code in (201, 202) else None
         if operation.path.startswith("/api/worker/") and response.status_code == 200:
             accepted = case.path_parameters["id"]  # a worker route writes that job's own files
         if accepted and operation.path in SUBMISSIONS:
@@ -141,7 +143,9 @@ def test_the_api_keeps_its_document(method: str, path: str, kind: str, api_schem
         if accepted and operation.path == PIPELINES and case.method == "POST":
             PIPELINES_MADE.append(accepted)
             owned += response.json()["stages"][0]["jobs"]  # the first stage is queued at once
-        _only_the_jobs_own(before, _snapshot(client, srv.data_dir), owned)
+        # A request on a schedule may change that schedule's own keys (pause, resume, run).
+        schedule = (case.path_parameters or {}).get("schedule")
+        _only_the_jobs_own(before, _snapshot(client, srv.data_dir), owned, schedule)
 
     made = len(ACCEPTED) + len(PIPELINES_MADE)
     one_request()
@@ -158,12 +162,19 @@ def _fresh_start(srv: Server, client: redis.Redis) -> None:
     ACCEPTED[:] = [srv.submit(f"echo {n}", "project-a", name=f"seed {n}")["id"] for n in range(3)]
     ENDED[:] = [srv.submit("echo ended", "project-a")["id"]]
     assert srv.request("POST", f"/api/jobs/{ENDED[0]}/cancel").status == 202
+    made = srv.request("POST", "/api/schedules", {"cron": "0 0 1 1 *", "job": {
+        "mode": "rsync", "workspace": "project-a", "script": "echo scheduled"}})
+    assert made.status == 201, made.body
+    SCHEDULED[:] = [made.json()["id"]]
 
 
 def _make_acceptable(case: Any) -> None:
     """Valid by the document, and fit for this server too: the workspace that exists, a URL it
     would clone, a real archive, no webhook (it has no allowlist). The other fields stay
     generated, so the accepted path sees any script, name, env, timeout or artifacts."""
+    if "{schedule}" in case.operation.path:
+        case.path_parameters = {**case.path_parameters, "schedule": SCHEDULED[0]}
+        return
     if "{id}" in case.operation.path:
         # One of the jobs, picked by the generated id, so that the pick varies as it does.
         pick = zlib.crc32(str(case.path_parameters.get("id")).encode()) % len(ACCEPTED)
@@ -236,9 +247,9 @@ def _snapshot(client: redis.Redis, data_dir: Path) -> dict[str, frozenset[str]]:
 
 
 def _only_the_jobs_own(before: dict[str, frozenset[str]], after: dict[str, frozenset[str]],
-                       owned: list[str]) -> None:
+                       owned: list[str], schedule_id: str | None = None) -> None:
     """What a request left behind belongs to the job (or pipeline and its jobs) it created,
-    and only to that."""
+    and only to that (or to the schedule it named)."""
     job_id = owned[0] if owned else None
     # The shared queue, or the queue of the host the job is pinned to (rci:queue:host:<h>).
     payloads = [item for name, items in after.items() if name.startswith("redis rci:queue")
@@ -250,6 +261,9 @@ def _only_the_jobs_own(before: dict[str, frozenset[str]], after: dict[str, froze
         kind, _, key = name.partition(" ")
         if kind == "file" and key.startswith("history.sqlite3"):
             continue  # the history database, opened (and created) by a job lookup
+        if schedule_id and (schedule_id in key or (key.startswith("rci:schedules")
+                                                   and added <= {schedule_id})):
+            continue  # the schedule's own record, or its place among the due ones
         assert job_id is not None, f"a request answered without a new job left {name} {added}"
         if any(one in key for one in owned):
             continue  # the job's own record or log (a pipeline's: its dir, its jobs' records)

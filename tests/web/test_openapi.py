@@ -15,6 +15,7 @@ from remoteci.http import LIST_LIMIT_MAX, MAX_JSON_BODY, App
 from remoteci.pages.routes import PageRoutes
 from remoteci.queue import JobStore
 from remoteci.routes import ROUTE_SETS
+from remoteci.schedules.page import SchedulePages
 from remoteci.sources.git import MAX_REF_CHARS
 from remoteci.sources.git import MAX_URL_CHARS as MAX_REPO_CHARS
 from remoteci.store.redis_conn import connect
@@ -43,7 +44,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
 def _api_routes(app: App) -> set[tuple[str, str]]:
     """(method, path template) of every route but the HTML pages, which are for people."""
     return {(route.method, route.label) for route in app.routes
-            if not isinstance(getattr(route.handler, "__self__", None), PageRoutes)
+            if not isinstance(getattr(route.handler, "__self__", None), PageRoutes | SchedulePages)
             and not route.label.startswith("/pipelines/")}  # the pipeline page
 
 
@@ -64,7 +65,7 @@ def test_every_route_is_documented_and_nothing_else(app: App) -> None:
 def test_html_pages_are_the_only_routes_left_out(app: App) -> None:
     left_out = {route.label for route in app.routes} - {path for _, path in _documented()}
     assert left_out == {"/", "/jobs/{id}", "/jobs/{id}/log", "/jobs/{id}/cancel", "/history", "/charts",
-                        "/pipelines/{pid}"}
+                        "/pipelines/{pid}", "/schedules", "/schedules/{schedule}/{action}"}
 
 
 def test_every_documented_route_is_answered_by_the_live_server(server: Server) -> None:
@@ -127,7 +128,8 @@ def test_every_header_the_api_sends_is_described() -> None:
     """Headers set by the API's answers (a tuple of name and value in their source) each have
     an entry in the document; only Content-Type, Content-Length and the 405's Allow need none."""
     package = ROOT / "remoteci"
-    source = "".join((package / name).read_text() for name in ("http.py", "artifacts/routes.py"))
+    source = "".join((package / name).read_text() for name in ("http.py", "artifacts/routes.py",
+                                                               "schedules/routes.py"))
     sent = set(re.findall(r'\("([A-Z][A-Za-z-]*[a-z][A-Za-z-]*)",\s*(?!\()', source))
     assert {"Location", "X-Job-Status", "X-Log-Offset", "Retry-After", "Idempotent-Replayed",
             "WWW-Authenticate", "ETag", "Content-Range"} <= sent
