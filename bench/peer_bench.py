@@ -10,13 +10,11 @@ import subprocess
 import sys
 from typing import Any
 
-from servers import PEERS, TOKEN, Server
-
-BENCH_PY = PEERS / "bench.py"
+from servers import TOKEN, Server, peers_dir
 
 
 def run(server: Server, scenario: str, *args: str, timeout: float = 600) -> dict[str, Any]:
-    cmd = [sys.executable, str(BENCH_PY), "--url", server.url, "--token", TOKEN,
+    cmd = [sys.executable, str(peers_dir() / "bench.py"), "--url", server.url, "--token", TOKEN,
            "--workspace-root", str(server.workspace_root), "--workspace", "tiny",
            scenario, *args]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)

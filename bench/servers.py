@@ -21,9 +21,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 # The reference design and the harness both servers are measured with live outside this
-# repository; BENCH_PEERS_DIR says where (by default beside the checkout, as the team keeps it).
-PEERS = Path(os.environ.get("BENCH_PEERS_DIR", REPO.parent / "shared" / "peers")).resolve()
-CELERY_SEED = PEERS / "celery_seed"
+# repository; BENCH_PEERS_DIR says where.
+
+
+def peers_dir() -> Path:
+    """The folder holding the reference design (`celery_seed/`) and the harness (`bench.py`)."""
+    named = os.environ.get("BENCH_PEERS_DIR")
+    if not named:
+        raise SystemExit("BENCH_PEERS_DIR is not set: name the folder that holds celery_seed/ "
+                         "and bench.py (the reference design and the harness)")
+    return Path(named).resolve()
+
+
 CELERY_VENV = Path(os.environ.get("BENCH_CELERY_VENV", "/tmp/venv-celery"))
 TOKEN = "bench-token-0123456789"
 
@@ -113,7 +122,7 @@ def _wait_ready(server: Server, alive: object, logfile: Path, timeout: float = 6
 @dataclass
 class PeerServer(Server):
     def stop(self) -> None:
-        subprocess.run([str(CELERY_SEED / "stop.sh"), str(self.base)], check=False,
+        subprocess.run([str(peers_dir() / "celery_seed" / "stop.sh"), str(self.base)], check=False,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
 
 
@@ -124,7 +133,7 @@ def ensure_celery_venv() -> Path:
         subprocess.run([shutil.which("python3") or sys.executable, "-m", "venv", str(CELERY_VENV)],
                        check=True)
         subprocess.run([str(CELERY_VENV / "bin" / "pip"), "install", "-q", "-r",
-                        str(CELERY_SEED / "requirements.lock.txt")], check=True)
+                        str(peers_dir() / "celery_seed" / "requirements.lock.txt")], check=True)
     return CELERY_VENV
 
 
@@ -138,7 +147,7 @@ def start_peer(workspace_root: Path, hard_limit: int | None = None,
         env["CI_TASK_TIME_LIMIT"] = str(hard_limit)
     if soft_limit is not None:
         env["CI_TASK_SOFT_TIME_LIMIT"] = str(soft_limit)
-    result = subprocess.run([str(CELERY_SEED / "run.sh"), str(port), str(redis_port), TOKEN,
+    result = subprocess.run([str(peers_dir() / "celery_seed" / "run.sh"), str(port), str(redis_port), TOKEN,
                              str(base)], env=env, capture_output=True, text=True, timeout=120)
     server = PeerServer(label, f"http://127.0.0.1:{port}", workspace_root, base)
     if result.returncode != 0:
