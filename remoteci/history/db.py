@@ -189,10 +189,11 @@ class HistoryDB:
     def migrate(self) -> list[str]:
         """Apply the migrations this database lacks, in order; return the names applied."""
         with self._session() as run:
+            # The lock comes first: two PostgreSQL sessions creating the table at once can both
+            # pass IF NOT EXISTS and one then fails on the table's row type.
+            self._begin_exclusive(run)
             run("CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)")
-            self._commit()
-            self._begin_exclusive(run)
             applied = {row[0] for row in run("SELECT version FROM schema_migrations")}
             done = []
             for version, path in _migration_files(self.url.dialect):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from remoteci.history.db import (
@@ -71,6 +74,25 @@ def test_migrating_twice_applies_each_migration_once(db: HistoryDB) -> None:
     assert db.migrate() == []
     db.upsert([record("a", at(1))])
     assert db.get("a") is not None
+
+
+def test_processes_migrating_a_fresh_database_at_once_apply_each_migration_once(
+        history_url: str) -> None:
+    """The API and every host's history writer migrate when they start, often together."""
+    databases = [HistoryDB(parse_history_url(history_url)) for _ in range(8)]
+    start = threading.Barrier(len(databases))
+
+    def migrate(database: HistoryDB) -> list[str]:
+        start.wait(timeout=30)
+        return database.migrate()
+
+    with ThreadPoolExecutor(len(databases)) as pool:
+        applied = list(pool.map(migrate, databases, timeout=120))
+    migrators = [names for names in applied if names]
+    assert len(migrators) == 1 and migrators[0], applied  # one applied all, the others waited
+    assert databases[0].migrate() == []
+    for database in databases:
+        database.close()
 
 
 def test_an_upsert_of_the_same_record_is_one_record(db: HistoryDB) -> None:
