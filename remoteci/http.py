@@ -267,21 +267,10 @@ class App:
                 payload_extra: dict[str, Any], record_extra: dict[str, str] | None = None,
                 git_credential: str | None = None, stored_bytes: int = 0) -> Response:
         job_id = jobs.new_job_id()
-        record = {
-            "id": job_id, "mode": mode, "status": jobs.QUEUED, "script": common.script,
-            "source": source, "timeout": str(common.timeout), "created_at": jobs.iso_now(),
-            "owner": request.identity.owner,
-            **({"name": common.name} if common.name else {}), **(record_extra or {}),
-            **({"host": common.host} if common.host else {}),
-            # A `webhook` field is what makes the final transition queue a delivery.
-            **({"webhook": common.webhook, "webhook_status": "pending", "webhook_attempts": "0"}
-               if common.webhook else {}),
-        }
-        payload = {"id": job_id, "mode": mode, "script": common.script,
-                   "created_at": record["created_at"], "owner": request.identity.owner,
-                   "timeout": common.timeout, "env": common.env, **payload_extra,
-                   **({"artifacts": list(common.artifacts)} if common.artifacts else {}),
-                   **({"host": common.host} if common.host else {})}
+        job = jobs.NewJob(mode, common.script, source, common.timeout, request.identity.owner,
+                          common.name, common.host, common.webhook, common.env, common.artifacts)
+        record, payload = jobs.queued_entry(job, job_id, jobs.iso_now(), record_extra or {},
+                                            payload_extra)
         key = submissions.parse_idempotency_key(request.header("Idempotency-Key"))
         if git_credential is not None:
             self.store.put_git_credential(job_id, git_credential)

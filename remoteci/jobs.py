@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +38,41 @@ _EXTRA_FIELDS = ("ref", "commit", "cancel_requested", "artifacts", "webhook", "w
                  "webhook_attempts", "pipeline", "stage", "host", "schedule")
 # Every stored field the job object shows: what a read of a record asks Redis for.
 SHOWN_FIELDS = _OBJECT_FIELDS + _EXTRA_FIELDS
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What any submission (an API request, a schedule's tick) asks of a job it queues."""
+
+    mode: str
+    script: str
+    source: str  # what the job object shows as its code's origin
+    timeout: int
+    owner: str
+    name: str | None = None
+    host: str | None = None
+    webhook: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    artifacts: Sequence[str] = ()
+
+
+def queued_entry(job: NewJob, job_id: str, created_at: str, record_extra: Mapping[str, str],
+                 payload_extra: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    """The record a new job is stored as and the payload the queue carries to an executor."""
+    record = {
+        "id": job_id, "mode": job.mode, "status": QUEUED, "script": job.script,
+        "source": job.source, "timeout": str(job.timeout), "created_at": created_at,
+        "owner": job.owner, **({"name": job.name} if job.name else {}), **record_extra,
+        **({"host": job.host} if job.host else {}),
+        # A `webhook` field is what makes the final transition queue a delivery.
+        **({"webhook": job.webhook, "webhook_status": "pending", "webhook_attempts": "0"}
+           if job.webhook else {}),
+    }
+    payload = {"id": job_id, "mode": job.mode, "script": job.script, "created_at": created_at,
+               "owner": job.owner, "timeout": job.timeout, "env": dict(job.env), **payload_extra,
+               **({"artifacts": list(job.artifacts)} if job.artifacts else {}),
+               **({"host": job.host} if job.host else {})}
+    return record, payload
 
 
 def _flag(raw: str) -> bool:

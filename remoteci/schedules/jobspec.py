@@ -108,24 +108,11 @@ def job_entry(spec: JobSpec, job_id: str, owner: str, schedule_id: str, created_
     """The job record and queued payload a tick (or run-now) enqueues, as a submission's; a job
     without a name of its own is labelled with its schedule's, so lists show where it came from."""
     shown = spec.shown
-    webhook = shown.get("webhook")
-    host = shown.get("host")
-    name = shown.get("name") or schedule_name
-    record = {
-        "id": job_id, "mode": shown["mode"], "status": jobs.QUEUED, "script": shown["script"],
-        "source": spec.source, "timeout": str(shown["timeout"]), "created_at": created_at,
-        "owner": owner, "schedule": schedule_id,
-        **({"name": name} if name else {}), **spec.record,
-        **({"host": host} if host else {}),
-        **({"webhook": webhook, "webhook_status": "pending", "webhook_attempts": "0"}
-           if webhook else {}),
-    }
-    payload = {"id": job_id, "mode": shown["mode"], "script": shown["script"],
-               "created_at": created_at, "owner": owner, "timeout": shown["timeout"],
-               "env": shown.get("env", {}), **spec.payload,
-               **({"artifacts": shown["artifacts"]} if shown.get("artifacts") else {}),
-               **({"host": host} if host else {})}
-    return record, payload
+    job = jobs.NewJob(shown["mode"], shown["script"], spec.source, shown["timeout"], owner,
+                      shown.get("name") or schedule_name, shown.get("host"),
+                      shown.get("webhook"), shown.get("env", {}), shown.get("artifacts") or ())
+    return jobs.queued_entry(job, job_id, created_at, {"schedule": schedule_id, **spec.record},
+                             spec.payload)
 
 
 def _dumps(value: Any) -> str:
