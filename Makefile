@@ -7,7 +7,7 @@ run: deps            ## install what is missing, start the server on the embedde
 test: dev-deps lint  ## lint, type-check and run the test suite
 	.venv/bin/python -m pytest -q
 
-fuzz: dev-deps      ## the API fuzzed from its OpenAPI document, 1000 examples per operation (make test runs 100)
+fuzz: dev-deps      ## the API fuzzed from its OpenAPI document, 1000 examples per operation (make test runs 50)
 	REMOTE_CI_FUZZ_EXAMPLES=$${REMOTE_CI_FUZZ_EXAMPLES:-1000} .venv/bin/python -m pytest -q tests/web/test_fuzz.py
 
 lint: dev-deps
