@@ -20,6 +20,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,13 @@ import servers
 GETS = 3000
 
 
-def before_commit() -> str:
+def before_deleting(path: str) -> str:
+    """The commit just before the one that deleted `path`: the "before" tree of a switch."""
     deleted = subprocess.run(
-        ["git", "log", "-1", "--format=%H", "--diff-filter=D", "--", "remoteci/redis_client.py"],
+        ["git", "log", "-1", "--format=%H", "--diff-filter=D", "--", path],
         cwd=servers.REPO, capture_output=True, text=True, check=True).stdout.strip()
     if not deleted:
-        raise SystemExit("no commit deletes remoteci/redis_client.py; give --before REV")
+        raise SystemExit(f"no commit deletes {path}; give --before REV")
     return f"{deleted}^"
 
 
@@ -99,21 +101,27 @@ def row(label: str, r: dict[str, Any]) -> str:
             f"{r['throughput']['completed_jobs_per_s']} jobs/s |")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--before", help="git revision of the 'before' tree (default: the commit "
-                                     "before redis_client.py was deleted)")
-    args = ap.parse_args()
-    rev = args.before or before_commit()
+def before_and_after(rev: str, measure: Callable[[str, Path, Path], dict[str, Any]]
+                     ) -> dict[str, dict[str, Any]]:
+    """`measure` run on the tree of `rev` and on this checkout, with one tiny workspace."""
     ws = Path(tempfile.gettempdir()) / "rci-bench-ws"
     (ws / "tiny").mkdir(parents=True, exist_ok=True)
     (ws / "tiny" / "README.txt").write_text("tiny benchmark workspace\n")
     old = Path(tempfile.mkdtemp(prefix="rci-bench-before-"))
     try:
-        results = {"before": measure("before", export(rev, old), ws),
-                   "after": measure("after", servers.REPO, ws)}
+        return {"before": measure("before", export(rev, old), ws),
+                "after": measure("after", servers.REPO, ws)}
     finally:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--before", help="git revision of the 'before' tree (default: the commit "
+                                     "before redis_client.py was deleted)")
+    args = ap.parse_args()
+    rev = args.before or before_deleting("remoteci/redis_client.py")
+    results = before_and_after(rev, measure)
     print("| tree | idle PSS / RSS | after the runs PSS / RSS | GET /api/jobs/<id> CPU of the API "
           "| start latency p50 | throughput, 300 × `true` |")
     print("|---|---|---|---|---|---|")

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peer_bench
 import scenarios
 import servers
-from redis_switch import export, get_cpu
-
-
-def before_commit() -> str:
-    deleted = subprocess.run(
-        ["git", "log", "-1", "--format=%H", "--diff-filter=D", "--", "remoteci/spool.py"],
-        cwd=servers.REPO, capture_output=True, text=True, check=True).stdout.strip()
-    if not deleted:
-        raise SystemExit("no commit deletes remoteci/spool.py; give --before REV")
-    return f"{deleted}^"
+from redis_switch import before_and_after, before_deleting, get_cpu
 
 
 def measure(label: str, repo: Path, ws: Path) -> dict[str, Any]:
@@ -68,16 +56,8 @@ def main() -> int:
     ap.add_argument("--before", help="git revision of the 'before' tree (default: the commit "
                                      "before spool.py was deleted)")
     args = ap.parse_args()
-    rev = args.before or before_commit()
-    ws = Path(tempfile.gettempdir()) / "rci-bench-ws"
-    (ws / "tiny").mkdir(parents=True, exist_ok=True)
-    (ws / "tiny" / "README.txt").write_text("tiny benchmark workspace\n")
-    old = Path(tempfile.mkdtemp(prefix="rci-bench-before-"))
-    try:
-        results = {"before": measure("before", export(rev, old), ws),
-                   "after": measure("after", servers.REPO, ws)}
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
+    rev = args.before or before_deleting("remoteci/spool.py")
+    results = before_and_after(rev, measure)
     print("| tree | idle PSS / RSS | GET job, one connection: API CPU per request | "
           "GET job, wrk -t2 -c16 | 500 MB upload: API peak RSS growth | upload POST → running "
           "| synced dd |")
