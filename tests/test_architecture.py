@@ -134,7 +134,7 @@ MAY_IMPORT = {
     "worker": {"executor", "store", "system", "sources", "history", "webhooks", "artifacts",
                "pipelines", "schedules"},
     "pipelines": {"store", "web", "auth", "sources", "artifacts", "webhooks", "history", "pages"},
-    "shipping": {"web", "auth", "artifacts"},
+    "shipping": {"web", "auth", "artifacts", "system"},
     "schedules": {"store", "auth", "sources", "web", "pages"},
 }
 

@@ -11,8 +11,9 @@ with an admin token, as GitLab runners and Buildkite agents talk to their coordi
   routes.py       the API's side: admin-only routes that write only the job's own files
   follow.py       the API's follow ends only once a remote job's log is whole here
   digest.py       an upload's size and sha256, recorded when it arrives
-  sweeper.py      retention of the API's data dir where no supervisor runs (`api`)
+  sweeper.py      runs the data dir's retention sweep in `api`, where no supervisor runs
 
 May import: the shared top-level modules (config, errors, events, jobs, timefmt, queue), and the
-web, auth and artifacts packages (the API's side builds on the web types and the manifest).
+web, auth and artifacts packages (the API's side builds on the web types and the manifest),
+and system (the retention sweep every host runs).
 """

@@ -1,4 +1,4 @@
 """The operating system's side, for any process: process trees, a signal self-pipe, systemd's
-sd_notify and switching a job to its own Unix user. Plain stdlib code.
+sd_notify, switching a job to its own Unix user and removing files past the retention.
 May import: the shared top-level modules only.
 """

@@ -7,7 +7,6 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -19,7 +18,7 @@ from remoteci.pipelines import cleanup as pipeline_cleanup
 from remoteci.queue import HEARTBEAT_TTL, JobStore
 from remoteci.store import activity
 from remoteci.store.redis_watch import RedisWatch
-from remoteci.system import proctree
+from remoteci.system import old_files, proctree
 from remoteci.system.sd_notify import Notifier
 from remoteci.system.wakeup import SignalWakeup
 from remoteci.worker import jobdirs
@@ -253,19 +252,18 @@ class Supervisor:
         """Delete logs, artifacts, scratch dirs and uploads older than the retention; prune indexes."""
         now = time.time()
         cutoff = now - self.settings.retention_seconds
-        removed = (_remove_older(self.settings.logs_dir, cutoff)
-                   + _remove_older(self.settings.uploads_dir, cutoff)
-                   + _remove_older(self.settings.artifacts_dir, cutoff))
+        removed = old_files.sweep_data_dirs(self.settings, now, remove_dir=jobdirs.remove)
         try:
             # A scratch dir takes its workspace's mtime (a copy keeps it), and a job may set it
             # to anything: its age says nothing while the job runs, so running jobs are skipped.
             # The dirs are listed BEFORE the running jobs are read: a job claimed in between
             # then made its dir after the listing, so the sweep never sees it.
-            scratch = _entries(self.settings.work_dir)
+            scratch = old_files.listing(self.settings.work_dir)
             running = self.store.running_ids()
             scratch_cutoff = min(cutoff, now - self.settings.job_timeout - 3600)
-            removed += _remove_older(self.settings.work_dir, scratch_cutoff, keep=running,
-                                     entries=scratch)
+            removed += old_files.remove_older(
+                scratch, scratch_cutoff, skip=lambda name: jobdirs.job_id_of(name) in running,
+                remove_dir=jobdirs.remove)
             pruned = self.store.prune_indexes()
             removed += pipeline_cleanup.sweep(self.store.r, self.settings.data_dir)
         except RedisError as exc:
@@ -307,32 +305,6 @@ class Supervisor:
             for pid in reaped:
                 self.executors.pop(pid, None)
                 self.aux.pop(pid, None)
-
-
-def _entries(directory: Path) -> list[os.DirEntry[str]]:
-    try:
-        return list(os.scandir(directory))
-    except FileNotFoundError:
-        return []
-
-
-def _remove_older(directory: Path, cutoff: float, keep: frozenset[str] = frozenset(),
-                  entries: list[os.DirEntry[str]] | None = None) -> int:
-    removed = 0
-    for entry in _entries(directory) if entries is None else entries:
-        if jobdirs.job_id_of(entry.name) in keep:  # a running job's code dir and its HOME
-            continue
-        try:
-            if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                jobdirs.remove(Path(entry.path))
-            else:
-                os.unlink(entry.path)
-            removed += 1
-        except FileNotFoundError:
-            continue
-    return removed
 
 
 def _pid_alive(pid: int) -> bool:

@@ -1,4 +1,4 @@
-"""`api` without a supervisor sweeps its own data dir: with remote workers nothing else can."""
+"""The retention sweep of a data dir, the same on a worker's supervisor and on a lone `api`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from remoteci.config import Settings
-from remoteci.shipping.sweeper import sweep_once
+from remoteci.system.old_files import sweep_data_dirs
 
 
 def test_entries_older_than_the_retention_go_and_newer_ones_stay(tmp_path: Path) -> None:
@@ -26,6 +26,6 @@ def test_entries_older_than_the_retention_go_and_newer_ones_stay(tmp_path: Path)
                 path.write_text("x")
             os.utime(path, (age, age))
             made[(sub, name)] = path
-    assert sweep_once(settings, now) == 3
+    assert sweep_data_dirs(settings, now) == 3
     for (_, name), path in made.items():
         assert path.exists() == (name == "new"), path
